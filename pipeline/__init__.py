@@ -1,0 +1,28 @@
+"""ragft pipeline: configuration, data, models, knowledge base, retrieval, generation, engines."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__version__ = "0.1.0"
+
+
+def _hide_bitsandbytes_without_cuda() -> None:
+    """peft imports bitsandbytes eagerly whenever it is installed, and on a machine without CUDA
+    bitsandbytes logs warnings about CPU kernels at import. It is only useful for 4-bit loading on
+    CUDA, so on a machine with no NVIDIA driver we make it look absent (`import bitsandbytes` raises
+    ImportError, `find_spec` returns None) before anything imports peft or transformers.
+    Set RAGFT_ALLOW_BITSANDBYTES=1 to opt out."""
+    if "bitsandbytes" in sys.modules or os.environ.get("RAGFT_ALLOW_BITSANDBYTES") == "1":
+        return
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"):
+        return
+    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+
+
+_hide_bitsandbytes_without_cuda()
+
+from pipeline.config import Config, ConfigError, load_config  # noqa: E402
+
+__all__ = ["Config", "ConfigError", "load_config", "__version__"]

@@ -1,0 +1,504 @@
+"""Typed configuration shared by every ragft entry point.
+
+    python -m pipeline.prepare --config pipeline/configs/tiny.yaml --set data.seed=7
+    python -m eval.compare --config cpu --set retrieve.top_k=10 --set generator.batch_size=4
+
+A configuration is one `Config` made of one dataclass per section (data, index, retrieve,
+rerank, rewrite, generator, finetune, eval). Values come, in order, from the dataclass
+defaults, a YAML profile (`pipeline/configs/<name>.yaml`), and `--set section.key=value`
+overrides. Every value is type-checked on the way in, and an unknown key fails with the list
+of valid keys of its section, so a typo never silently falls back to a default.
+
+String values may contain `{run_dir}`; it is expanded when the config is loaded, so that one
+`run_dir` moves all artifacts of a profile at once. Every artifact a command writes stores
+the resolved config beside it (`save_resolved_config`), and `config_digest` tells whether an
+artifact was built with the settings now in force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence, Union
+
+import yaml
+
+from pipeline.fileio import atomic_write_text
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_PROFILE = "tiny"
+RESOLVED_CONFIG_NAME = "ragft_config.yaml"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is wrong; the message says which and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# field helpers: every field carries a help text and, optionally, a check on its value
+# --------------------------------------------------------------------------------------------
+
+Check = tuple[Callable[[Any], bool], str]
+
+POSITIVE: Check = (lambda v: v > 0, "must be > 0")
+NON_NEGATIVE: Check = (lambda v: v >= 0, "must be >= 0")
+FRACTION: Check = (lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
+OPEN_FRACTION: Check = (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")
+
+
+def option(default: Any, help: str, check: Check | None = None) -> Any:
+    """A dataclass field with a help text (shown by `--help-config`) and an optional check."""
+    metadata = {"help": help, "check": check}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=metadata)
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    input: str = option("data/demo/raw.jsonl", "Raw question/answer file (.jsonl, .json list or .csv) that `pipeline.prepare` reads.")
+    dir: str = option("data/demo", "Folder with the prepared splits train.jsonl, val.jsonl, test.jsonl.")
+    dedup_threshold: float = option(0.9, "Semantic de-duplication: drop a question whose cosine similarity with an earlier kept question is above this.", OPEN_FRACTION)
+    dedup_model: str = option(MINILM, "Sentence-embedding model used for semantic de-duplication.")
+    seed: int = option(42, "Seed of the shuffle before splitting (Python's random.Random).")
+    ratios: list[float] = option([0.7, 0.15, 0.15], "Train / val / test fractions; each boundary is int(fraction * n), the test split takes the rest.")
+    skip_invalid: bool = option(False, "Skip invalid rows (and report them) instead of failing on the first one.")
+    knowledge_splits: list[str] = option(["train"], "Splits whose question/answer pairs form the knowledge base.")
+
+
+@dataclass
+class IndexConfig:
+    dir: str = option("{run_dir}/index", "Folder of the knowledge base: Chroma data, BM25 index, docstore.")
+    embed_model: str = option(MINILM, "Embedding model (hub id or local folder) for the dense index.")
+    embed_batch_size: int = option(64, "Texts embedded per batch.", POSITIVE)
+    collection: str = option("ragft", "Chroma collection name.")
+    sources: list[str] = option([], "Extra document files or folders (.md, .txt, .pdf, .html) ingested beside the QA pairs.")
+    chunk_size: int = option(512, "Document chunk size in tokens.", POSITIVE)
+    chunk_overlap: int = option(64, "Overlap between consecutive document chunks in tokens.", NON_NEGATIVE)
+    chroma_host: Optional[str] = option(None, "Chroma server host; unset uses the embedded PersistentClient under `dir`.")
+    chroma_port: int = option(8000, "Chroma server port (with chroma_host).", POSITIVE)
+
+
+@dataclass
+class RetrieveConfig:
+    mode: Literal["dense", "bm25", "hybrid"] = option("hybrid", "Retriever used by RAG systems that do not fix their own.")
+    top_k: int = option(5, "Passages returned after fusion.", POSITIVE)
+    candidates: int = option(20, "Passages each retriever returns before fusion.", POSITIVE)
+    fusion: Literal["rrf", "score"] = option("rrf", "Hybrid fusion: weighted reciprocal rank fusion, or min-max normalized score fusion.")
+    rrf_k: float = option(60.0, "Constant k of reciprocal rank fusion: score = sum_i w_i / (k + rank_i).", POSITIVE)
+    dense_weight: float = option(1.0, "Weight of the dense retriever in fusion.", NON_NEGATIVE)
+    bm25_weight: float = option(1.0, "Weight of the BM25 retriever in fusion.", NON_NEGATIVE)
+    bm25_stemmer: Optional[str] = option("english", "Snowball stemmer language for BM25; null disables stemming.")
+
+
+@dataclass
+class RerankConfig:
+    enabled: bool = option(True, "Rerank retrieved passages with the cross-encoder in systems that use it.")
+    model: str = option("{run_dir}/reranker", "Cross-encoder folder or hub id.")
+    candidates: int = option(50, "Passages retrieved before reranking.", POSITIVE)
+    top_n: int = option(5, "Passages kept after reranking.", POSITIVE)
+    batch_size: int = option(32, "(question, passage) pairs scored per batch.", POSITIVE)
+    max_length: int = option(256, "Maximum tokens of a (question, passage) pair.", POSITIVE)
+
+
+@dataclass
+class RewriteConfig:
+    mode: Literal["none", "hyde", "multi", "decompose"] = option("hyde", "Query rewriting before retrieval.")
+    adapter: Optional[str] = option("{run_dir}/adapters/rewriter", "LoRA adapter of the rewriter on top of the generator's base model; null uses the base model.")
+    n_queries: int = option(3, "Alternative phrasings (multi) or sub-questions (decompose) at most.", POSITIVE)
+    max_new_tokens: int = option(64, "Tokens generated for a rewrite.", POSITIVE)
+
+
+@dataclass
+class GeneratorConfig:
+    backend: Literal["hf", "openai"] = option("hf", "hf: local transformers model; openai: any OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama).")
+    model: str = option("{run_dir}/models/tiny-lm", "Base causal LM: hub id or local folder (or the served model name with backend=openai).")
+    adapter: Optional[str] = option(None, "PEFT LoRA adapter folder loaded on top of the base model.")
+    merge_adapter: bool = option(False, "Merge the adapter into the base weights after loading (faster generation, more memory).")
+    torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = option("auto", "Weights dtype; auto picks bfloat16 on CUDA, float32 on CPU.")
+    load_in_4bit: bool = option(False, "Load the base model in 4-bit NF4 with bf16 compute (bitsandbytes; needs CUDA).")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    max_new_tokens: int = option(100, "Tokens generated per answer.", POSITIVE)
+    temperature: float = option(0.0, "Sampling temperature; 0 is greedy decoding.", NON_NEGATIVE)
+    batch_size: int = option(8, "Questions generated per batch in evaluation.", POSITIVE)
+    context_top_k: int = option(5, "Retrieved passages put into the prompt.", POSITIVE)
+    trust_remote_code: bool = option(False, "Allow model repositories to run their own Python code. Off unless you trust the source.")
+    api_base: Optional[str] = option(None, "Base URL of the OpenAI-compatible server (backend=openai), e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key for backend=openai.")
+
+
+@dataclass
+class TinyModelConfig:
+    vocab_size: int = option(4096, "Byte-level BPE vocabulary size.", POSITIVE)
+    hidden_size: int = option(192, "Hidden size of the tiny Llama model.", POSITIVE)
+    num_layers: int = option(4, "Transformer layers.", POSITIVE)
+    num_heads: int = option(4, "Attention heads.", POSITIVE)
+    intermediate_size: int = option(512, "MLP inner size.", POSITIVE)
+    max_seq_len: int = option(256, "Context length used in pretraining.", POSITIVE)
+    steps: int = option(600, "Pretraining optimizer steps.", POSITIVE)
+    batch_size: int = option(16, "Sequences per pretraining step.", POSITIVE)
+    learning_rate: float = option(3e-3, "Peak learning rate of pretraining.", POSITIVE)
+    corpus_max_chars: int = option(3_000_000, "Characters of generic Python documentation used for pretraining at most.", POSITIVE)
+    output: str = option("{run_dir}/models/tiny-lm", "Where the tiny model (tokenizer, safetensors, config) is written.")
+
+
+@dataclass
+class LoraTrainConfig:
+    epochs: float = option(3.0, "Training epochs.", POSITIVE)
+    learning_rate: float = option(1e-4, "Peak learning rate.", POSITIVE)
+    batch_size: int = option(8, "Examples per device step.", POSITIVE)
+    grad_accum: int = option(1, "Gradient accumulation steps.", POSITIVE)
+    lora_r: int = option(8, "LoRA rank.", POSITIVE)
+    lora_alpha: int = option(16, "LoRA alpha.", POSITIVE)
+    lora_dropout: float = option(0.05, "LoRA dropout.", FRACTION)
+    target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "Modules that get LoRA adapters.")
+    max_seq_length: int = option(512, "Maximum tokens of a training example.", POSITIVE)
+    output: str = option("{run_dir}/adapters/generator", "Where the adapter, its config and its loss history are written.")
+
+
+@dataclass
+class RaftConfig:
+    oracle_prob: float = option(0.8, "Fraction of RAFT examples whose context includes the question's own answer passage.", FRACTION)
+    num_passages: int = option(5, "Passages in each RAFT example's context (oracle included when present).", POSITIVE)
+    cite: bool = option(True, "Let the target answer cite the oracle passage as [n].")
+    output: str = option("{run_dir}/adapters/generator-raft", "Where the RAFT adapter is written.")
+
+
+@dataclass
+class RerankerTrainConfig:
+    base_model: str = option(MINILM, "Encoder checkpoint the cross-encoder starts from (a fresh one-logit head is added).")
+    epochs: float = option(1.0, "Training epochs.", POSITIVE)
+    learning_rate: float = option(2e-5, "Peak learning rate.", POSITIVE)
+    batch_size: int = option(32, "Pairs per step.", POSITIVE)
+    hard_negatives: int = option(3, "Hard negatives mined with the hybrid retriever per question.", NON_NEGATIVE)
+    random_negatives: int = option(1, "Random negatives per question.", NON_NEGATIVE)
+    output: str = option("{run_dir}/reranker", "Where the trained cross-encoder is written.")
+
+
+@dataclass
+class EmbedderTrainConfig:
+    base_model: str = option(MINILM, "Bi-encoder checkpoint to fine-tune.")
+    epochs: float = option(1.0, "Training epochs.", POSITIVE)
+    learning_rate: float = option(2e-5, "Peak learning rate.", POSITIVE)
+    batch_size: int = option(32, "Pairs per step (in-batch negatives).", POSITIVE)
+    hard_negatives: int = option(1, "Mined hard negatives per question.", NON_NEGATIVE)
+    output: str = option("{run_dir}/embedder", "Where the fine-tuned embedder is written.")
+
+
+@dataclass
+class FinetuneConfig:
+    seed: int = option(42, "Seed of every training run.")
+    tiny: TinyModelConfig = option(TinyModelConfig, "Tiny offline base language model (finetune.tiny).")
+    generator: LoraTrainConfig = option(LoraTrainConfig, "LoRA fine-tuning of the generator (finetune.generator).")
+    raft: RaftConfig = option(RaftConfig, "RAFT triples: question + retrieved passages -> answer.")
+    rewriter: LoraTrainConfig = option(LoraTrainConfig, "LoRA fine-tuning of the HyDE query rewriter (finetune.rewriter).")
+    reranker: RerankerTrainConfig = option(RerankerTrainConfig, "Cross-encoder reranker training (finetune.reranker).")
+    embedder: EmbedderTrainConfig = option(EmbedderTrainConfig, "Bi-encoder embedder fine-tuning (finetune.embedder).")
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["train", "val", "test"] = option("test", "Split the systems are evaluated on.")
+    systems: list[str] = option([], "Systems to evaluate; empty means every named system.")
+    limit: Optional[int] = option(None, "Evaluate only the first N questions (quick runs).", POSITIVE)
+    out: str = option("{run_dir}/compare", "Output folder of eval.compare.")
+    bertscore_model: str = option("roberta-large", "BERTScore model; when it cannot be loaded offline the bundled MiniLM is used and the table says so.")
+    bootstrap_samples: int = option(1000, "Bootstrap resamples for confidence intervals.", POSITIVE)
+    seed: int = option(42, "Seed of the bootstrap.")
+
+
+@dataclass
+class Config:
+    profile: str = option("custom", "Name of the profile this config came from.")
+    run_dir: str = option("runs/default", "Root folder of every artifact of this profile ({run_dir} in other values).")
+    data: DataConfig = option(DataConfig, "Input data and its preparation.")
+    index: IndexConfig = option(IndexConfig, "Knowledge base: embedding, chunking, stores.")
+    retrieve: RetrieveConfig = option(RetrieveConfig, "Dense, BM25 and hybrid retrieval.")
+    rerank: RerankConfig = option(RerankConfig, "Cross-encoder reranking.")
+    rewrite: RewriteConfig = option(RewriteConfig, "Query rewriting (HyDE, multi, decompose).")
+    generator: GeneratorConfig = option(GeneratorConfig, "Answer generation.")
+    finetune: FinetuneConfig = option(FinetuneConfig, "Training of every trainable part.")
+    eval: EvalConfig = option(EvalConfig, "Evaluation.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# building a Config from plain data, with type checks
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; return it in the canonical Python type."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where} must be {_type_name(tp)}; got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list ({_type_name(tp)}); got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of keys of section '{where}'; got {value!r}")
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false; got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer; got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number; got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string; got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {where}")  # a bug in this module
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in valid]
+    if unknown:
+        section = f"section '{where}'" if where else "the top level"
+        raise ConfigError(
+            f"unknown key {', '.join(repr(f'{where}.{k}' if where else k) for k in unknown)} in {section}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    default = cls()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        path = f"{where}.{f.name}" if where else f.name
+        if f.name not in raw:
+            values[f.name] = getattr(default, f.name)
+            continue
+        value = _coerce(raw[f.name], hints[f.name], path)
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            predicate, rule = check
+            if not predicate(value):
+                raise ConfigError(f"{path} {rule}; got {value!r}")
+        values[f.name] = value
+    return cls(**values)
+
+
+def _expand_run_dir(data: Any, run_dir: str) -> Any:
+    if isinstance(data, dict):
+        return {k: _expand_run_dir(v, run_dir) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_run_dir(v, run_dir) for v in data]
+    if isinstance(data, str):
+        return data.replace("{run_dir}", run_dir)
+    return data
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Return a copy of `raw` with `dotted` (a.b.c) set to `value`; the keys are checked later."""
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"override key {dotted!r} is malformed; write section.key=value, e.g. retrieve.top_k=10")
+    out = json.loads(json.dumps(raw))  # deep copy; YAML config values are JSON-compatible
+    node = out
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` -> (dotted key, value parsed as YAML: 10, true, null, [a, b])."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} has no '='; write section.key=value, e.g. retrieve.top_k=10")
+    key, _, value_text = text.partition("=")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.strip(), value
+
+
+def resolve_profile_path(path_or_name: str | Path | None) -> Path:
+    """A profile file path, or a bare profile name (tiny, cpu, mistral-7b) from pipeline/configs."""
+    if path_or_name is None:
+        path_or_name = DEFAULT_PROFILE
+    candidate = Path(path_or_name)
+    if candidate.is_file():
+        return candidate
+    named = CONFIG_DIR / f"{path_or_name}.yaml"
+    if "/" not in str(path_or_name) and named.is_file():
+        return named
+    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {str(path_or_name)!r} not found; pass a YAML file path or one of the profiles: {available}")
+
+
+def config_from_dict(raw: dict[str, Any], overrides: Iterable[str] = ()) -> Config:
+    """Build and check a Config from plain data plus `section.key=value` overrides."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections; got {type(raw).__name__}")
+    for text in overrides:
+        key, value = parse_override(text)
+        raw = _set_dotted(raw, key, value)
+    config = _build(Config, raw, "")
+    return _build(Config, _expand_run_dir(config.to_dict(), config.run_dir), "")
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML profile (default: tiny), apply overrides, check every value, expand {run_dir}."""
+    profile_path = resolve_profile_path(path)
+    try:
+        raw = yaml.safe_load(profile_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {profile_path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {profile_path} is not UTF-8 text") from None
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{profile_path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# resolved config beside artifacts
+# --------------------------------------------------------------------------------------------
+
+
+def config_digest(config: Config, sections: Sequence[str] | None = None) -> str:
+    """A short, stable hash of the chosen sections (all when None): equal digest, same settings."""
+    data = config.to_dict()
+    if sections is not None:
+        data = {name: data[name] for name in sections}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def save_resolved_config(config: Config, artifact_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the fully resolved config (and optional facts about the artifact) beside an artifact."""
+    from pipeline import __version__
+
+    artifact_dir = Path(artifact_dir)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    document = {"ragft_version": __version__, "digest": config_digest(config), "config": config.to_dict()}
+    if extra:
+        document["artifact"] = extra
+    target = artifact_dir / RESOLVED_CONFIG_NAME
+    atomic_write_text(target, yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    return target
+
+
+def read_resolved_config(artifact_dir: str | Path) -> tuple[Config, dict[str, Any]]:
+    """The config an artifact was built with, and the facts stored with it."""
+    target = Path(artifact_dir) / RESOLVED_CONFIG_NAME
+    if not target.is_file():
+        raise ConfigError(f"{artifact_dir} has no {RESOLVED_CONFIG_NAME}: it was not written by ragft, or not completely; rebuild it")
+    document = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
+    try:
+        return config_from_dict(document.get("config", {})), document.get("artifact", {})
+    except ConfigError as exc:
+        raise ConfigError(f"{target}: {exc}; the artifact was written by an incompatible version, rebuild it") from None
+
+
+# --------------------------------------------------------------------------------------------
+# command-line integration: the same two flags on every entry point
+# --------------------------------------------------------------------------------------------
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --config, --set and --help-config to a command's parser."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="PROFILE",
+        help=f"YAML profile: a file path or a name from pipeline/configs ({', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}); default: {DEFAULT_PROFILE}.",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="Override one config value (repeatable), e.g. --set retrieve.top_k=10 --set finetune.reranker.epochs=2. Values are YAML: 10, true, null, [a, b].",
+    )
+    parser.add_argument("--help-config", action="store_true", help="Print every config key with its default and help text, then exit.")
+
+
+def config_from_args(args: argparse.Namespace, extra_overrides: Iterable[str] = ()) -> Config:
+    """The Config named by --config and --set, then a command's own flags (`extra_overrides`,
+    already in section.key=value form) so that the resolved config records them too.
+    Prints the key reference and exits on --help-config."""
+    if getattr(args, "help_config", False):
+        print(describe_config())
+        raise SystemExit(0)
+    return load_config(args.config, [*args.overrides, *extra_overrides])
+
+
+def describe_config(cls: type = Config, prefix: str = "") -> str:
+    """One line per key: dotted name, type, default, help."""
+    lines = []
+    default = cls()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"[{path}] {f.metadata.get('help', '')}")
+            lines.append(describe_config(hints[f.name], f"{path}."))
+            continue
+        value = getattr(default, f.name)
+        lines.append(f"  {path} ({_type_name(hints[f.name])}, default {value!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""ragft ui: the Streamlit chat app (streamlit run ui/app.py)."""
