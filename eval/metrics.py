@@ -327,27 +327,9 @@ class ResolvedBertScoreModel:
 
 def _locate_model(reference: str) -> str:
     """A local folder or downloadable id for `reference`, or ModelNotFoundError."""
-    from pipeline.models import ModelNotFoundError, hub_offline, resolve_model
+    from pipeline.models import resolve_model
 
-    try:
-        return resolve_model(reference)
-    except ModelNotFoundError:
-        # resolve_model treats bare hub ids without an owner ("roberta-large") as paths; look in
-        # the hub cache (and let the loader download when allowed) before giving up.
-        if "/" in reference or Path(reference).expanduser().exists():
-            raise
-        from huggingface_hub import snapshot_download
-
-        try:
-            return snapshot_download(reference, local_files_only=True)
-        except Exception:
-            if not hub_offline():
-                return reference
-            raise ModelNotFoundError(
-                f"BERTScore model {reference!r} is neither in the Hugging Face hub cache nor a local folder, and the hub "
-                f"is offline (HF_HUB_OFFLINE). Fix: download it while online (`huggingface-cli download {reference}`) or "
-                f"choose another model (--bertscore-model {FALLBACK_BERTSCORE_MODEL})"
-            ) from None
+    return resolve_model(reference)
 
 
 def _model_layers(reference: str, path: str) -> int:
@@ -380,11 +362,11 @@ def resolve_bertscore_model(
         if not allow_fallback or reference == FALLBACK_BERTSCORE_MODEL:
             raise
         path = _locate_model(FALLBACK_BERTSCORE_MODEL)
-        reason = "it is not available offline (not in the hub cache, no local folder)"
+        reason = "it was not found on this machine (no local folder, not in the hub cache) and could not be downloaded"
         resolved = ResolvedBertScoreModel(
             FALLBACK_BERTSCORE_MODEL, path, EXTRA_BERTSCORE_LAYERS[FALLBACK_BERTSCORE_MODEL], reference, reason
         )
-        print(f"BERTScore: falling back to {resolved.describe()}. ({exc})", file=sys.stderr)
+        print(f"BERTScore: falling back to {resolved.name} (layer {resolved.num_layers}, no baseline rescale); {exc}", file=sys.stderr)
         return resolved
     return ResolvedBertScoreModel(reference, path, num_layers or _model_layers(reference, path), reference)
 
@@ -461,10 +443,16 @@ class BertScoreModel:
     def score(self, predictions: Sequence[str], references: Sequence[str], *, verbose: bool = False) -> np.ndarray:
         """BERTScore F1 of each (prediction, reference) pair."""
         _check_pairs(predictions, references)
-        if not predictions:
-            return np.zeros(0)
-        _, _, f1 = self._load().score(list(predictions), list(references), verbose=verbose, batch_size=self.batch_size)
-        return f1.detach().cpu().numpy().astype(float)
+        f1 = np.zeros(len(predictions))
+        # An empty side scores 0, as bert-score itself rules; they are kept away from bert-score,
+        # whose empty-sentence path calls a tokenizer method transformers 5 no longer has.
+        keep = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
+        if keep:
+            _, _, scored = self._load().score(
+                [predictions[i] for i in keep], [references[i] for i in keep], verbose=verbose, batch_size=self.batch_size
+            )
+            f1[keep] = scored.detach().cpu().numpy().astype(float)
+        return f1
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,7 +460,7 @@ class BertScoreModel:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: identity equality, no elementwise surprises
 class AnswerScores:
     """Per-question values of every answer metric of one system, the input of every bootstrap.
 

@@ -39,6 +39,21 @@ from pipeline.fileio import write_json
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
+# The "micro" variant that tests build once per session (tests/conftest.py `tiny_lm_dir`):
+# ~60 k parameters, 30 steps on 150 k characters; seconds on 2 CPU cores. Same code path.
+MICRO_OVERRIDES = (
+    "finetune.tiny.vocab_size=512",
+    "finetune.tiny.hidden_size=32",
+    "finetune.tiny.num_layers=2",
+    "finetune.tiny.num_heads=2",
+    "finetune.tiny.intermediate_size=64",
+    "finetune.tiny.max_seq_len=64",
+    "finetune.tiny.steps=30",
+    "finetune.tiny.batch_size=8",
+    "finetune.tiny.learning_rate=0.005",
+    "finetune.tiny.corpus_max_chars=150000",
+)
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 # Standard-library folders that are tests, demos or vendored grammars rather than documentation.
@@ -70,18 +85,19 @@ def generic_corpus(max_chars: int) -> list[str]:
     at most `max_chars` characters in total. Never the project's data."""
     from pydoc_data.topics import topics
 
-    documents = [topics[key].strip() for key in sorted(topics)]
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(
-        p for p in stdlib.rglob("*.py") if not (_SKIP_PARTS & set(p.relative_to(stdlib).parts))
-    )
-    for path in files:
-        try:
-            documents.extend(_docstrings(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError):
-            continue
+    def documents():
+        for key in sorted(topics):
+            yield topics[key].strip()
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        files = sorted(p for p in stdlib.rglob("*.py") if not (_SKIP_PARTS & set(p.relative_to(stdlib).parts)))
+        for path in files:
+            try:
+                yield from _docstrings(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                continue
+
     kept, total = [], 0
-    for doc in documents:
+    for doc in documents():  # lazy: a small budget does not parse the whole standard library
         if total + len(doc) > max_chars:
             doc = doc[: max_chars - total]
         if doc:
@@ -215,6 +231,17 @@ def build_tiny_lm(config: Config, output: str | Path | None = None, log: Callabl
     seed = config.finetune.seed
     output = Path(output or tiny.output)
     started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(tiny.torch_threads)
+    try:
+        return _build(config, tiny, seed, output, started, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(config: Config, tiny: TinyModelConfig, seed: int, output: Path, started: float, log: Callable[[str], None]) -> dict:
+    import torch
+
     seed_everything(seed)
     documents = generic_corpus(tiny.corpus_max_chars)
     chars = sum(len(d) for d in documents)

@@ -25,4 +25,17 @@ _hide_bitsandbytes_without_cuda()
 
 from pipeline.config import Config, ConfigError, load_config  # noqa: E402
 
-__all__ = ["Config", "ConfigError", "load_config", "__version__"]
+__all__ = ["Config", "ConfigError", "load_config", "build_query_engine", "Components", "SYSTEMS", "SYSTEM_NAMES", "__version__"]
+
+
+def __getattr__(name: str):
+    """The engine API loads on first use, so `import pipeline` (every CLI's first line) stays fast."""
+    if name in ("build_query_engine", "Components"):
+        from pipeline import engine
+
+        return getattr(engine, name)
+    if name in ("SYSTEMS", "SYSTEM_NAMES"):
+        from pipeline import systems
+
+        return getattr(systems, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

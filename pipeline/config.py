@@ -99,10 +99,10 @@ class RetrieveConfig:
     mode: Literal["dense", "bm25", "hybrid"] = option("hybrid", "Retriever used by RAG systems that do not fix their own.")
     top_k: int = option(5, "Passages returned after fusion.", POSITIVE)
     candidates: int = option(20, "Passages each retriever returns before fusion.", POSITIVE)
-    fusion: Literal["rrf", "score"] = option("rrf", "Hybrid fusion: weighted reciprocal rank fusion, or min-max normalized score fusion.")
+    fusion: Literal["rrf", "score"] = option("score", "Hybrid fusion: weighted reciprocal rank fusion, or min-max normalized score fusion (default: chosen on the seed val split by `python -m eval.retrieval --tune`).")
     rrf_k: float = option(60.0, "Constant k of reciprocal rank fusion: score = sum_i w_i / (k + rank_i).", POSITIVE)
     dense_weight: float = option(1.0, "Weight of the dense retriever in fusion.", NON_NEGATIVE)
-    bm25_weight: float = option(1.0, "Weight of the BM25 retriever in fusion.", NON_NEGATIVE)
+    bm25_weight: float = option(0.4, "Weight of the BM25 retriever in fusion (0.4 with dense 1.0 was chosen on the seed val split).", NON_NEGATIVE)
     bm25_stemmer: Optional[str] = option("english", "Snowball stemmer language for BM25; null disables stemming.")
     max_query_chars: int = option(2000, "Longer queries are truncated (with a warning) before retrieval; the MiniLM embedder reads only its first 256 tokens anyway.", POSITIVE)
 
@@ -115,6 +115,7 @@ class RerankConfig:
     top_n: int = option(5, "Passages kept after reranking.", POSITIVE)
     batch_size: int = option(32, "(question, passage) pairs scored per batch.", POSITIVE)
     max_length: int = option(256, "Maximum tokens of a (question, passage) pair.", POSITIVE)
+    backend: Literal["torch", "onnx"] = option("torch", "Inference backend of the cross-encoder: torch, or onnx (needs `pip install optimum onnxruntime`; see `python -m eval.bench rerank` for the speed-up).")
 
 
 @dataclass
@@ -138,6 +139,8 @@ class GeneratorConfig:
     temperature: float = option(0.0, "Sampling temperature; 0 is greedy decoding.", NON_NEGATIVE)
     batch_size: int = option(8, "Questions generated per batch in evaluation.", POSITIVE)
     context_top_k: int = option(5, "Retrieved passages put into the prompt.", POSITIVE)
+    max_passage_chars: Optional[int] = option(600, "Each passage is cut to this many characters in the prompt, at inference and in fine-tuning alike; null keeps passages whole.", POSITIVE)
+    cpu_threads: Optional[int] = option(None, "CPU threads torch uses for local generation and generator fine-tuning on CPU; null keeps torch's default (all cores). 1 is fastest for tiny models on shared cores.", POSITIVE)
     trust_remote_code: bool = option(False, "Allow model repositories to run their own Python code. Off unless you trust the source.")
     api_base: Optional[str] = option(None, "Base URL of the OpenAI-compatible server (backend=openai), e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key for backend=openai.")
@@ -151,10 +154,11 @@ class TinyModelConfig:
     num_heads: int = option(4, "Attention heads.", POSITIVE)
     intermediate_size: int = option(512, "MLP inner size.", POSITIVE)
     max_seq_len: int = option(256, "Context length used in pretraining.", POSITIVE)
-    steps: int = option(400, "Pretraining optimizer steps (400 x 8 x 256 tokens is ~1.4 passes over the ~0.57 M-token corpus; a few minutes on 2 CPU cores).", POSITIVE)
+    steps: int = option(300, "Pretraining optimizer steps (300 x 8 x 256 tokens is ~1.1 passes over the ~0.57 M-token corpus: ~2 min on 2 idle CPU cores, ~5 min on shared ones).", POSITIVE)
     batch_size: int = option(8, "Sequences per pretraining step.", POSITIVE)
     learning_rate: float = option(3e-3, "Peak learning rate of pretraining.", POSITIVE)
     corpus_max_chars: int = option(3_000_000, "Characters of generic Python documentation used for pretraining at most.", POSITIVE)
+    torch_threads: int = option(1, "CPU threads of pretraining. 1 is fastest when other processes share the cores (oversubscribed threads made a step 6x slower on a shared 2-core machine); raise it on an idle many-core machine.", POSITIVE)
     output: str = option("{run_dir}/models/tiny-lm", "Where the tiny model (tokenizer, safetensors, config) is written.")
 
 
@@ -169,6 +173,7 @@ class LoraTrainConfig:
     lora_dropout: float = option(0.05, "LoRA dropout.", FRACTION)
     target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "Modules that get LoRA adapters.")
     max_seq_length: int = option(512, "Maximum tokens of a training example.", POSITIVE)
+    limit: Optional[int] = option(None, "Train on the first N training examples only (quick runs); null uses them all.", POSITIVE)
     output: str = option("{run_dir}/adapters/generator", "Where the adapter, its config and its loss history are written.")
 
 
@@ -177,6 +182,7 @@ class RaftConfig:
     oracle_prob: float = option(0.8, "Fraction of RAFT examples whose context includes the question's own answer passage.", FRACTION)
     num_passages: int = option(5, "Passages in each RAFT example's context (oracle included when present).", POSITIVE)
     cite: bool = option(True, "Let the target answer cite the oracle passage as [n].")
+    retriever: Literal["dense", "bm25", "hybrid"] = option("hybrid", "Retriever that mines the distractor passages (hard negatives) from the knowledge base.")
     output: str = option("{run_dir}/adapters/generator-raft", "Where the RAFT adapter is written.")
 
 
@@ -188,6 +194,13 @@ class RerankerTrainConfig:
     batch_size: int = option(32, "Pairs per step.", POSITIVE)
     hard_negatives: int = option(3, "Hard negatives mined with the hybrid retriever per question.", NON_NEGATIVE)
     random_negatives: int = option(1, "Random negatives per question.", NON_NEGATIVE)
+    loss: Literal["bce", "listwise"] = option("bce", "bce: binary cross-entropy on (question, passage, 0/1) pairs, positives weighted by negatives per question; listwise: softmax cross-entropy over each question's positive and its negatives (sentence-transformers' cross-encoder MultipleNegativesRankingLoss, random negatives taken in-batch).")
+    max_length: int = option(128, "Maximum tokens of a (question, passage) pair in training and evaluation.", POSITIVE)
+    warmup_ratio: float = option(0.1, "Fraction of the optimizer steps with a linear learning-rate warm-up.", FRACTION)
+    mine_candidates: int = option(20, "Passages the hybrid retriever returns per training question when mining hard negatives (the hardest `hard_negatives` that are not the positive are kept).", POSITIVE)
+    eval_candidates: int = option(20, "Candidates the retriever returns per val question for the before/after evaluation.", POSITIVE)
+    limit: Optional[int] = option(None, "Train on the first N training questions only (quick runs); null uses them all.", POSITIVE)
+    eval_limit: Optional[int] = option(None, "Evaluate on the first N val questions only (quick runs); null uses them all.", POSITIVE)
     output: str = option("{run_dir}/reranker", "Where the trained cross-encoder is written.")
 
 
@@ -198,6 +211,11 @@ class EmbedderTrainConfig:
     learning_rate: float = option(2e-5, "Peak learning rate.", POSITIVE)
     batch_size: int = option(32, "Pairs per step (in-batch negatives).", POSITIVE)
     hard_negatives: int = option(1, "Mined hard negatives per question.", NON_NEGATIVE)
+    mine_candidates: int = option(20, "Passages the hybrid retriever returns per training question when mining hard negatives.", POSITIVE)
+    warmup_ratio: float = option(0.1, "Fraction of the optimizer steps with a linear learning-rate warm-up.", FRACTION)
+    max_seq_length: int = option(128, "Maximum tokens of a question or passage in training.", POSITIVE)
+    limit: Optional[int] = option(None, "Train on the first N training questions only (quick runs); null uses them all.", POSITIVE)
+    eval_limit: Optional[int] = option(None, "Evaluate on the first N val questions only (quick runs); null uses them all.", POSITIVE)
     output: str = option("{run_dir}/embedder", "Where the fine-tuned embedder is written.")
 
 
@@ -207,9 +225,19 @@ class FinetuneConfig:
     tiny: TinyModelConfig = option(TinyModelConfig, "Tiny offline base language model (finetune.tiny).")
     generator: LoraTrainConfig = option(LoraTrainConfig, "LoRA fine-tuning of the generator (finetune.generator).")
     raft: RaftConfig = option(RaftConfig, "RAFT triples: question + retrieved passages -> answer.")
-    rewriter: LoraTrainConfig = option(LoraTrainConfig, "LoRA fine-tuning of the HyDE query rewriter (finetune.rewriter).")
+    rewriter: LoraTrainConfig = field(
+        default_factory=lambda: LoraTrainConfig(output="{run_dir}/adapters/rewriter"),
+        metadata={"help": "LoRA fine-tuning of the HyDE query rewriter (finetune.rewriter); its output is what rewrite.adapter loads.", "check": None},
+    )
     reranker: RerankerTrainConfig = option(RerankerTrainConfig, "Cross-encoder reranker training (finetune.reranker).")
     embedder: EmbedderTrainConfig = option(EmbedderTrainConfig, "Bi-encoder embedder fine-tuning (finetune.embedder).")
+
+
+@dataclass
+class AgentConfig:
+    grade_threshold: float = option(0.3, "The `full` system retries retrieval when its best rerank score (sigmoid, 0..1) is below this.", FRACTION)
+    max_rounds: int = option(3, "Retrieval rounds at most (the first included); after the last weak round the answer is 'not found in the knowledge base'.", POSITIVE)
+    retry_modes: list[str] = option(["multi", "decompose"], "Rewrite modes tried, in order, on the rounds after the first (none, hyde, multi, decompose).", (lambda v: all(m in ("none", "hyde", "multi", "decompose") for m in v), "must list only none, hyde, multi, decompose"))
 
 
 @dataclass
@@ -219,8 +247,23 @@ class EvalConfig:
     limit: Optional[int] = option(None, "Evaluate only the first N questions (quick runs).", POSITIVE)
     out: str = option("{run_dir}/compare", "Output folder of eval.compare.")
     bertscore_model: str = option("roberta-large", "BERTScore model; when it cannot be loaded offline the bundled MiniLM is used and the table says so.")
+    bertscore: bool = option(True, "Compute BERTScore F1 (loads the BERTScore model); false skips it.")
+    bertscore_fallback: bool = option(True, "When bertscore_model cannot be loaded, use the bundled all-MiniLM-L6-v2 (layer 6) and say so in results and tables; false fails instead.")
+    bertscore_num_layers: Optional[int] = option(None, "Layer whose embeddings BERTScore compares; null uses bert-score's tuned layer for known models, else the last layer.", POSITIVE)
+    bertscore_batch_size: int = option(32, "Sentence pairs per BERTScore batch.", POSITIVE)
+    baseline: str = option("rag_vanilla", "System (or prediction file stem, with or without a _test/_val/_train suffix) every other system is paired-tested against.")
     bootstrap_samples: int = option(1000, "Bootstrap resamples for confidence intervals.", POSITIVE)
     seed: int = option(42, "Seed of the bootstrap.")
+    chunk_size: int = option(64, "eval.compare: questions per resumable chunk of a system (retrieval, then one batched generation pass per chunk); an interrupted run loses at most one chunk.", POSITIVE)
+    reference_results: Optional[str] = option(None, "eval.compare: folder of the reference experiment's prediction files (<system>_<split>.jsonl), shown beside our rows when the data is the reference experiment's (recognised by content hash); null looks in results/ beside the data folder.")
+
+
+@dataclass
+class UIConfig:
+    upload_max_mb: int = option(20, "Largest document (MB) the chat app (ui/app.py) accepts for upload; bigger files are refused with a message.", POSITIVE)
+    uploads_dir: str = option("{run_dir}/uploads", "Folder where the chat app keeps uploaded documents; every ingestion from the app mirrors index.sources plus this folder (add it to index.sources so `python -m pipeline.index` keeps them too).")
+    feedback_file: str = option("{run_dir}/feedback.jsonl", "JSONL file the chat app appends thumbs up/down feedback to (question, answer, system, sources).")
+    default_system: str = option("full", "System selected when the chat app opens (any name of pipeline.systems).")
 
 
 @dataclass
@@ -233,8 +276,10 @@ class Config:
     rerank: RerankConfig = option(RerankConfig, "Cross-encoder reranking.")
     rewrite: RewriteConfig = option(RewriteConfig, "Query rewriting (HyDE, multi, decompose).")
     generator: GeneratorConfig = option(GeneratorConfig, "Answer generation.")
+    agent: AgentConfig = option(AgentConfig, "The retrieve-grade-retry loop of the `full` system.")
     finetune: FinetuneConfig = option(FinetuneConfig, "Training of every trainable part.")
     eval: EvalConfig = option(EvalConfig, "Evaluation.")
+    ui: UIConfig = option(UIConfig, "The Streamlit chat app (ui/app.py): uploads, feedback.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,7 +355,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {where}")  # a bug in this module
 
 
-def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+def _build(cls: type, raw: dict[str, Any], where: str, default: Any = None) -> Any:
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in raw if k not in valid]
@@ -320,12 +365,15 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             f"unknown key {', '.join(repr(f'{where}.{k}' if where else k) for k in unknown)} in {section}; "
             f"valid keys: {', '.join(valid)}"
         )
-    default = cls()
+    default = cls() if default is None else default  # a section's own defaults (finetune.rewriter.output)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         path = f"{where}.{f.name}" if where else f.name
         if f.name not in raw:
             values[f.name] = getattr(default, f.name)
+            continue
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(raw[f.name], dict):
+            values[f.name] = _build(hints[f.name], raw[f.name], path, getattr(default, f.name))
             continue
         value = _coerce(raw[f.name], hints[f.name], path)
         check = f.metadata.get("check")

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, load_config, save_resolved_config
 from pipeline.data import DataError, load_split
-from pipeline.fileio import atomic_write_text, write_json
+from pipeline.fileio import write_json
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -426,6 +426,37 @@ def _chroma_client(config: Config, index_dir: Path):
     return chromadb.PersistentClient(path=str(index_dir / CHROMA_DIRNAME), settings=settings)
 
 
+def _forget_chroma_system(index_dir: Path) -> None:
+    """Chroma caches one client system per persist path for the whole process; after the folder
+    is deleted that cached system would write into a removed database ("readonly database"). Drop
+    just this path's entry (chromadb has no public call for one path; clear_system_cache drops all)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    key = str(index_dir / CHROMA_DIRNAME)
+    system = SharedSystemClient._identifier_to_system.pop(key, None)
+    SharedSystemClient._identifier_to_refcount.pop(key, None)
+    if system is not None:
+        try:
+            system.stop()
+        except Exception:  # already half torn down: nothing more to release
+            pass
+
+
+# Generation of the index each cached embedded Chroma system was opened at, per path. Chroma keeps
+# its HNSW index in memory per process: a reader process does not see vectors another process
+# wrote later (it sees the new count but searches the old graph). When the manifest's generation
+# moved on, the cached system is dropped once, so the next client loads the index from disk.
+_CHROMA_GENERATION: dict[str, int] = {}
+
+
+def _fresh_chroma_client(config: Config, index_dir: Path, generation: int):
+    key = str(index_dir / CHROMA_DIRNAME)
+    if not config.index.chroma_host and _CHROMA_GENERATION.get(key, generation) != generation:
+        _forget_chroma_system(index_dir)
+    _CHROMA_GENERATION[key] = generation
+    return _chroma_client(config, index_dir)
+
+
 def _collection_kwargs() -> dict[str, Any]:
     # cosine space: MiniLM vectors are compared by cosine (the reference used inner product of
     # normalized vectors, the same ranking); no embedding function: vectors always come from us.
@@ -480,21 +511,24 @@ def build_bm25(nodes: Sequence["BaseNode"], config: Config, *, show_progress: bo
 
 
 class _quiet_bm25:
-    """bm25s' own logger complains about k > corpus size in tiny corpora; we clamp k ourselves."""
+    """The BM25 wrapper warns about k > corpus size in tiny corpora (we clamp k ourselves) and
+    bm25s logs every index build at DEBUG; neither is news to the user."""
 
     def __enter__(self):
-        self._logger = logging.getLogger("llama_index.retrievers.bm25.base")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
+        self._loggers = [logging.getLogger("llama_index.retrievers.bm25.base"), logging.getLogger("bm25s")]
+        self._levels = [logger.level for logger in self._loggers]
+        for logger in self._loggers:
+            logger.setLevel(logging.ERROR)
 
     def __exit__(self, *exc):
-        self._logger.setLevel(self._level)
+        for logger, level in zip(self._loggers, self._levels):
+            logger.setLevel(level)
 
 
-def _persist_bm25(retriever: "LlamaBM25Retriever", target: Path, fingerprint: str, stemmer: str | None) -> None:
+def _persist_bm25(retriever: "LlamaBM25Retriever", target: Path, fingerprint: str, stemmer: str | None, *, show_progress: bool = False) -> None:
     """Write the BM25 folder beside Chroma: build in a temporary folder, then swap it in."""
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    retriever.persist(str(tmp))
+    retriever.persist(str(tmp), show_progress=show_progress)
     write_json(tmp / BM25_META_NAME, {"fingerprint": fingerprint, "stemmer": stemmer, "n": len(retriever.corpus)})
     old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
     if target.exists():
@@ -566,8 +600,9 @@ class IngestReport:
         )
 
 
-def _embedder_facts(config: Config, embed_model: "BaseEmbedding") -> dict[str, Any]:
-    return {"embed_model": config.index.embed_model, "embed_class": type(embed_model).__name__}
+def _embedder_facts(config: Config, embed_model: "BaseEmbedding | None", previous: dict[str, Any] | None) -> dict[str, Any]:
+    embed_class = type(embed_model).__name__ if embed_model is not None else (previous or {}).get("embed_class")
+    return {"embed_model": config.index.embed_model, "embed_class": embed_class}
 
 
 def check_embedder(manifest: dict[str, Any], config: Config, index_dir: Path | str) -> None:
@@ -589,6 +624,9 @@ def remove_index(config: Config) -> None:
             client.delete_collection(config.index.collection)
         except Exception:  # not there: nothing to delete
             pass
+    else:
+        _forget_chroma_system(index_dir)
+        _CHROMA_GENERATION.pop(str(index_dir / CHROMA_DIRNAME), None)
     if index_dir.exists():
         with WriterLock(index_dir):
             for child in index_dir.iterdir():
@@ -638,10 +676,6 @@ def ingest(
                 f"nothing to ingest: data.knowledge_splits={config.data.knowledge_splits} in {config.data.dir} and the sources {sources} hold no documents"
             )
 
-        if embed_model is None:
-            from pipeline.models import load_embedder
-
-            embed_model = load_embedder(config)
         generation = int(manifest.get("generation", 0)) if manifest else 0
         manifest = {
             "format": INDEX_FORMAT,
@@ -649,17 +683,23 @@ def ingest(
             "generation": generation,
             "collection": config.index.collection,
             "chroma": f"{config.index.chroma_host}:{config.index.chroma_port}" if config.index.chroma_host else CHROMA_DIRNAME,
-            **_embedder_facts(config, embed_model),
+            **_embedder_facts(config, embed_model, manifest),
             **({k: manifest[k] for k in ("counts", "fingerprint", "embed_dim") if k in manifest} if manifest else {}),
         }
         _write_manifest(index_dir, manifest)
         save_resolved_config(config, index_dir, extra={"kind": "knowledge-base", "state": "ingesting", "embed_model": config.index.embed_model})
 
-        client = _chroma_client(config, index_dir)
-        collection = client.get_or_create_collection(config.index.collection, **_collection_kwargs())
+        client = _fresh_chroma_client(config, index_dir, generation)
+        try:
+            collection = client.get_or_create_collection(config.index.collection, **_collection_kwargs())
+            docstore = _load_docstore(index_dir / DOCSTORE_NAME)
+            nodestore = _load_docstore(index_dir / NODESTORE_NAME)
+        except Exception as exc:  # sqlite/json/pydantic errors all mean the same thing here
+            raise KnowledgeBaseError(
+                f"index folder {index_dir} is damaged ({exc.__class__.__name__}: {str(exc)[:200]}); "
+                "rebuild it: python -m pipeline.index --config ... --rebuild"
+            ) from None
         vector_store = ChromaVectorStore(chroma_collection=collection)
-        docstore = _load_docstore(index_dir / DOCSTORE_NAME)
-        nodestore = _load_docstore(index_dir / NODESTORE_NAME)
 
         # which documents are new, changed, unchanged, gone (the docstore keeps their hashes)
         existing = docstore.get_all_document_hashes()  # hash -> doc id
@@ -689,9 +729,15 @@ def ingest(
             _persist_docstore(nodestore, index_dir / NODESTORE_NAME)
             _persist_docstore(docstore, index_dir / DOCSTORE_NAME)
 
+        if to_run and embed_model is None:
+            from pipeline.models import load_embedder
+
+            embed_model = load_embedder(config)
+        if embed_model is not None:
+            manifest["embed_class"] = type(embed_model).__name__
         splitter = _structure_splitter_cls()(chunk_size=config.index.chunk_size, chunk_overlap=config.index.chunk_overlap)
         pipeline = IngestionPipeline(
-            transformations=[splitter, embed_model],
+            transformations=[splitter, embed_model] if embed_model is not None else [splitter],
             vector_store=vector_store,
             docstore=docstore,
             docstore_strategy=DocstoreStrategy.UPSERTS,
@@ -719,7 +765,7 @@ def ingest(
         if _bm25_fingerprint(bm25_dir) != fingerprint:
             if show_progress:
                 log(f"BM25: indexing {report.nodes_total} nodes")
-            _persist_bm25(build_bm25(list(nodestore.docs.values()), config, show_progress=show_progress), bm25_dir, fingerprint, config.retrieve.bm25_stemmer)
+            _persist_bm25(build_bm25(list(nodestore.docs.values()), config, show_progress=show_progress), bm25_dir, fingerprint, config.retrieve.bm25_stemmer, show_progress=show_progress)
             report.bm25_rebuilt = True
 
         report.seconds = round(time.perf_counter() - started, 2)
@@ -734,6 +780,7 @@ def ingest(
             }
         )
         _write_manifest(index_dir, manifest)
+        _CHROMA_GENERATION[str(index_dir / CHROMA_DIRNAME)] = manifest["generation"]  # we wrote it: our system is current
         save_resolved_config(config, index_dir, extra={"kind": "knowledge-base", "state": "complete", "embed_model": config.index.embed_model, "report": asdict(report)})
     log(report.summary())
     return report
@@ -775,6 +822,7 @@ class KnowledgeBase:
         self._nodes = None
         self._manifest: dict[str, Any] | None = None
         self._manifest_stamp: tuple[float, int] | None = None
+        self._size: int | None = None
 
     # ---- construction ----
 
@@ -792,10 +840,12 @@ class KnowledgeBase:
         *,
         embed_model: "BaseEmbedding | None" = None,
         embeddings: Sequence[Sequence[float]] | None = None,
+        with_vectors: bool = True,
         show_progress: bool = False,
     ) -> "KnowledgeBase":
         """An in-memory knowledge base (ephemeral Chroma collection + BM25) over `nodes`, queried by
-        the very same retriever classes as a persisted index. Pass `embeddings` to skip embedding."""
+        the very same retriever classes as a persisted index. Pass `embeddings` to skip embedding,
+        `with_vectors=False` for a BM25-only base (no embedder loaded, dense search unavailable)."""
         import chromadb
         from chromadb.config import Settings as ChromaSettings
         from llama_index.vector_stores.chroma import ChromaVectorStore
@@ -804,6 +854,11 @@ class KnowledgeBase:
             raise KnowledgeBaseError("from_nodes needs at least one node")
         kb = cls(config, embed_model=embed_model, _in_memory={})
         copies = [n.model_copy() for n in nodes]
+        kb._manifest = {"format": INDEX_FORMAT, "state": "complete", "generation": 0, "embed_model": config.index.embed_model, "in_memory": True}
+        if not with_vectors:
+            kb._nodes = {n.node_id: n for n in copies}
+            kb._size = len(copies)
+            return kb
         if embeddings is None:
             texts = [n.get_content(metadata_mode=_embed_mode()) for n in copies]
             embeddings = kb.embed_model.get_text_embedding_batch(texts, show_progress=show_progress)
@@ -815,7 +870,7 @@ class KnowledgeBase:
         kb._vector_store = ChromaVectorStore(chroma_collection=collection)
         kb._vector_store.add(copies)
         kb._nodes = {n.node_id: _without_embedding(n) for n in copies}
-        kb._manifest = {"format": INDEX_FORMAT, "state": "complete", "generation": 0, "embed_model": config.index.embed_model, "in_memory": True}
+        kb._size = len(kb._nodes)
         return kb
 
     # ---- lazily loaded parts ----
@@ -846,8 +901,10 @@ class KnowledgeBase:
         if self._vector_store is None:
             from llama_index.vector_stores.chroma import ChromaVectorStore
 
-            self.manifest
-            client = _chroma_client(self.config, self.index_dir)
+            if self._in_memory is not None:
+                raise KnowledgeBaseError("this in-memory knowledge base was built with with_vectors=False: it has no dense store")
+
+            client = _fresh_chroma_client(self.config, self.index_dir, int(self.manifest.get("generation", 0)))
             try:
                 collection = client.get_collection(self.config.index.collection)
             except Exception as exc:
@@ -899,6 +956,13 @@ class KnowledgeBase:
                 self._bm25 = build_bm25(list(self.nodes.values()), self.config)
         return self._bm25
 
+    @property
+    def size(self) -> int:
+        """Vectors in the Chroma collection (counted once per load)."""
+        if self._size is None:
+            self._size = self.vector_store._collection.count()
+        return self._size
+
     # ---- maintenance ----
 
     def _stamp(self) -> tuple[float, int] | None:
@@ -913,7 +977,7 @@ class KnowledgeBase:
         if self._in_memory is not None:
             return
         self._vector_store = self._bm25 = self._nodes = self._manifest = None
-        self._manifest_stamp = None
+        self._manifest_stamp = self._size = None
 
     def refresh_if_changed(self) -> bool:
         """Reload when an ingestion has finished since the stores were loaded; True if reloaded."""
@@ -932,6 +996,17 @@ class KnowledgeBase:
             return False  # an ingestion is running: reload when it has finished
         self.reload()
         return True
+
+    def close(self) -> None:
+        """Free an in-memory base's Chroma collection (ephemeral clients share one process-wide
+        system, so collections would otherwise live until the process ends)."""
+        if self._in_memory is not None and self._vector_store is not None:
+            collection = self._vector_store._collection
+            try:
+                collection._client.delete_collection(collection.name)
+            except Exception:  # already gone
+                pass
+            self._vector_store = None
 
     def counts(self) -> dict[str, int]:
         """How many nodes each store holds (they agree after a complete ingestion)."""

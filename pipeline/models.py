@@ -10,6 +10,16 @@ A model reference is a local folder or a Hugging Face hub id. `resolve_model` lo
 
 When none has it, `ModelNotFoundError` names the model, every place looked in and the fix.
 Loaders never pass `trust_remote_code=True` unless the config asks, and read safetensors.
+
+Language models (generator, rewriter) as LlamaIndex LLMs:
+
+    llm = load_llm(config)                      # generator.backend: hf -> LocalCausalLM (CustomLLM)
+    llm = load_llm(config, adapter="runs/tiny/adapters/generator-raft")   # + a LoRA adapter
+    llm.chat(messages); llm.complete(prompt); llm.generate_batch(prompts)  # weights load on first use
+
+`backend: openai` returns llama-index's `OpenAILike` client for any OpenAI-compatible server at
+`generator.api_base`. 4-bit NF4 loading (`generator.load_in_4bit`) needs CUDA; elsewhere it fails
+with `ModelLoadError` naming the setting, before bitsandbytes is imported.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from pipeline.config import MINILM, Config
 
@@ -61,7 +71,8 @@ def _hub_cache_path(reference: str) -> Path | None:
 
 
 def _looks_like_path(reference: str) -> bool:
-    return reference.startswith((".", "/", "~")) or reference.count("/") != 1 or Path(reference).exists()
+    """Hub ids are `name` or `owner/name`; anything starting like a path or nested deeper is a path."""
+    return reference.startswith((".", "/", "~")) or reference.count("/") > 1 or Path(reference).expanduser().exists()
 
 
 def resolve_model(reference: str, *, allow_download: bool = True) -> str:
@@ -88,11 +99,11 @@ def resolve_model(reference: str, *, allow_download: bool = True) -> str:
         if allow_download and not hub_offline():
             return reference  # the loader downloads it; a network failure surfaces there
         looked.append("the hub (offline: HF_HUB_OFFLINE is set)" if hub_offline() else "the hub (downloads not allowed here)")
-    raise ModelNotFoundError(
-        f"model {reference!r} not found; looked in: {'; '.join(looked)}. "
-        f"Fix: download it while online (`huggingface-cli download {reference}`), point the config at a local "
-        f"folder that holds it, or use the offline profile (--config tiny)."
-    )
+    if _looks_like_path(reference):
+        fix = "check the path in the config, or build the model there (the tiny profile's LM: `python -m finetune.tiny`)"
+    else:
+        fix = f"download it while online (`huggingface-cli download {reference}`), point the config at a local folder that holds it, or use the offline profile (--config tiny)"
+    raise ModelNotFoundError(f"model {reference!r} not found; looked in: {'; '.join(looked)}. Fix: {fix}.")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -135,3 +146,404 @@ def load_embedder(config: Config, *, reference: str | None = None) -> "BaseEmbed
 def describe_model(reference: str) -> dict[str, Any]:
     """Where a reference resolves to, for logs and resolved configs."""
     return {"reference": reference, "resolved": resolve_model(reference, allow_download=False)}
+
+
+# --------------------------------------------------------------------------------------------
+# language models (generator, rewriter): local Hugging Face causal LMs and OpenAI-compatible
+# servers, both usable as LlamaIndex LLMs
+# --------------------------------------------------------------------------------------------
+
+
+class ModelLoadError(RuntimeError):
+    """A language model cannot be loaded with the settings asked for; the message names the
+    setting and the fix."""
+
+
+FOUR_BIT_NEEDS_CUDA = (
+    "generator.load_in_4bit=true needs a CUDA GPU (bitsandbytes 4-bit NF4 kernels), and this machine has none. "
+    "Fix: --set generator.load_in_4bit=false (full-precision weights on this machine), or run on a CUDA machine."
+)
+
+
+def resolve_dtype(name: str, device: str) -> Any:
+    """`generator.torch_dtype` -> torch dtype; auto is bfloat16 on CUDA, float32 on CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in table:
+        raise ModelLoadError(f"generator.torch_dtype={name!r} is not one of auto, {', '.join(table)}")
+    return table[name]
+
+
+def apply_cpu_threads(threads: Optional[int], device: str = "cpu") -> None:
+    """Set torch's CPU thread count (process-wide) when running on CPU and a count is given."""
+    if threads is None or resolve_device(device) != "cpu":
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def check_four_bit(load_in_4bit: bool) -> None:
+    """Raise the named error when 4-bit loading is asked for without CUDA (before any import of
+    bitsandbytes, which pipeline/__init__ hides on machines without an NVIDIA driver)."""
+    if not load_in_4bit:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError(FOUR_BIT_NEEDS_CUDA)
+
+
+def four_bit_config() -> Any:
+    """NF4 weights, bf16 compute, double quantization: the QLoRA recipe."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401  (imported here only: it is hidden on CPU machines)
+    except ImportError as exc:
+        raise ModelLoadError(f"generator.load_in_4bit=true needs the bitsandbytes package ({exc}); pip install bitsandbytes, or set generator.load_in_4bit=false") from None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+
+
+def load_causal_lm(
+    reference: str,
+    *,
+    device: str = "auto",
+    torch_dtype: str = "auto",
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
+    for_training: bool = False,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a Hugging Face causal LM from safetensors. The tokenizer pads on the
+    left (batched generation) and always has a pad token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_four_bit(load_in_4bit)
+    path = resolve_model(reference)
+    device = resolve_device(device)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if load_in_4bit:
+        import torch
+
+        kwargs["quantization_config"] = four_bit_config()
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": 0 if device == "cuda" else device}
+    else:
+        kwargs["dtype"] = resolve_dtype(torch_dtype, device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load causal LM {reference!r} from {path}: {exc}. Only safetensors weights are read; convert .bin weights or pick a model that ships safetensors") from None
+    if not load_in_4bit:
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left" if not for_training else "right"
+    if tokenizer.pad_token is None:  # many causal LMs ship none; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if not for_training:
+        model.eval()
+    return model, tokenizer
+
+
+def attach_adapter(model: Any, adapter: str, *, merge: bool = False, trainable: bool = False) -> Any:
+    """Load a PEFT LoRA adapter (safetensors) on top of `model`; merge it into the weights on request."""
+    from peft import PeftModel
+
+    folder = Path(adapter).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"adapter {adapter!r} has no adapter_config.json; train one with `python -m finetune.generator`, or set generator.adapter=null")
+    model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable, use_safetensors=True)
+    if merge:
+        model = model.merge_and_unload()
+    return model
+
+
+def _model_context_window(path: str, trust_remote_code: bool) -> int:
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception:
+        return 2048
+    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048)
+
+
+def _make_local_llm_class():
+    """The class is built on first use so that `import pipeline.models` stays cheap."""
+    import time as _time
+
+    from llama_index.core.base.llms.types import (
+        ChatMessage,
+        ChatResponse,
+        ChatResponseGen,
+        CompletionResponse,
+        CompletionResponseGen,
+        LLMMetadata,
+        MessageRole,
+    )
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+    from llama_index.core.llms.custom import CustomLLM
+
+    from pipeline.generate import render_prompt
+
+    class LocalCausalLM(CustomLLM):
+        """A local transformers causal LM (optionally with a LoRA adapter) as a LlamaIndex LLM.
+
+        Construction only stores and checks settings; weights load on first use (`load()`).
+        `chat` renders messages with the tokenizer's chat template, or the plain format of
+        pipeline.generate when it has none; `complete(prompt)` continues the text as is.
+        `generate_batch` is the evaluation path: one left-padded, batched, greedy pass.
+        """
+
+        model_ref: str = Field(description="Hub id or local folder of the base model.")
+        adapter: Optional[str] = Field(default=None, description="PEFT adapter folder.")
+        merge_adapter: bool = Field(default=False)
+        torch_dtype: str = Field(default="auto")
+        load_in_4bit: bool = Field(default=False)
+        device: str = Field(default="auto")
+        max_new_tokens: int = Field(default=100, gt=0)
+        temperature: float = Field(default=0.0, ge=0.0)
+        batch_size: int = Field(default=8, gt=0)
+        trust_remote_code: bool = Field(default=False)
+        cpu_threads: Optional[int] = Field(default=None, description="torch CPU threads (process-wide) set at load; None keeps torch's default.")
+        verbose: bool = Field(default=True, description="Print tokens/s after batched generation.")
+
+        _model: Any = PrivateAttr(default=None)
+        _tokenizer: Any = PrivateAttr(default=None)
+        _context_window: Optional[int] = PrivateAttr(default=None)
+
+        def __init__(self, **data: Any) -> None:
+            super().__init__(**data)
+            check_four_bit(self.load_in_4bit)
+            if self.merge_adapter and self.load_in_4bit and self.adapter:
+                raise ModelLoadError("generator.merge_adapter=true with generator.load_in_4bit=true would merge LoRA weights into 4-bit weights and lose precision; set generator.merge_adapter=false")
+
+        @classmethod
+        def class_name(cls) -> str:
+            return "ragft_local_causal_lm"
+
+        # ---- loading -----------------------------------------------------------------------
+        def load(self) -> "LocalCausalLM":
+            if self._model is None:
+                apply_cpu_threads(self.cpu_threads, self.device)
+                model, tokenizer = load_causal_lm(
+                    self.model_ref,
+                    device=self.device,
+                    torch_dtype=self.torch_dtype,
+                    load_in_4bit=self.load_in_4bit,
+                    trust_remote_code=self.trust_remote_code,
+                )
+                if self.adapter:
+                    model = attach_adapter(model, self.adapter, merge=self.merge_adapter)
+                    model.eval()
+                self._tokenizer = tokenizer
+                self._model = model
+            return self
+
+        @property
+        def model(self) -> Any:
+            return self.load()._model
+
+        @property
+        def tokenizer(self) -> Any:
+            return self.load()._tokenizer
+
+        @property
+        def metadata(self) -> LLMMetadata:
+            if self._context_window is None:
+                self._context_window = _model_context_window(resolve_model(self.model_ref), self.trust_remote_code)
+            return LLMMetadata(
+                context_window=self._context_window,
+                num_output=self.max_new_tokens,
+                is_chat_model=True,  # chat() renders the right template for this tokenizer
+                model_name=self.model_ref + (f"+{self.adapter}" if self.adapter else ""),
+            )
+
+        # ---- generation --------------------------------------------------------------------
+        def _generation_kwargs(self, max_new_tokens: Optional[int], temperature: Optional[float]) -> dict[str, Any]:
+            temperature = self.temperature if temperature is None else temperature
+            kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens or self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+            if temperature > 0:
+                kwargs.update(do_sample=True, temperature=temperature)
+            else:  # greedy; unset sampling knobs a checkpoint's generation_config may carry
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            return kwargs
+
+        def _encode(self, prompts: list[str]) -> Any:
+            # add_special_tokens=False: chat templates already contain BOS, and training
+            # (TRL) tokenizes prompts the same way
+            encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            return encoded.to(self.model.device)
+
+        def generate_batch(self, prompts: Sequence[str], *, max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, batch_size: Optional[int] = None, show_progress: bool = True) -> list[str]:
+            """Continue every prompt; batches of `batch_size` (longest prompts first so padding
+            stays small), left padding, greedy unless a temperature is set; prints tokens/s."""
+            import torch
+            from tqdm.auto import tqdm
+
+            prompts = list(prompts)
+            if not prompts:
+                return []
+            size = batch_size or self.batch_size
+            kwargs = self._generation_kwargs(max_new_tokens, temperature)
+            lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+            order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+            outputs: list[str] = [""] * len(prompts)
+            generated_tokens = 0
+            started = _time.perf_counter()
+            bar = tqdm(total=len(prompts), desc="generate", unit="q", disable=not show_progress, dynamic_ncols=True)
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                encoded = self._encode([prompts[i] for i in chunk])
+                with torch.inference_mode():
+                    out = self.model.generate(**encoded, **kwargs)
+                new = out[:, encoded["input_ids"].shape[1] :]
+                stops = torch.tensor(sorted({self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}), device=new.device)
+                for row, index in zip(new, chunk):
+                    # generate pads finished rows after their EOS: the answer ends at the first stop
+                    ends = torch.isin(row, stops).nonzero()
+                    keep = row[: int(ends[0])] if len(ends) else row
+                    generated_tokens += int(keep.numel())
+                    outputs[index] = self.tokenizer.decode(keep, skip_special_tokens=True)
+                bar.update(len(chunk))
+            bar.close()
+            seconds = _time.perf_counter() - started
+            if self.verbose:
+                print(f"generated {generated_tokens} tokens for {len(prompts)} prompts in {seconds:.1f} s: {generated_tokens / max(seconds, 1e-9):.1f} tokens/s (batch {size})")
+            return outputs
+
+        @llm_completion_callback()
+        def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+            text = self.generate_batch([prompt], max_new_tokens=kwargs.get("max_new_tokens"), temperature=kwargs.get("temperature"), show_progress=False)[0]
+            return CompletionResponse(text=text)
+
+        @llm_completion_callback()
+        def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+            from threading import Thread
+
+            from transformers import TextIteratorStreamer
+
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            generation = self._generation_kwargs(kwargs.get("max_new_tokens"), kwargs.get("temperature"))
+            thread = Thread(target=self.model.generate, kwargs={**self._encode([prompt]), **generation, "streamer": streamer}, daemon=True)
+            thread.start()
+
+            def gen() -> CompletionResponseGen:
+                text = ""
+                for delta in streamer:
+                    text += delta
+                    yield CompletionResponse(text=text, delta=delta)
+                thread.join()
+
+            return gen()
+
+        def render(self, messages: Sequence[ChatMessage]) -> str:
+            return render_prompt(list(messages), self.tokenizer)
+
+        @llm_chat_callback()
+        def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+            text = self.complete(self.render(messages), formatted=True, **kwargs).text
+            return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+
+        @llm_chat_callback()
+        def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+            def gen() -> ChatResponseGen:
+                for chunk in self.stream_complete(self.render(messages), formatted=True, **kwargs):
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=chunk.text), delta=chunk.delta)
+
+            return gen()
+
+    return LocalCausalLM
+
+
+_LOCAL_LLM_CLASS: Any = None
+
+
+def local_llm_class() -> type:
+    """The LocalCausalLM class (a LlamaIndex CustomLLM), built once per process."""
+    global _LOCAL_LLM_CLASS
+    if _LOCAL_LLM_CLASS is None:
+        _LOCAL_LLM_CLASS = _make_local_llm_class()
+    return _LOCAL_LLM_CLASS
+
+
+def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool = True) -> Any:
+    """The generator LLM of `config` as a LlamaIndex LLM. Cheap: weights load on first use.
+
+    `adapter`: "config" (default) uses `generator.adapter`; None means the base model; a folder
+    loads that LoRA adapter instead. backend=openai returns an `OpenAILike` client for any
+    OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama) at `generator.api_base`.
+    Nothing is cached globally: call it once per process and keep the object.
+    """
+    gen = config.generator
+    adapter = gen.adapter if adapter == "config" else adapter
+    if gen.backend == "openai":
+        from pipeline.config import ConfigError
+
+        if not gen.api_base:
+            raise ConfigError("generator.backend=openai needs generator.api_base, e.g. --set generator.api_base=http://127.0.0.1:8000/v1")
+        if adapter:
+            raise ConfigError(f"generator.backend=openai cannot load the local adapter {adapter!r}: serve it with the server (e.g. vLLM --lora-modules name=path) and set generator.model to its served name")
+        from llama_index.llms.openai_like import OpenAILike
+
+        return OpenAILike(
+            model=gen.model,
+            api_base=gen.api_base,
+            api_key=os.environ.get(gen.api_key_env) or "not-needed",  # local servers ignore the key
+            is_chat_model=True,
+            context_window=4096,
+            max_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+        )
+    return local_llm_class()(
+        model_ref=gen.model,
+        adapter=adapter,
+        merge_adapter=gen.merge_adapter,
+        torch_dtype=gen.torch_dtype,
+        load_in_4bit=gen.load_in_4bit,
+        device=gen.device,
+        max_new_tokens=gen.max_new_tokens,
+        temperature=gen.temperature,
+        batch_size=gen.batch_size,
+        trust_remote_code=gen.trust_remote_code,
+        cpu_threads=gen.cpu_threads,
+        verbose=verbose,
+    )
+
+
+def load_cross_encoder(
+    reference: str,
+    *,
+    device: str = "auto",
+    max_length: int | None = None,
+    num_labels: int | None = None,
+    backend: str = "torch",
+    trust_remote_code: bool = False,
+) -> Any:
+    """A sentence-transformers `CrossEncoder` from a resolved local folder or hub id.
+
+    `num_labels=1` on an encoder checkpoint that has no classification head (e.g. the bundled
+    all-MiniLM-L6-v2) adds a fresh one-logit head: the starting point of `finetune.reranker`.
+    `backend="onnx"` needs `optimum` and `onnxruntime` (exported on first load when the folder
+    holds no ONNX file)."""
+    from sentence_transformers import CrossEncoder
+
+    model_kwargs: dict[str, Any] = {}
+    if backend == "torch":
+        model_kwargs["use_safetensors"] = True
+    return CrossEncoder(
+        resolve_model(reference),
+        device=resolve_device(device),
+        max_length=max_length,
+        num_labels=num_labels,
+        backend=backend,
+        trust_remote_code=trust_remote_code,
+        model_kwargs=model_kwargs or None,
+    )

@@ -36,3 +36,124 @@ def seed_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
     return DEMO_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A micro Llama causal LM + byte-level BPE tokenizer built by finetune.tiny with
+    `finetune.tiny.MICRO_OVERRIDES` (512-token vocabulary, 2 layers x 32 hidden, ~60 k parameters,
+    30 pretraining steps on 150 k characters of Python docs). Built once per session in about
+    5-15 s on 2 CPU cores; no chat template (prompts use the plain format). Read-only for tests:
+    copy it before changing anything."""
+    from finetune.tiny import MICRO_OVERRIDES, build_tiny_lm
+    from pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("tiny-lm")
+    config = load_config("tiny", [*MICRO_OVERRIDES, f"run_dir={root}"])
+    out = root / "model"
+    build_tiny_lm(config, output=out, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hash_embedding_cls():
+    """A fast, deterministic LlamaIndex embedding for tests where the model is irrelevant:
+    hashed bag of lower-cased words (64 dims, L2-normalized), so texts sharing words are close.
+    Instances count what they embed (`.calls`: number of texts) to prove what was (re-)embedded.
+    Usage: `embed = hash_embedding_cls()`; pass it as `embed_model=` to ingest/open_index."""
+    import hashlib
+    import re
+
+    import numpy as np
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+
+    class HashEmbedding(BaseEmbedding):
+        dim: int = 64
+        calls: int = 0
+
+        def _vector(self, text: str) -> list[float]:
+            vec = np.zeros(self.dim)
+            for word in re.findall(r"\w+", text.lower()):
+                vec[int(hashlib.md5(word.encode()).hexdigest()[:8], 16) % self.dim] += 1.0
+            norm = np.linalg.norm(vec)
+            return (vec / norm if norm else vec + 1.0 / np.sqrt(self.dim)).tolist()
+
+        def _get_text_embedding(self, text: str) -> list[float]:
+            self.calls += 1
+            return self._vector(text)
+
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return self._vector(query)
+
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return self._vector(query)
+
+    return HashEmbedding
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory) -> Path:
+    """A cross-encoder folder with random weights: BertForSequenceClassification (2 layers, hidden
+    32, one logit) and the bundled all-MiniLM-L6-v2 WordPiece tokenizer. Built once per session in
+    about a second; loads with `sentence_transformers.CrossEncoder(path)` like any reranker.
+    Read-only for tests: copy it before changing anything."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from pipeline.config import MINILM
+    from pipeline.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(MINILM))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    model = BertForSequenceClassification(config)
+    out = tmp_path_factory.mktemp("tiny-cross-encoder") / "model"
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_adapter(base_dir, out_dir):
+    """A LoRA adapter with random (non-zero) weights on `base_dir`, saved like a trained one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False))
+    peft_model.save_pretrained(out_dir, safe_serialization=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory, tiny_lm_dir, tiny_cross_encoder_dir, demo_dir):
+    """A complete tiny system for engine, UI and evaluation tests, built once per session (~30 s):
+    the micro LM with freshly initialised LoRA adapters (plain, raft, rewriter), the random-weight
+    cross-encoder, and the real MiniLM index of the demo knowledge base. Read-only for tests:
+    `dataclasses.replace` it (or load_config with its run_dir) to change settings."""
+    from pipeline.config import load_config
+    from pipeline.index import ingest
+
+    root = tmp_path_factory.mktemp("system")
+    config = load_config(
+        "tiny",
+        [
+            f"run_dir={root}",
+            f"data.dir={demo_dir}",
+            f"generator.model={tiny_lm_dir}",
+            f"rerank.model={tiny_cross_encoder_dir}",
+            "generator.max_new_tokens=8",
+            "rewrite.max_new_tokens=8",
+            "agent.grade_threshold=0.0",
+        ],
+    )
+    ingest(config, show_progress=False, log=lambda *_: None)
+    for path in (config.finetune.generator.output, config.finetune.raft.output, config.rewrite.adapter):
+        make_adapter(tiny_lm_dir, path)
+    return config

@@ -1,0 +1,372 @@
+"""Retrieval evaluation: recall@1/5/10/20, MRR@10, nDCG@10, hit rate with bootstrap 95% intervals.
+
+    python -m eval.retrieval --data ../shared/data/seed-technical-qa/splits --protocol open-book --split test
+    python -m eval.retrieval --data data/demo --protocol closed-book --split test --retrievers dense,bm25 --format json
+    python -m eval.retrieval --data ../shared/data/seed-technical-qa/splits --protocol open-book --split test --tune
+
+Protocols:
+  open-book    the corpus is every answer of train+val+test, one passage each; the queries are the
+               chosen split's questions; the relevant passage is the question's own answer.
+  closed-book  the knowledge base is the train pairs ("Question: ...\\nAnswer: ..." nodes, as
+               pipeline.index builds them); there is no gold passage, so it reports the ROUGE-L F1 of
+               the top-1 retrieved answer against the reference answer (the reference experiment's
+               retrieval-only baseline), the mean MiniLM cosine of that answer with the reference,
+               and the answer-similarity hit rate: the share of questions with a retrieved answer
+               (top 1 / top 5) whose cosine with the reference is >= --sim-threshold.
+
+Both build an in-memory knowledge base (an ephemeral Chroma collection + bm25s) and query it through
+the same retriever classes as the system (pipeline.retrieve): nothing here re-implements search.
+
+--tune chooses the hybrid's fusion (mode, k, weights) on the VAL split only, by MRR@10 (ties:
+recall@5, then the fewest changes from plain RRF: k=60, equal weights), from cached candidate lists through the same
+`fuse` function the HybridRetriever uses; the chosen setting is then run once on --split through a
+HybridRetriever and reported as `hybrid-tuned`, with a paired bootstrap test against dense, and
+printed as a YAML `retrieve:` block to put into a profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
+from eval.metrics import DEFAULT_KS, paired_bootstrap_test, retrieval_per_query, rouge_l_f1, summarize
+from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
+from pipeline.data import SPLITS, DataError, load_split
+from pipeline.fileio import write_json
+
+PROTOCOLS = ("open-book", "closed-book")
+RETRIEVERS = ("dense", "bm25", "hybrid")
+DEPTH = max(DEFAULT_KS)
+METRIC_ORDER = [*(f"recall@{k}" for k in DEFAULT_KS), "mrr@10", "ndcg@10", "hit_rate"]
+CLOSED_ORDER = ["rougeL_top1", "answer_cosine_top1", "answer_hit@1", "answer_hit@5"]
+
+# The search space of --tune: every combination is scored on val from cached lists (cheap).
+TUNE_GRID = {
+    "fusion": ["rrf", "score"],
+    "rrf_k": [1.0, 5.0, 10.0, 20.0, 30.0, 60.0, 100.0],
+    "bm25_weight": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0],
+}
+
+
+# --------------------------------------------------------------------------------------------
+# corpora
+# --------------------------------------------------------------------------------------------
+
+
+def open_book_corpus(data_dir: str | Path) -> tuple[list[Any], dict[str, list[str]], dict[str, list[set[str]]]]:
+    """Passages (every answer of train+val+test as a node, id `<split>-<line index>`), and per
+    split its questions and the relevant passage id of each: its own answer only, as the protocol
+    says (the seed data has 31 answers repeated verbatim; a twin ranked first counts as a miss,
+    which is how the known figures were measured)."""
+    from llama_index.core.schema import TextNode
+
+    nodes, questions, relevant = [], {}, {}
+    keys = ["split", "question", "answer"]
+    for split in SPLITS:
+        records = load_split(data_dir, split)
+        questions[split], relevant[split] = [], []
+        for i, record in enumerate(records):
+            node_id = f"{split}-{i}"
+            nodes.append(TextNode(id_=node_id, text=record["answer"], metadata={"split": split, "question": record["question"], "answer": record["answer"]}, excluded_embed_metadata_keys=list(keys), excluded_llm_metadata_keys=list(keys)))
+            questions[split].append(record["question"])
+            relevant[split].append({node_id})
+    return nodes, questions, relevant
+
+
+# --------------------------------------------------------------------------------------------
+# running retrievers
+# --------------------------------------------------------------------------------------------
+
+
+def _progress(iterable, desc: str, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit="q", disable=not show, leave=False)
+
+
+def run_retriever(retriever, questions: Sequence[str], *, embeddings: Sequence[Sequence[float]] | None = None, desc: str = "retrieving", show_progress: bool = True) -> tuple[list[list[Any]], list[float]]:
+    """Hits of every question (best first) and the seconds each query took. `embeddings`
+    (precomputed query vectors, batched) ride in the QueryBundle; BM25 ignores them."""
+    from llama_index.core.schema import QueryBundle
+
+    hits, seconds = [], []
+    for i, question in enumerate(_progress(questions, desc, show_progress)):
+        bundle = QueryBundle(query_str=question, embedding=list(embeddings[i]) if embeddings is not None else None)
+        started = time.perf_counter()
+        hits.append(retriever.retrieve(bundle))
+        seconds.append(time.perf_counter() - started)
+    return hits, seconds
+
+
+def query_embeddings(kb, config: Config, questions: Sequence[str]) -> list[list[float]]:
+    from pipeline.retrieve import DenseRetriever
+
+    return DenseRetriever(kb, top_k=1, max_query_chars=config.retrieve.max_query_chars).embed_queries(questions)
+
+
+def _ids(hits_per_query: Sequence[Sequence[Any]]) -> list[list[str]]:
+    return [[h.node.node_id for h in hits] for hits in hits_per_query]
+
+
+def _retrieval_summary(ranked: list[list[str]], relevant: list[set[str]], config: Config) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    per_query = retrieval_per_query(ranked, relevant)
+    return summarize(per_query, samples=config.eval.bootstrap_samples, seed=config.eval.seed), per_query
+
+
+def tune_fusion(
+    dense_hits: Sequence[Sequence[Any]],
+    bm25_hits: Sequence[Sequence[Any]],
+    relevant: Sequence[set[str]],
+    *,
+    grid: dict[str, list[Any]] | None = None,
+    log: Callable[[str], None] = lambda *_: None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Best fusion setting by MRR@10 (then recall@5) over `grid` on cached candidate lists (dense
+    weight fixed at 1: only the ratio matters). Returns the best and every scored setting."""
+    from pipeline.retrieve import fused_ids
+
+    grid = grid or TUNE_GRID
+    rows = []
+    for fusion, rrf_k, bm25_weight in itertools.product(grid["fusion"], grid["rrf_k"], grid["bm25_weight"]):
+        if fusion == "score" and rrf_k != grid["rrf_k"][0]:
+            continue  # k has no role in score fusion: score it once
+        weights = {"dense": 1.0, "bm25": bm25_weight}
+        ranked = [fused_ids({"dense": d, "bm25": b}, mode=fusion, rrf_k=rrf_k, weights=weights, top_k=DEPTH) for d, b in zip(dense_hits, bm25_hits)]
+        values = retrieval_per_query(ranked, list(relevant))
+        row = {"fusion": fusion, "rrf_k": rrf_k if fusion == "rrf" else None, "dense_weight": 1.0, "bm25_weight": bm25_weight, "mrr@10": sum(values["mrr@10"]) / len(ranked), "recall@1": sum(values["recall@1"]) / len(ranked), "recall@5": sum(values["recall@5"]) / len(ranked)}
+        rows.append(row)
+    default_distance = lambda r: (r["fusion"] != "rrf") + (r["rrf_k"] not in (None, 60.0)) + (r["bm25_weight"] != 1.0)  # noqa: E731
+    rows.sort(key=lambda r: (-round(r["mrr@10"], 6), -round(r["recall@5"], 6), default_distance(r)))
+    best = rows[0]
+    log(f"tuned on val ({len(rows)} settings): best {best}")
+    return best, rows
+
+
+# --------------------------------------------------------------------------------------------
+# protocols
+# --------------------------------------------------------------------------------------------
+
+
+def _copy_with(config: Config, **retrieve_values: Any) -> Config:
+    from pipeline.config import config_from_dict
+
+    raw = config.to_dict()
+    raw["retrieve"].update(retrieve_values)
+    return config_from_dict(raw)
+
+
+def evaluate_open_book(
+    config: Config,
+    data_dir: str | Path,
+    split: str,
+    retrievers: Sequence[str] = RETRIEVERS,
+    *,
+    tune: bool = False,
+    embed_model=None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    from pipeline.index import KnowledgeBase
+    from pipeline.retrieve import build_retriever
+
+    nodes, questions, relevant = open_book_corpus(data_dir)
+    needs_vectors = any(name.split("+")[0] in ("dense", "hybrid") for name in retrievers) or tune  # "hybrid+rerank" searches this kb too
+    started = time.perf_counter()
+    kb = KnowledgeBase.from_nodes(config, nodes, embed_model=embed_model, with_vectors=needs_vectors, show_progress=show_progress)
+    build_seconds = time.perf_counter() - started
+    log(f"open-book corpus: {len(nodes)} passages (train+val+test answers), {len(questions[split])} {split} questions; indexed in {build_seconds:.1f} s")
+    result: dict[str, Any] = {"protocol": "open-book", "split": split, "data": str(data_dir), "corpus_size": len(nodes), "retrievers": {}, "settings": {}}
+    per_query: dict[str, dict[str, list[float]]] = {}
+    try:
+        vectors = {s: query_embeddings(kb, config, questions[s]) for s in ([split, "val"] if tune else [split])} if needs_vectors else {}
+        for name in [n for n in retrievers if n in RETRIEVERS]:
+            retriever = build_retriever(config, name, DEPTH, kb=kb)
+            hits, seconds = run_retriever(retriever, questions[split], embeddings=vectors.get(split), desc=name, show_progress=show_progress)
+            result["retrievers"][name], per_query[name] = _retrieval_summary(_ids(hits), relevant[split], config)
+        variants = [n for n in retrievers if n not in RETRIEVERS]
+        if variants:  # hybrid+rerank, ft-dense, ft-hybrid+rerank, ...: see rerank/evaluate.py
+            from rerank.evaluate import evaluate_variants
+
+            ranked = evaluate_variants(config, nodes, questions[split], variants, kb=kb, depth=DEPTH, embeddings=vectors.get(split), show_progress=show_progress, log=log)
+            for name in variants:
+                result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[name], relevant[split], config)
+        r = config.retrieve
+        result["settings"]["hybrid"] = {"fusion": r.fusion, "rrf_k": r.rrf_k, "dense_weight": r.dense_weight, "bm25_weight": r.bm25_weight, "candidates": max(r.candidates, DEPTH)}
+        if tune:
+            candidates = max(config.retrieve.candidates, DEPTH)
+            dense = build_retriever(config, "dense", candidates, kb=kb)
+            bm25 = build_retriever(config, "bm25", candidates, kb=kb)
+            dense_val, _ = run_retriever(dense, questions["val"], embeddings=vectors["val"], desc="val dense", show_progress=show_progress)
+            bm25_val, _ = run_retriever(bm25, questions["val"], desc="val bm25", show_progress=show_progress)
+            best, rows = tune_fusion(dense_val, bm25_val, relevant["val"], log=log)
+            dense_only_val = retrieval_per_query(_ids(dense_val), relevant["val"])
+            tuned = _copy_with(config, fusion=best["fusion"], rrf_k=best["rrf_k"] or config.retrieve.rrf_k, dense_weight=1.0, bm25_weight=best["bm25_weight"])
+            hybrid = build_retriever(tuned, "hybrid", DEPTH, kb=kb)
+            hits, seconds = run_retriever(hybrid, questions[split], embeddings=vectors[split], desc="hybrid-tuned", show_progress=show_progress)
+            result["retrievers"]["hybrid-tuned"], per_query["hybrid-tuned"] = _retrieval_summary(_ids(hits), relevant[split], config)
+            result["settings"]["hybrid-tuned"] = {k: best[k] for k in ("fusion", "rrf_k", "dense_weight", "bm25_weight")}
+            result["tuning"] = {
+                "on": "val",
+                "settings_scored": len(rows),
+                "best_val": {k: best[k] for k in ("mrr@10", "recall@1", "recall@5")},
+                "dense_val_mrr@10": sum(dense_only_val["mrr@10"]) / len(dense_only_val["mrr@10"]),
+                "top5": rows[:5],
+            }
+        if "dense" in per_query:
+            result["paired_vs_dense"] = {}
+            for name in per_query:
+                if name == "dense":
+                    continue
+                a, b = per_query[name]["mrr@10"], per_query["dense"]["mrr@10"]
+                result["paired_vs_dense"][name] = {
+                    "metric": "mrr@10",
+                    **paired_bootstrap_test(len(a), lambda idx, a=a: float(sum(a[i] for i in idx) / len(idx)), lambda idx, b=b: float(sum(b[i] for i in idx) / len(idx)), samples=config.eval.bootstrap_samples, seed=config.eval.seed),
+                }
+    finally:
+        kb.close()
+    return result
+
+
+def evaluate_closed_book(
+    config: Config,
+    data_dir: str | Path,
+    split: str,
+    retrievers: Sequence[str] = RETRIEVERS,
+    *,
+    sim_threshold: float = 0.8,
+    embed_model=None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    import numpy as np
+
+    from pipeline.index import KnowledgeBase, qa_nodes
+    from pipeline.retrieve import build_retriever
+
+    train = load_split(data_dir, "train")
+    queries = load_split(data_dir, split)
+    nodes = qa_nodes(train, source=str(Path(data_dir) / "train.jsonl"), split="train")
+    kb = KnowledgeBase.from_nodes(config, nodes, embed_model=embed_model, show_progress=show_progress)
+    log(f"closed-book knowledge base: {len(nodes)} train pairs; {len(queries)} {split} questions")
+    references = [r["answer"] for r in queries]
+    result: dict[str, Any] = {"protocol": "closed-book", "split": split, "data": str(data_dir), "corpus_size": len(nodes), "sim_threshold": sim_threshold, "retrievers": {}}
+    embed = kb.embed_model
+
+    def unit(texts: list[str]) -> "np.ndarray":
+        vectors = np.asarray(embed.get_text_embedding_batch(texts), dtype=float)
+        return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+
+    reference_vectors = unit(references)
+    answer_vectors = dict(zip([n.node_id for n in nodes], unit([n.metadata["answer"] for n in nodes])))
+    try:
+        vectors = query_embeddings(kb, config, [r["question"] for r in queries])
+        for name in retrievers:
+            retriever = build_retriever(config, name, 5, kb=kb)
+            hits, _ = run_retriever(retriever, [r["question"] for r in queries], embeddings=vectors, desc=name, show_progress=show_progress)
+            top1 = [h[0].node.metadata["answer"] if h else "" for h in hits]
+            cosines = [[float(answer_vectors[x.node.node_id] @ ref) for x in h] for h, ref in zip(hits, reference_vectors)]
+            values = {
+                "rougeL_top1": rouge_l_f1(top1, references),
+                "answer_cosine_top1": [c[0] if c else 0.0 for c in cosines],
+                "answer_hit@1": [float(bool(c) and c[0] >= sim_threshold) for c in cosines],
+                "answer_hit@5": [float(any(x >= sim_threshold for x in c[:5])) for c in cosines],
+            }
+            result["retrievers"][name] = summarize(values, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+    finally:
+        kb.close()
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    order = METRIC_ORDER if result["protocol"] == "open-book" else CLOSED_ORDER
+    lines = [f"### Retrieval, {result['protocol']}, split {result['split']} ({result['corpus_size']} passages, n={next(iter(result['retrievers'].values()))['n']})", ""]
+    lines.append("| retriever | " + " | ".join(order) + " |")
+    lines.append("|---" * (len(order) + 1) + "|")
+    for name, summary in result["retrievers"].items():
+        cells = [f"{summary[m]:.3f} [{summary['ci95'][m][0]:.3f}, {summary['ci95'][m][1]:.3f}]" for m in order]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, test in result.get("paired_vs_dense", {}).items():
+        lines.append("")
+        lines.append(f"{name} - dense, MRR@10: {test['diff']:+.3f} (95% CI [{test['ci95_low']:+.3f}, {test['ci95_high']:+.3f}], paired bootstrap p={test['p_value']:.3f})")
+    if "settings" in result and result["settings"]:
+        lines.append("")
+        for name, settings in result["settings"].items():
+            lines.append(f"{name} settings: {json.dumps(settings)}")
+    if "tuning" in result:
+        t = result["settings"]["hybrid-tuned"]
+        lines += [
+            "",
+            f"tuned on val over {result['tuning']['settings_scored']} settings: val MRR@10 {result['tuning']['best_val']['mrr@10']:.3f} (dense on val: {result['tuning']['dense_val_mrr@10']:.3f})",
+            "profile block:",
+            "```yaml",
+            "retrieve:",
+            f"  fusion: {t['fusion']}",
+            *([f"  rrf_k: {t['rrf_k']}"] if t["rrf_k"] is not None else []),
+            f"  dense_weight: {t['dense_weight']}",
+            f"  bm25_weight: {t['bm25_weight']}",
+            "```",
+        ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.retrieval",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", metavar="DIR", help="Folder with train/val/test.jsonl. Default: data.dir of the profile.")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="open-book", help="open-book: all answers are the corpus, gold = own answer; closed-book: the train pairs are the knowledge base, answers are compared with the reference. Default: open-book.")
+    parser.add_argument("--split", choices=["val", "test"], default="test", help="Split whose questions are the queries. Default: test.")
+    parser.add_argument("--retrievers", default=",".join(RETRIEVERS), metavar="LIST", help="Comma-separated retrievers among dense, bm25, hybrid (hybrid uses the profile's fusion settings); open-book also takes [ft-]BASE[+rerank] variants: ft- embeds the corpus with the fine-tuned embedder (finetune.embedder.output), +rerank reranks rerank.candidates passages with the cross-encoder at rerank.model, e.g. hybrid+rerank,ft-dense,ft-hybrid+rerank. Default: dense, bm25, hybrid.")
+    parser.add_argument("--tune", action="store_true", help="open-book only: choose the hybrid's fusion (mode, k, weights) on val and report it once on --split as hybrid-tuned.")
+    parser.add_argument("--sim-threshold", type=float, default=0.8, metavar="T", help="closed-book: cosine (MiniLM) between a retrieved answer and the reference that counts as a hit. Default: 0.8.")
+    parser.add_argument("--format", choices=["md", "json"], default="md", help="Output: a Markdown table with 95%% intervals, or the JSON document. Default: md.")
+    parser.add_argument("--out", metavar="FILE", help="Also write the JSON result here (atomically), with the resolved config beside it.")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars or log lines; only the result.")
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        extra = [f"data.dir={json.dumps(args.data)}"] if args.data else []
+        config = config_from_args(args, extra)
+        names = [n.strip() for n in args.retrievers.split(",") if n.strip()]
+        from rerank.evaluate import VARIANTS
+
+        bad = [n for n in names if n not in RETRIEVERS and (n not in VARIANTS or args.protocol != "open-book")]
+        if bad or not names:
+            raise ConfigError(f"--retrievers {args.retrievers!r}: unknown {bad}; choose among {', '.join(RETRIEVERS)} (open-book also: {', '.join(VARIANTS)})")
+        if args.tune and args.protocol != "open-book":
+            raise ConfigError("--tune needs --protocol open-book (the closed-book protocol has no gold passage to tune on)")
+        log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+        if args.protocol == "open-book":
+            result = evaluate_open_book(config, config.data.dir, args.split, names, tune=args.tune, show_progress=not args.quiet, log=log)
+        else:
+            result = evaluate_closed_book(config, config.data.dir, args.split, names, sim_threshold=args.sim_threshold, show_progress=not args.quiet, log=log)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        write_json(args.out, result)
+        save_resolved_config(config, Path(args.out).parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split})
+    print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""RAFT training triples: question + retrieved passages -> answer (Zhang et al. 2024, "RAFT").
+
+    python -m finetune.raft --config tiny                                   # train split -> jsonl
+    python -m finetune.raft --config tiny --split val --out runs/tiny/raft/val.jsonl
+    python -m finetune.raft --config tiny --set finetune.raft.oracle_prob=1.0 --limit 20
+
+For each question of a split, the "oracle" passage is the question's own answer passage
+(exactly the text the knowledge base holds for a QA pair: "Question: ...\\nAnswer: ...").
+With probability `finetune.raft.oracle_prob` (default 0.8) the context holds the oracle plus
+`num_passages - 1` distractors; otherwise it holds `num_passages` distractors and no oracle, so
+the model also learns to answer when retrieval missed. Distractors are hard negatives: the
+passages the project's retriever (`finetune.raft.retriever`, hybrid by default) ranks highest
+for the question, other than the oracle. The passages are then shuffled. With
+`finetune.raft.cite` the target answer cites the oracle as [n] when it is present.
+
+Leakage guard: the knowledge base is built from `data.knowledge_splits` (train); any retrieved
+passage from another split, or equal to a pair of a held-out split (val/test), is dropped, and
+the builder refuses to make training triples from a held-out split.
+
+The jsonl has one object per question: question, answer, passages, passage_ids, oracle (1-based
+position or null), target. `finetune.generator --mode raft` renders each row with
+`pipeline.generate.training_example`, the inference prompt. The builder is seeded (`finetune.seed`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+
+import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
+from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
+from pipeline.data import SPLITS, DataError, load_split
+from pipeline.fileio import write_jsonl
+from pipeline.generate import cite
+
+if TYPE_CHECKING:
+    from llama_index.core.base.base_retriever import BaseRetriever
+
+
+def _qa_text(question: str, answer: str) -> str:
+    from pipeline.index import qa_text
+
+    return qa_text(question, answer)
+
+
+def _qa_id(question: str, answer: str) -> str:
+    from pipeline.index import qa_node_id
+
+    return qa_node_id(question, answer)
+
+
+@dataclass(frozen=True)
+class RaftExample:
+    question: str
+    answer: str
+    passages: tuple[str, ...]
+    passage_ids: tuple[str, ...]
+    oracle: Optional[int]  # 1-based position of the oracle passage in `passages`, None if absent
+    target: str
+
+    def to_json(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["passages"], row["passage_ids"] = list(self.passages), list(self.passage_ids)
+        return row
+
+
+class LeakError(ValueError):
+    """Training triples were asked for from a held-out split."""
+
+
+def held_out_ids(records_by_split: dict[str, Sequence[dict[str, str]]]) -> set[str]:
+    """Node ids of every QA pair of the given (held-out) splits."""
+    return {_qa_id(r["question"], r["answer"]) for records in records_by_split.values() for r in records}
+
+
+def build_raft_examples(
+    records: Sequence[dict[str, str]],
+    retriever: "BaseRetriever",
+    *,
+    num_passages: int = 5,
+    oracle_prob: float = 0.8,
+    cite_oracle: bool = True,
+    seed: int = 42,
+    forbidden_ids: Iterable[str] = (),
+    allowed_splits: Optional[Sequence[str]] = ("train",),
+    fill_pool: Sequence[dict[str, str]] = (),
+    show_progress: bool = True,
+) -> list[RaftExample]:
+    """One RAFT example per record (records are not modified).
+
+    `retriever` is any LlamaIndex BaseRetriever over the knowledge base; it should return at
+    least `num_passages + 1` nodes so that enough distractors remain after the oracle is removed.
+    `forbidden_ids` are node ids that must never appear (held-out pairs); `allowed_splits` drops
+    QA nodes whose metadata `split` is anything else (None: no split check). When retrieval
+    yields too few distractors (BM25 returns only passages sharing a term), random pairs of
+    `fill_pool` (the knowledge base's records) fill the context up to `num_passages`, as random
+    distractors do in the RAFT paper, so every context has the size inference will give it.
+    """
+    from tqdm.auto import tqdm
+
+    if num_passages < 1:
+        raise ValueError(f"num_passages must be >= 1; got {num_passages}")
+    if not 0.0 <= oracle_prob <= 1.0:
+        raise ValueError(f"oracle_prob must be between 0 and 1; got {oracle_prob}")
+    forbidden = set(forbidden_ids)
+    pool = [(_qa_id(r["question"], r["answer"]), _qa_text(r["question"], r["answer"])) for r in fill_pool]
+    pool = [(i, t) for i, t in pool if i not in forbidden]
+    rng = random.Random(seed)
+    examples = []
+    short = 0
+    for record in tqdm(records, desc="RAFT triples", unit="q", disable=not show_progress, dynamic_ncols=True):
+        question, answer = record["question"], record["answer"]
+        oracle_id, oracle_text = _qa_id(question, answer), _qa_text(question, answer)
+        if oracle_id in forbidden:
+            raise LeakError(f"the question {question[:60]!r} belongs to a held-out split; RAFT triples are built from training questions only")
+        distractors: list[tuple[str, str]] = []
+        seen_texts = {oracle_text.strip()}
+        for hit in retriever.retrieve(question):
+            node = hit.node
+            meta = node.metadata or {}
+            node_id = meta.get("id") or node.node_id
+            text = node.get_content().strip()
+            if node_id == oracle_id or text in seen_texts or node_id in forbidden:
+                continue
+            if allowed_splits is not None and meta.get("kind", "qa") == "qa" and meta.get("split") not in (None, *allowed_splits):
+                continue
+            seen_texts.add(text)
+            distractors.append((node_id, text))
+        # one draw per record, always, so that the oracle decisions do not depend on retrieval
+        with_oracle = rng.random() < oracle_prob
+        need = num_passages - 1 if with_oracle else num_passages
+        if len(distractors) < need and pool:
+            # a seeded sample of random distractors, drawn from a separate stream so that the
+            # oracle draws above stay the same whether or not filling was needed
+            filler = random.Random(f"{seed}:{question}").sample(pool, min(len(pool), need + 1 + len(distractors)))
+            for node_id, text in filler:
+                if len(distractors) >= need:
+                    break
+                if node_id != oracle_id and text.strip() not in seen_texts:
+                    seen_texts.add(text.strip())
+                    distractors.append((node_id, text))
+        if len(distractors) < need:
+            short += 1
+        chosen = distractors[:need]
+        if with_oracle:
+            chosen.append((oracle_id, oracle_text))
+        rng.shuffle(chosen)
+        oracle_pos = next((i + 1 for i, (node_id, _) in enumerate(chosen) if node_id == oracle_id), None)
+        target = cite(answer, [oracle_pos]) if (cite_oracle and oracle_pos is not None) else answer.strip()
+        examples.append(
+            RaftExample(
+                question=question,
+                answer=answer,
+                passages=tuple(text for _, text in chosen),
+                passage_ids=tuple(node_id for node_id, _ in chosen),
+                oracle=oracle_pos,
+                target=target,
+            )
+        )
+    if short:
+        print(f"warning: {short} of {len(records)} questions got fewer than {num_passages} passages; raise the retriever's top_k or grow the knowledge base", file=sys.stderr)
+    return examples
+
+
+def raft_retriever(config: Config, *, kb: Any = None) -> "BaseRetriever":
+    """The project's retriever (`finetune.raft.retriever`) over the knowledge base, returning a
+    few more nodes than needed so that the oracle and duplicates can be dropped."""
+    from pipeline.retrieve import build_retriever
+
+    raft = config.finetune.raft
+    return build_retriever(config, mode=raft.retriever, top_k=raft.num_passages + 5, kb=kb)
+
+
+def build_split(config: Config, split: str = "train", *, retriever: "BaseRetriever | None" = None, limit: Optional[int] = None, show_progress: bool = True) -> list[RaftExample]:
+    """RAFT examples for one split of `data.dir`. Training triples only come from the knowledge
+    splits; a held-out split (val) gets triples for validation loss, built the same way (its
+    oracle is not in the knowledge base, which holds train only, so it never leaks back)."""
+    knowledge = list(config.data.knowledge_splits)
+    held_out = [s for s in SPLITS if s not in knowledge]
+    records = load_split(config.data.dir, split)
+    if limit is not None:
+        records = records[:limit]
+    # every held-out pair is forbidden, except the split's own pairs when it is held out (val):
+    # those are its oracles, used for validation loss only
+    forbidden = held_out_ids({s: load_split(config.data.dir, s) for s in held_out if s != split})
+    raft = config.finetune.raft
+    pool = [r for s in knowledge for r in load_split(config.data.dir, s)]
+    return build_raft_examples(
+        records,
+        retriever or raft_retriever(config),
+        num_passages=raft.num_passages,
+        oracle_prob=raft.oracle_prob,
+        cite_oracle=raft.cite,
+        seed=config.finetune.seed + SPLITS.index(split),  # different draws per split, fixed per seed
+        forbidden_ids=forbidden,
+        allowed_splits=knowledge,
+        fill_pool=pool,
+        show_progress=show_progress,
+    )
+
+
+def oracle_fraction(examples: Sequence[RaftExample]) -> float:
+    return sum(e.oracle is not None for e in examples) / max(1, len(examples))
+
+
+def write_examples(examples: Sequence[RaftExample], path: str | Path) -> Path:
+    return write_jsonl(path, (e.to_json() for e in examples))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune.raft",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--split", choices=SPLITS, default="train", help="Split of data.dir whose questions get triples (default train; val is for validation loss; test is refused).")
+    parser.add_argument("--out", metavar="FILE", help="Output jsonl. Default: {finetune.raft.output}-triples/<split>.jsonl.")
+    parser.add_argument("--limit", type=int, metavar="N", help="Only the first N questions of the split.")
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        if args.split == "test":
+            raise ConfigError("--split test: the test split is for evaluation only; RAFT triples are built from train (and val for validation loss)")
+        examples = build_split(config, args.split, limit=args.limit)
+        out = Path(args.out) if args.out else Path(f"{config.finetune.raft.output}-triples") / f"{args.split}.jsonl"
+        write_examples(examples, out)
+        save_resolved_config(config, out.parent, extra={"kind": "raft-triples", "split": args.split, "examples": len(examples), "oracle_fraction": round(oracle_fraction(examples), 4)})
+        print(f"wrote {len(examples)} RAFT examples to {out} (oracle in {oracle_fraction(examples):.1%}, {config.finetune.raft.num_passages} passages each)")
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from pipeline.index import KnowledgeBaseError
+
+        if isinstance(exc, KnowledgeBaseError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,524 @@
+"""`build_query_engine(config, system=NAME)`: every named system as a LlamaIndex query engine.
+
+    from pipeline import build_query_engine, load_config
+    engine = build_query_engine(load_config("tiny"), system="full")
+    response = engine.query("What is a B-tree?")      # Response: text, source_nodes, metadata
+    await engine.aquery("What is a B-tree?")           # the same, without blocking the event loop
+    build_query_engine(config, "full", streaming=True).query(q).response_gen  # token deltas
+
+Every system runs the same LlamaIndex Workflow (`RagftWorkflow`); a system only switches its
+steps' parts on or off (pipeline/systems.py):
+
+    StartEvent -> [route] -> RoundEvent -> rewrite, retrieve, rerank -> RankedEvent -> grade
+        grade: best rerank score >= agent.grade_threshold -> AnswerEvent -> generate -> StopEvent
+               weak and rounds left -> RoundEvent with the next agent.retry_modes mode
+               weak after agent.max_rounds -> AnswerEvent(not found): a grounded refusal, no sources
+
+A question with several asks ("Compare X and Y and explain Z") is routed to `decompose` in its
+first round; each sub-question is retrieved on its own and the lists are interleaved before the
+reranker judges every candidate against the ORIGINAL question.
+
+`Response.metadata` holds: `system`; `rewrites` (one per round); `rounds` (each round's mode,
+retrieved ids with retrieval scores, reranked ids with scores before and after reranking, grade
+decision); `not_found`; `timings` (seconds per stage: rewrite, retrieve, rerank, generate, total).
+Components (index, retrievers, reranker, LMs, rewriter) are built lazily, once, by a `Components`
+object that engines of different systems share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generator, Optional, Sequence
+
+from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.response.schema import RESPONSE_TYPE, Response, StreamingResponse
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.workflow import Event, StartEvent, StopEvent, Workflow, step
+
+from pipeline.config import Config, ConfigError
+from pipeline.systems import SystemSpec, get_system
+
+if TYPE_CHECKING:
+    from rerank import CrossEncoderReranker
+    from rewrite import QueryRewriter
+
+NOT_FOUND_ANSWER = "I could not find this in the knowledge base, so I cannot answer it from there."
+
+
+class ArtifactMissingError(FileNotFoundError):
+    """A trained part a system needs has not been built yet; the message gives the command."""
+
+
+# ------------------------------------------------------------------------------------------------
+# components, shared between systems
+# ------------------------------------------------------------------------------------------------
+
+
+class Components:
+    """Lazily built, shared parts of every system. Thread-safe: the UI asks from several threads."""
+
+    def __init__(self, config: Config, *, kb: Any = None) -> None:
+        self.config = config
+        self._kb = kb
+        self._cache: dict[Any, Any] = {}
+        self._lock = threading.RLock()
+
+    def _once(self, key: Any, build):
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
+
+    @property
+    def kb(self) -> Any:
+        if self._kb is None:
+            from pipeline.index import open_index
+
+            with self._lock:
+                if self._kb is None:
+                    self._kb = open_index(self.config)
+        return self._kb
+
+    def retriever(self, mode: str, top_k: int) -> Any:
+        from pipeline.retrieve import build_retriever
+
+        return self._once(("retriever", mode, top_k), lambda: build_retriever(self.config, mode=mode, top_k=top_k, kb=self.kb))
+
+    def reranker(self) -> "CrossEncoderReranker":
+        def build():
+            from rerank import CrossEncoderReranker
+
+            self._require(self.config.rerank.model, f"python -m finetune.reranker --config {self.config.profile}", "the cross-encoder reranker")
+            return CrossEncoderReranker.from_config(self.config)
+
+        return self._once("reranker", build)
+
+    def adapter_path(self, kind: str) -> Optional[str]:
+        if kind == "base":
+            return None
+        if kind == "plain":
+            path, command = self.config.finetune.generator.output, "python -m finetune.generator --mode plain"
+        elif kind == "raft":
+            path, command = self.config.finetune.raft.output, "python -m finetune.generator --mode raft"
+        elif kind == "rewriter":
+            path, command = self.config.rewrite.adapter, "python -m finetune.rewriter"
+        else:
+            raise ValueError(f"unknown generator kind {kind!r}")
+        if path is None:
+            return None
+        self._require(path, f"{command} --config {self.config.profile}", f"the {kind} adapter")
+        return path
+
+    def llm(self, kind: str) -> Any:
+        """The base LM ('base') or the base LM with the 'plain', 'raft' or 'rewriter' adapter."""
+
+        def build():
+            from pipeline.models import load_llm
+
+            return load_llm(self.config, adapter=self.adapter_path(kind), verbose=False)
+
+        return self._once(("llm", kind), build)
+
+    def rewriter(self, with_adapter: bool) -> "QueryRewriter":
+        def build():
+            from rewrite import QueryRewriter
+
+            kind = "rewriter" if with_adapter and self.config.rewrite.adapter else "base"
+            cfg = self.config.rewrite
+            return QueryRewriter(
+                lambda: self.llm(kind),
+                mode=cfg.mode if cfg.mode != "none" else "hyde",
+                n_queries=cfg.n_queries,
+                max_new_tokens=cfg.max_new_tokens,
+                model_id=f"{self.config.generator.model}+{kind}",
+            )
+
+        return self._once(("rewriter", with_adapter), build)
+
+    @staticmethod
+    def _require(path: str, command: str, what: str) -> None:
+        local = Path(path)
+        looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+        if looks_local and not local.exists():
+            raise ArtifactMissingError(f"{what} is not built: {path} does not exist. Build it with `{command}` (or run `python -m eval.compare`, which builds what is missing)")
+
+
+# ------------------------------------------------------------------------------------------------
+# per-query state and workflow events
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryState:
+    question: str
+    spec: SystemSpec
+    generate: bool = True
+    round: int = 0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    best_nodes: list[NodeWithScore] = field(default_factory=list)
+    best_score: float = float("-inf")
+    route: str = ""  # why the first round used its rewrite mode
+    started: float = field(default_factory=time.perf_counter)
+
+    def timed(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+
+class RoundEvent(Event):
+    state: Any
+    mode: str
+
+
+class RankedEvent(Event):
+    state: Any
+    nodes: list
+
+
+class AnswerEvent(Event):
+    state: Any
+    nodes: list
+    grounded: bool = True
+
+
+def _node_summary(hit: NodeWithScore, keys: Sequence[str]) -> dict[str, Any]:
+    meta = hit.node.metadata
+    row = {"id": hit.node.node_id, "score": None if hit.score is None else round(float(hit.score), 6)}
+    row.update({k: meta.get(k) for k in keys if k in meta})
+    return row
+
+
+def _interleave(lists: Sequence[Sequence[NodeWithScore]], limit: int) -> list[NodeWithScore]:
+    """Round-robin over several ranked lists, dropping repeated ids, so each list's best come first."""
+    seen: set[str] = set()
+    merged: list[NodeWithScore] = []
+    for rank in range(max((len(x) for x in lists), default=0)):
+        for hits in lists:
+            if rank < len(hits) and hits[rank].node.node_id not in seen:
+                seen.add(hits[rank].node.node_id)
+                merged.append(hits[rank])
+    return merged[:limit]
+
+
+_CITATION = re.compile(r"\s*\[(\d+)\]")
+
+
+def keep_valid_citations(answer: str, n_passages: int) -> str:
+    """Drop citations [n] that point at no passage actually given to the generator."""
+    return _CITATION.sub(lambda m: m.group(0) if 1 <= int(m.group(1)) <= n_passages else "", answer)
+
+
+class RagftWorkflow(Workflow):
+    """rewrite -> retrieve -> rerank -> grade (-> retry) -> generate; see the module docstring."""
+
+    def __init__(self, spec: SystemSpec, components: Components, **kwargs: Any) -> None:
+        super().__init__(timeout=kwargs.pop("timeout", None), **kwargs)
+        self.spec = spec
+        self.components = components
+        self.config = components.config
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _context_k(self) -> int:
+        return self.spec.top_k or (self.config.rerank.top_n if self.spec.rerank else self.config.generator.context_top_k)
+
+    def _retrieve_mode(self) -> str:
+        return self.config.retrieve.mode if self.spec.retrieve == "config" else str(self.spec.retrieve)
+
+    def _first_mode(self, question: str) -> tuple[str, str]:
+        if not self.spec.rewrite:
+            return "none", "rewriting off"
+        from rewrite import split_clauses
+
+        if split_clauses(question, self.config.rewrite.n_queries):
+            return "decompose", "multi-part question"
+        return self.config.rewrite.mode, "rewrite.mode"
+
+    def _round(self, state: QueryState, mode: str) -> list[NodeWithScore]:
+        """One rewrite + retrieve + rerank round, recorded in the state."""
+        spec, config = self.spec, self.config
+        record: dict[str, Any] = {"round": state.round, "mode": mode}
+        started = time.perf_counter()
+        rewrite = None
+        if mode != "none":
+            rewrite = self.components.rewriter(spec.rewriter_adapter).rewrite(state.question, mode)
+            record["rewrite"] = rewrite.as_dict()
+        state.timed("rewrite", time.perf_counter() - started)
+
+        started = time.perf_counter()
+        candidates = max(config.rerank.candidates, self._context_k()) if spec.rerank else self._context_k()
+        retriever = self.components.retriever(self._retrieve_mode(), candidates)
+        if rewrite is not None and rewrite.mode == "decompose" and rewrite.texts:
+            lists = [retriever.retrieve(sub) for sub in rewrite.texts]
+            hits = _interleave(lists, candidates)
+        else:
+            texts = list(rewrite.texts) if rewrite is not None else []
+            bundle = QueryBundle(query_str=state.question, custom_embedding_strs=[state.question, *texts] if texts else None)
+            hits = retriever.retrieve(bundle)
+        state.timed("retrieve", time.perf_counter() - started)
+        record["retrieved"] = [_node_summary(h, ("dense_rank", "dense_score", "bm25_rank", "bm25_score", "fusion_score")) for h in hits]
+
+        if spec.rerank and hits:
+            started = time.perf_counter()
+            hits = self.components.reranker().postprocess_nodes(hits, query_str=state.question)
+            state.timed("rerank", time.perf_counter() - started)
+            record["reranked"] = [_node_summary(h, ("retrieval_rank", "retrieval_score", "rerank_score", "rerank_rank")) for h in hits]
+        hits = hits[: self._context_k()]
+        state.rounds.append(record)
+        return hits
+
+    # ---- steps -------------------------------------------------------------------------------------
+
+    @step
+    async def start(self, ev: StartEvent) -> RoundEvent | AnswerEvent:
+        state = QueryState(question=ev.get("question"), spec=self.spec, generate=bool(ev.get("generate", True)))
+        if self.spec.retrieve is None:
+            return AnswerEvent(state=state, nodes=[])
+        mode, state.route = self._first_mode(state.question)
+        return RoundEvent(state=state, mode=mode)
+
+    @step
+    async def retrieve(self, ev: RoundEvent) -> RankedEvent:
+        state = ev.state
+        state.round += 1
+        nodes = await asyncio.to_thread(self._round, state, ev.mode)
+        return RankedEvent(state=state, nodes=nodes)
+
+    @step
+    async def grade(self, ev: RankedEvent) -> RoundEvent | AnswerEvent:
+        state, nodes = ev.state, ev.nodes
+        record = state.rounds[-1]
+        scores = [n.node.metadata.get("rerank_score") for n in nodes if n.node.metadata.get("rerank_score") is not None]
+        if not self.spec.agent:
+            record["grade"] = {"decision": "accept", "reason": "no agent loop"}
+            return AnswerEvent(state=state, nodes=nodes)
+        if not scores:
+            record["grade"] = {"decision": "accept", "reason": "no rerank score to grade" if nodes else "nothing retrieved"}
+            return AnswerEvent(state=state, nodes=nodes, grounded=bool(nodes))
+        best, threshold = max(scores), self.config.agent.grade_threshold
+        if best > state.best_score:
+            state.best_score, state.best_nodes = best, nodes
+        if best >= threshold:
+            record["grade"] = {"decision": "accept", "best": round(best, 6), "threshold": threshold}
+            return AnswerEvent(state=state, nodes=nodes)
+        if state.round < self.config.agent.max_rounds and self.config.agent.retry_modes:
+            modes = self.config.agent.retry_modes
+            next_mode = modes[(state.round - 1) % len(modes)]
+            record["grade"] = {"decision": "retry", "best": round(best, 6), "threshold": threshold, "next_mode": next_mode}
+            return RoundEvent(state=state, mode=next_mode)
+        record["grade"] = {"decision": "not_found", "best": round(best, 6), "threshold": threshold}
+        return AnswerEvent(state=state, nodes=[], grounded=False)
+
+    @step
+    async def generate(self, ev: AnswerEvent) -> StopEvent:
+        state = ev.state
+        result = {"state": state, "nodes": ev.nodes, "grounded": ev.grounded, "answer": None}
+        if state.generate:
+            started = time.perf_counter()
+            result["answer"] = await asyncio.to_thread(self._answer, state.question, ev.nodes, ev.grounded)
+            state.timed("generate", time.perf_counter() - started)
+        return StopEvent(result=result)
+
+    def _answer(self, question: str, nodes: list[NodeWithScore], grounded: bool) -> str:
+        fixed = fixed_answer(self.spec, nodes, grounded)
+        if fixed is not None:
+            return fixed
+        from pipeline.generate import answer_messages, clean_answer
+
+        llm = self.components.llm(self.spec.generator)
+        passages = [passage_text(n) for n in nodes] or None
+        messages = answer_messages(question, passages, max_passage_chars=self.config.generator.max_passage_chars)
+        text = clean_answer(llm.chat(messages).message.content or "")
+        return keep_valid_citations(text, len(nodes))
+
+
+def clean_stream(deltas, n_passages: int, hold: int = 16) -> Generator[str, None, None]:
+    """Stream the text that the sync path would return (`clean_answer`, valid citations only):
+    the last `hold` characters wait until more text shows they are not the start of a new
+    'Question:' turn or of a citation to drop; generation stops at such a turn."""
+    from pipeline.generate import clean_answer
+
+    text, emitted = "", 0
+    for delta in deltas:
+        text += delta
+        answer = clean_answer(text)
+        if answer != text.strip():  # clean_answer cut a run-on turn: the answer is complete
+            break
+        cleaned = keep_valid_citations(answer, n_passages)
+        safe = len(cleaned) - hold
+        if safe > emitted:
+            yield cleaned[emitted:safe]
+            emitted = safe
+    final = keep_valid_citations(clean_answer(text), n_passages)
+    if len(final) > emitted:
+        yield final[emitted:]
+
+
+def passage_text(hit: NodeWithScore) -> str:
+    return hit.node.get_content()
+
+
+def fixed_answer(spec: SystemSpec, nodes: list[NodeWithScore], grounded: bool) -> Optional[str]:
+    """Answers that need no LM: a not-found refusal, or nn_answer's retrieved answer."""
+    if not grounded or (spec.retrieve is not None and not nodes):
+        return NOT_FOUND_ANSWER
+    if spec.generator is None:
+        meta = nodes[0].node.metadata
+        return meta.get("answer") or nodes[0].node.get_content()
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# the query engine
+# ------------------------------------------------------------------------------------------------
+
+
+def _run_coroutine(factory):
+    """Run `await factory()` from sync code, also when the caller already has an event loop
+    running (Jupyter, some web servers): then it runs on a fresh loop in a worker thread.
+    (A workflow's `run()` schedules a task at once, so it must be called inside the loop.)"""
+
+    async def main():
+        return await factory()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["value"] = asyncio.run(main())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class RagftQueryEngine(BaseQueryEngine):
+    """A named system as a LlamaIndex query engine (sync, async, streaming, batched)."""
+
+    def __init__(self, spec: SystemSpec, components: Components, *, streaming: bool = False, callback_manager: Optional[CallbackManager] = None) -> None:
+        super().__init__(callback_manager=callback_manager)
+        self.spec = spec
+        self.components = components
+        self.config = components.config
+        self.streaming = streaming
+
+    def _get_prompt_modules(self) -> dict:
+        return {}
+
+    # ---- validation ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _question(query_bundle: QueryBundle) -> str:
+        question = query_bundle.query_str
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty; ask a question with some text in it")
+        return question.strip()
+
+    def _workflow(self) -> RagftWorkflow:
+        # a fresh workflow per run: runs never share state, so threads may query concurrently
+        return RagftWorkflow(self.spec, self.components)
+
+    # ---- queries ---------------------------------------------------------------------------------------
+
+    def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        question = self._question(query_bundle)
+        result = _run_coroutine(lambda: self._workflow().run(question=question, generate=not self.streaming))
+        return self._streaming_response(result) if self.streaming else self._response(result)
+
+    async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        question = self._question(query_bundle)
+        result = await self._workflow().run(question=question, generate=not self.streaming)
+        return self._streaming_response(result) if self.streaming else self._response(result)
+
+    def retrieve_only(self, question: str) -> dict[str, Any]:
+        """Run every step but generation: the passages and the trace (evaluation, the UI)."""
+        return _run_coroutine(lambda: self._workflow().run(question=self._question(QueryBundle(question)), generate=False))
+
+    def query_batch(self, questions: Sequence[str], *, show_progress: bool = True) -> list[Response]:
+        """Evaluation path: retrieval per question, then ONE batched generation pass."""
+        from tqdm.auto import tqdm
+
+        from pipeline.generate import answer_batch
+
+        results = [self.retrieve_only(q) for q in tqdm(questions, desc=f"{self.spec.name}: retrieve", disable=not show_progress or self.spec.retrieve is None)]
+        answers: list[Optional[str]] = [fixed_answer(self.spec, r["nodes"], r["grounded"]) for r in results]
+        todo = [i for i, a in enumerate(answers) if a is None]
+        if todo:
+            started = time.perf_counter()
+            llm = self.components.llm(self.spec.generator)
+            contexts = [[passage_text(n) for n in results[i]["nodes"]] or None for i in todo]
+            generated = answer_batch(llm, [results[i]["state"].question for i in todo], contexts, max_passage_chars=self.config.generator.max_passage_chars, show_progress=show_progress)
+            per_question = (time.perf_counter() - started) / len(todo)
+            for i, text in zip(todo, generated):
+                answers[i] = keep_valid_citations(text, len(results[i]["nodes"]))
+                results[i]["state"].timed("generate", per_question)
+        responses = []
+        for result, answer in zip(results, answers):
+            result["answer"] = answer
+            responses.append(self._response(result))
+        return responses
+
+    # ---- responses -------------------------------------------------------------------------------------
+
+    def _metadata(self, result: dict[str, Any]) -> dict[str, Any]:
+        state: QueryState = result["state"]
+        timings = {stage: round(seconds, 6) for stage, seconds in state.timings.items()}
+        timings["total"] = round(time.perf_counter() - state.started, 6)
+        return {
+            "system": self.spec.name,
+            "route": state.route,
+            "rewrites": [r["rewrite"] for r in state.rounds if "rewrite" in r],
+            "rounds": state.rounds,
+            "not_found": not result["grounded"],
+            "timings": timings,
+        }
+
+    def _response(self, result: dict[str, Any]) -> Response:
+        return Response(response=result["answer"], source_nodes=list(result["nodes"]), metadata=self._metadata(result))
+
+    def _streaming_response(self, result: dict[str, Any]) -> StreamingResponse:
+        state: QueryState = result["state"]
+        nodes = list(result["nodes"])
+        fixed = fixed_answer(self.spec, nodes, result["grounded"])
+        metadata = self._metadata(result)
+
+        def deltas() -> Generator[str, None, None]:
+            if fixed is not None:
+                yield fixed
+                return
+            from pipeline.generate import answer_messages
+
+            started = time.perf_counter()
+            llm = self.components.llm(self.spec.generator)
+            passages = [passage_text(n) for n in nodes] or None
+            messages = answer_messages(state.question, passages, max_passage_chars=self.config.generator.max_passage_chars)
+            yield from clean_stream((chunk.delta or "" for chunk in llm.stream_chat(messages)), len(nodes))
+            metadata["timings"]["generate"] = round(time.perf_counter() - started, 6)
+
+        return StreamingResponse(response_gen=deltas(), source_nodes=nodes, metadata=metadata)
+
+
+def build_query_engine(config: Config, system: str = "full", *, components: Optional[Components] = None, streaming: bool = False) -> RagftQueryEngine:
+    """The query engine of a named system (pipeline.systems). Cheap: models load on first query.
+    Pass the same `components` to engines of several systems to share their models and stores."""
+    if not isinstance(config, Config):
+        raise ConfigError(f"build_query_engine needs a Config from pipeline.load_config; got {type(config).__name__}")
+    spec = get_system(system)
+    if components is not None and components.config is not config and components.config != config:
+        raise ConfigError("the shared components were built for another config; build one Components per config")
+    return RagftQueryEngine(spec, components or Components(config), streaming=streaming)

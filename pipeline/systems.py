@@ -1,0 +1,83 @@
+"""The named systems: which parts each one uses. One table, one engine builder, one switch.
+
+| system                | rewrite        | retrieve          | rerank | generator          | agent loop |
+|-----------------------|----------------|-------------------|--------|--------------------|------------|
+| vanilla               | -              | -                 | -      | base LM            | -          |
+| rag_vanilla           | -              | dense top-k       | -      | base LM            | -          |
+| finetuned             | -              | -                 | -      | LoRA plain         | -          |
+| rag_finetuned         | -              | dense top-k       | -      | LoRA plain         | -          |
+| nn_answer             | -              | dense top-1       | -      | none (the answer)  | -          |
+| full                  | LoRA rewriter  | retrieve.mode     | yes    | LoRA RAFT          | yes        |
+
+and one ablation per part of `full`, each differing from it in exactly that part:
+`full-no-rewrite`, `full-base-rewriter`, `full-dense`, `full-no-rerank`, `full-plain-generator`,
+`full-base-generator`, `full-no-agent`.
+
+"dense top-k" is the reference experiment's setup (top `generator.context_top_k` = 5 passages of
+MiniLM dense retrieval over the train split); `full` uses `rewrite.mode`, `retrieve.mode` (hybrid
+in the shipped profiles) and the cross-encoder's `rerank.top_n`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+GeneratorKind = Literal["base", "plain", "raft"]
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    name: str
+    description: str
+    rewrite: bool = False  # rewrite the query before retrieval (mode: rewrite.mode)
+    rewriter_adapter: bool = True  # the LoRA rewriter (False: the base LM writes the rewrite)
+    retrieve: Optional[Literal["dense", "bm25", "hybrid", "config"]] = None  # config: retrieve.mode
+    top_k: Optional[int] = None  # passages given to the generator; None: generator.context_top_k
+    rerank: bool = False
+    generator: Optional[GeneratorKind] = "base"  # None: answer with the top passage's own answer
+    agent: bool = False  # grade the reranked passages and retry weak retrievals
+
+    def components(self) -> dict[str, object]:
+        """The parts that define the system (what ablation tests compare)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("name", "description")}
+
+
+FULL = SystemSpec(
+    name="full",
+    description="LoRA HyDE rewriter -> hybrid retrieval -> fine-tuned cross-encoder -> grade/retry -> RAFT generator",
+    rewrite=True,
+    retrieve="config",
+    rerank=True,
+    generator="raft",
+    agent=True,
+)
+
+BASELINES = [
+    SystemSpec("vanilla", "the base LM alone, no retrieval", generator="base"),
+    SystemSpec("rag_vanilla", "dense top-k retrieval + the base LM (the reference experiment's RAG)", retrieve="dense", generator="base"),
+    SystemSpec("finetuned", "LoRA fine-tuned on question -> answer, no retrieval", generator="plain"),
+    SystemSpec("rag_finetuned", "dense top-k retrieval + the plain LoRA generator", retrieve="dense", generator="plain"),
+    SystemSpec("nn_answer", "no LM: the answer of the most similar knowledge-base pair (dense top-1)", retrieve="dense", top_k=1, generator=None),
+]
+
+ABLATIONS = [
+    dataclasses.replace(FULL, name="full-no-rewrite", description="full without query rewriting", rewrite=False),
+    dataclasses.replace(FULL, name="full-base-rewriter", description="full with the base LM as rewriter (no LoRA)", rewriter_adapter=False),
+    dataclasses.replace(FULL, name="full-dense", description="full with dense instead of hybrid retrieval", retrieve="dense"),
+    dataclasses.replace(FULL, name="full-no-rerank", description="full without the cross-encoder (the loop then has no score to grade and accepts round 1)", rerank=False),
+    dataclasses.replace(FULL, name="full-plain-generator", description="full with the plain (question -> answer) LoRA generator", generator="plain"),
+    dataclasses.replace(FULL, name="full-base-generator", description="full with the base LM as generator", generator="base"),
+    dataclasses.replace(FULL, name="full-no-agent", description="full without the grade/retry loop", agent=False),
+]
+
+SYSTEMS: dict[str, SystemSpec] = {spec.name: spec for spec in [*BASELINES, FULL, *ABLATIONS]}
+SYSTEM_NAMES = tuple(SYSTEMS)
+
+
+def get_system(name: str) -> SystemSpec:
+    try:
+        return SYSTEMS[name]
+    except KeyError:
+        raise ValueError(f"unknown system {name!r}; choose one of: {', '.join(SYSTEM_NAMES)}") from None

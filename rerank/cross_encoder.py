@@ -1,0 +1,178 @@
+"""Cross-encoder reranking as a LlamaIndex node postprocessor.
+
+    from pipeline import load_config
+    from rerank import CrossEncoderReranker
+    reranker = CrossEncoderReranker.from_config(load_config("tiny"))   # cheap: nothing loaded yet
+    top = reranker.postprocess_nodes(retrieved_nodes, query_str="What is a B-tree?")
+    top[0].score, top[0].node.metadata["retrieval_rank"], top[0].node.metadata["rerank_score"]
+
+A cross-encoder reads the question and one passage together, so it sees interactions a
+bi-encoder's two separate vectors cannot; it is too slow to search a whole corpus, which is why it
+reorders the few dozen candidates a retriever returns. The scored question is always the ORIGINAL
+one (`QueryBundle.query_str`): a rewriter (HyDE) only adds `custom_embedding_strs` for the
+retrievers, and a hypothetical answer must never be what passages are judged against.
+
+Each returned node is a copy whose metadata records where it came from and what the reranker
+said: `retrieval_rank` (1-based position in the input list), `retrieval_score` (the retriever's
+score, None when it had none), `rerank_score` (sigmoid of the cross-encoder logit, in [0, 1], the
+value the agent loop compares with its threshold), `rerank_logit` (the raw logit, which orders the
+nodes: sigmoid saturates to exactly 1.0 for confident pairs and would leave ties) and
+`rerank_rank` (1-based). The returned `NodeWithScore.score` is `rerank_score`. These keys are
+excluded from the embedding and LLM metadata modes so they never leak into prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import TYPE_CHECKING, Any, List, Literal, Optional, Sequence
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+if TYPE_CHECKING:
+    import numpy as np
+    from sentence_transformers import CrossEncoder
+
+    from pipeline.config import Config
+
+RETRIEVAL_RANK = "retrieval_rank"
+RETRIEVAL_SCORE = "retrieval_score"
+RERANK_SCORE = "rerank_score"
+RERANK_LOGIT = "rerank_logit"
+RERANK_RANK = "rerank_rank"
+RERANK_METADATA_KEYS = (RETRIEVAL_RANK, RETRIEVAL_SCORE, RERANK_SCORE, RERANK_LOGIT, RERANK_RANK)
+
+
+def sigmoid(x: float) -> float:
+    # math.exp overflows for x < -709; both branches are exact where they are used
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+class CrossEncoderReranker(BaseNodePostprocessor):
+    """Rerank retrieved nodes with a sentence-transformers cross-encoder; keep the best `top_n`."""
+
+    model: str = Field(description="Cross-encoder folder or hub id (resolved offline first by pipeline.models.resolve_model).")
+    top_n: int = Field(default=5, gt=0, description="Nodes kept after reranking.")
+    batch_size: int = Field(default=32, gt=0, description="(question, passage) pairs scored per forward pass.")
+    max_length: int = Field(default=256, gt=0, description="Maximum tokens of a (question, passage) pair; longer pairs are truncated.")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    backend: Literal["torch", "onnx"] = Field(default="torch", description="Inference backend of sentence-transformers; onnx needs optimum + onnxruntime.")
+    show_progress: bool = Field(default=False, description="Show a progress bar while scoring (useful for long candidate lists).")
+
+    _model: Any = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CrossEncoderReranker"
+
+    @classmethod
+    def from_config(cls, config: "Config", **overrides: Any) -> "CrossEncoderReranker":
+        """A reranker with the `rerank` section's settings (nothing is loaded yet)."""
+        settings: dict[str, Any] = {
+            "model": config.rerank.model,
+            "top_n": config.rerank.top_n,
+            "batch_size": config.rerank.batch_size,
+            "max_length": config.rerank.max_length,
+            "device": "cpu" if config.generator.device == "cpu" else "auto",
+            "backend": config.rerank.backend,
+        }
+        settings.update(overrides)
+        return cls(**settings)
+
+    @classmethod
+    def from_model(cls, model: "CrossEncoder", *, name: str = "<in-memory>", **settings: Any) -> "CrossEncoderReranker":
+        """Wrap an already loaded CrossEncoder (training-time evaluation, tests): no second copy."""
+        reranker = cls(model=name, **settings)
+        reranker._model = model
+        return reranker
+
+    # ----------------------------------------------------------------------------------------
+    # model
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> "CrossEncoder":
+        """Load the cross-encoder now (it is otherwise loaded on first use); thread-safe, once."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    from pipeline.models import load_cross_encoder
+
+                    self._model = load_cross_encoder(self.model, device=self.device, max_length=self.max_length, backend=self.backend)
+        return self._model
+
+    def score_pairs(self, question: str, passages: Sequence[str]) -> "np.ndarray":
+        """Raw logits of (question, passage) for each passage, in batches of `batch_size`."""
+        import numpy as np
+        import torch
+
+        if not passages:
+            return np.zeros(0, dtype=np.float32)
+        model = self.load()
+        scores = model.predict(
+            [(question, passage) for passage in passages],
+            batch_size=self.batch_size,
+            show_progress_bar=self.show_progress,
+            activation_fn=torch.nn.Identity(),  # logits: order by them, sigmoid is applied for display
+            convert_to_numpy=True,
+        )
+        scores = np.asarray(scores, dtype=np.float32).reshape(len(passages), -1)
+        if scores.shape[1] != 1:
+            raise ValueError(
+                f"CrossEncoderReranker: model {self.model!r} outputs {scores.shape[1]} labels per pair; a reranker "
+                f"needs a one-logit head (num_labels=1). Fix: train one with `python -m finetune.reranker` or use a "
+                f"reranking cross-encoder such as cross-encoder/ms-marco-MiniLM-L6-v2"
+            )
+        return scores[:, 0]
+
+    # ----------------------------------------------------------------------------------------
+    # LlamaIndex postprocessor
+    # ----------------------------------------------------------------------------------------
+
+    def _postprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+        if query_bundle is None:
+            raise ValueError("CrossEncoderReranker needs the question: pass query_bundle=QueryBundle(question) or query_str=question")
+        question = query_bundle.query_str
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"CrossEncoderReranker: the question is empty ({question!r}); pass the user's original question")
+        if not nodes:
+            return []
+        passages = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+        logits = self.score_pairs(question, passages)
+        # stable sort: equal logits keep the retriever's order
+        order = sorted(range(len(nodes)), key=lambda i: -float(logits[i]))[: self.top_n]
+        out: list[NodeWithScore] = []
+        for new_rank, i in enumerate(order, start=1):
+            original = nodes[i]
+            logit = float(logits[i])
+            probability = sigmoid(logit)
+            metadata = dict(original.node.metadata)
+            metadata.update(
+                {
+                    RETRIEVAL_RANK: i + 1,
+                    RETRIEVAL_SCORE: None if original.score is None else float(original.score),
+                    RERANK_SCORE: probability,
+                    RERANK_LOGIT: logit,
+                    RERANK_RANK: new_rank,
+                }
+            )
+            # a copy with fresh metadata and exclusion lists: the caller's node is untouched
+            node = original.node.model_copy(
+                update={
+                    "metadata": metadata,
+                    "excluded_embed_metadata_keys": _with_keys(original.node.excluded_embed_metadata_keys),
+                    "excluded_llm_metadata_keys": _with_keys(original.node.excluded_llm_metadata_keys),
+                }
+            )
+            out.append(NodeWithScore(node=node, score=probability))
+        return out
+
+
+def _with_keys(excluded: Sequence[str]) -> list[str]:
+    return list(excluded) + [k for k in RERANK_METADATA_KEYS if k not in excluded]

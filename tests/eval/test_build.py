@@ -1,0 +1,165 @@
+"""eval.build: which artifacts the systems need, and what is built, reused or rebuilt (no models:
+artifacts are folders with a resolved config, builders are replaced by a recorder)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from eval import build
+from eval.build import BuildError, execute_plan, plan_builds, required_artifacts
+from pipeline.config import load_config, save_resolved_config
+from pipeline.systems import SYSTEM_NAMES, get_system
+
+TRAINED = ("base_lm", "reranker", "generator-plain", "generator-raft", "rewriter")
+
+
+def _config(tmp_path: Path, demo_dir: Path, *overrides: str):
+    return load_config("tiny", [f"run_dir={tmp_path / 'run'}", f"data.dir={demo_dir}", *overrides])
+
+
+def _fake_artifact(config, artifact: str) -> Path:
+    """What a builder leaves: a folder with its resolved config (and, for the index, a manifest)."""
+    path = Path(build.artifact_path(config, artifact))
+    path.mkdir(parents=True, exist_ok=True)
+    if artifact == "index":
+        (path / "manifest.json").write_text(json.dumps({"format": "ragft-index/1", "state": "complete", "fingerprint": "f1", "embed_model": config.index.embed_model}))
+    else:
+        (path / "weights.bin").write_bytes(b"0")
+    save_resolved_config(config, path)
+    return path
+
+
+def _all_built(config) -> None:
+    for artifact in ("index", *TRAINED):
+        _fake_artifact(config, artifact)
+
+
+def _actions(plan) -> dict[str, str]:
+    return {step.artifact: step.action for step in plan.steps}
+
+
+@pytest.mark.parametrize(
+    "system, expected",
+    [
+        ("vanilla", ["base_lm"]),
+        ("rag_vanilla", ["base_lm", "index"]),
+        ("finetuned", ["base_lm", "generator-plain"]),
+        ("nn_answer", ["index"]),
+        ("full", ["base_lm", "index", "reranker", "generator-raft", "rewriter"]),
+        ("full-base-rewriter", ["base_lm", "index", "reranker", "generator-raft"]),
+        ("full-no-rewrite", ["base_lm", "index", "reranker", "generator-raft", "rewriter"]),  # agent retries rewrite
+        ("full-plain-generator", ["base_lm", "index", "reranker", "generator-plain", "rewriter"]),
+        ("full-no-rerank", ["base_lm", "index", "generator-raft", "rewriter"]),
+    ],
+)
+def test_required_artifacts_follow_the_system_spec(tmp_path, demo_dir, system, expected):
+    assert required_artifacts(_config(tmp_path, demo_dir), [get_system(system)]) == expected
+
+
+def test_required_artifacts_follow_the_config(tmp_path, demo_dir):
+    full = [get_system("full")]
+    assert "rewriter" not in required_artifacts(_config(tmp_path, demo_dir, "rewrite.adapter=null"), full)
+    served = _config(tmp_path, demo_dir, "generator.backend=openai", "generator.api_base=http://127.0.0.1:1/v1")
+    assert "base_lm" not in required_artifacts(served, [get_system("vanilla")])
+    every = required_artifacts(_config(tmp_path, demo_dir), [get_system(n) for n in SYSTEM_NAMES])
+    assert every == ["base_lm", "index", "reranker", "generator-plain", "generator-raft", "rewriter"]
+
+
+def test_fresh_run_dir_builds_everything_in_dependency_order(tmp_path, demo_dir):
+    plan = plan_builds(_config(tmp_path, demo_dir), list(SYSTEM_NAMES))
+    assert [s.artifact for s in plan.steps] == ["data", "base_lm", "index", "reranker", "generator-plain", "generator-raft", "rewriter"]
+    assert _actions(plan) == {"data": "reuse", **{a: "build" for a in ("base_lm", "index", *TRAINED[1:])}}
+
+
+def test_matching_artifacts_are_reused_and_a_changed_setting_rebuilds_only_what_depends_on_it(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir)
+    _all_built(config)
+    assert set(_actions(plan_builds(config, list(SYSTEM_NAMES))).values()) == {"reuse"}
+
+    changed = _config(tmp_path, demo_dir, "finetune.generator.epochs=1")  # both generator adapters use it
+    plan = plan_builds(changed, list(SYSTEM_NAMES))
+    assert _actions(plan) == {"data": "reuse", "base_lm": "reuse", "index": "reuse", "reranker": "reuse", "generator-plain": "rebuild", "generator-raft": "rebuild", "rewriter": "reuse"}
+    assert "finetune.generator.epochs" in {s.artifact: s.reason for s in plan.steps}["generator-plain"]
+
+    # output paths and thread counts are where/how, not what: they never force a rebuild
+    same = _config(tmp_path, demo_dir, "finetune.tiny.torch_threads=2", "generator.cpu_threads=2")
+    assert set(_actions(plan_builds(same, list(SYSTEM_NAMES))).values()) == {"reuse"}
+
+
+def test_a_rebuilt_base_model_rebuilds_the_adapters_trained_on_it(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir)
+    _all_built(config)
+    plan = plan_builds(_config(tmp_path, demo_dir, "finetune.tiny.steps=10"), ["finetuned", "full", "nn_answer"])
+    actions = _actions(plan)
+    assert actions["base_lm"] == "rebuild"
+    assert actions["generator-plain"] == actions["generator-raft"] == actions["rewriter"] == "rebuild"
+    assert actions["index"] == actions["reranker"] == "reuse"  # they never saw the LM
+    assert "base_lm is (re)built in this run" in {s.artifact: s.reason for s in plan.steps}["rewriter"]
+
+
+def test_folders_without_resolved_config_and_interrupted_indexes_are_rebuilt(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir)
+    _all_built(config)
+    (Path(config.finetune.generator.output) / "ragft_config.yaml").unlink()
+    manifest = Path(config.index.dir) / "manifest.json"
+    manifest.write_text(json.dumps({"format": "ragft-index/1", "state": "ingesting"}))
+    actions = _actions(plan_builds(config, ["finetuned", "nn_answer"]))
+    assert actions["generator-plain"] == "rebuild"
+    assert actions["index"] == "rebuild"
+
+
+def test_external_artifacts_must_exist_and_are_never_built(tmp_path, demo_dir):
+    elsewhere = tmp_path / "trained-elsewhere" / "cross-encoder"
+    elsewhere.mkdir(parents=True)
+    config = _config(tmp_path, demo_dir, f"rerank.model={elsewhere}")
+    _all_built(config)
+    plan = plan_builds(config, ["full"])
+    assert {s.artifact: s for s in plan.steps}["reranker"].action == "external"
+
+    missing = _config(tmp_path, demo_dir, f"rerank.model={tmp_path / 'nowhere' / 'reranker'}")
+    with pytest.raises(BuildError, match="rerank.model=.*finetune.reranker.output"):
+        plan_builds(missing, ["full"])
+
+    hub_model = _config(tmp_path, demo_dir, "generator.model=nobody-here/no-such-model-xyz")
+    with pytest.raises(BuildError, match="no-such-model-xyz.*no ragft command builds it"):
+        plan_builds(hub_model, ["vanilla"])
+
+
+def test_missing_splits_are_prepared_from_data_input_or_fail_clearly(tmp_path, demo_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={empty}", f"data.input={demo_dir / 'raw.jsonl'}"])
+    assert plan_builds(config, ["vanilla"]).steps[0].action == "build"
+    no_input = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={empty}", f"data.input={tmp_path / 'none.jsonl'}"])
+    with pytest.raises(BuildError, match="prepared data is not usable"):
+        plan_builds(no_input, ["vanilla"])
+
+
+def test_execute_runs_builders_in_order_stamps_them_and_notices_changed_data(tmp_path, demo_dir, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    config = _config(tmp_path, data)
+    built = []
+
+    def fake_builder(config, step, log, show_progress):
+        built.append(step.artifact)
+        _fake_artifact(config, step.artifact)
+
+    monkeypatch.setattr(build, "_build_one", fake_builder)
+    plan = execute_plan(plan_builds(config, list(SYSTEM_NAMES)), config, log=lambda *_: None)
+    assert built == ["base_lm", "index", "reranker", "generator-plain", "generator-raft", "rewriter"]
+    assert all(s.seconds is not None for s in plan.to_build)
+    assert all((Path(build.artifact_path(config, a)) / build.STAMP_NAME).is_file() for a in built)
+    assert set(_actions(plan_builds(config, list(SYSTEM_NAMES))).values()) == {"reuse"}
+
+    # same path, same settings, different content: only what read the changed split is rebuilt
+    val = data / "val.jsonl"
+    rows = val.read_text(encoding="utf-8").splitlines()
+    val.write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")
+    actions = _actions(plan_builds(config, list(SYSTEM_NAMES)))
+    assert actions["index"] == "reuse" and actions["base_lm"] == "reuse"  # knowledge base = train only
+    assert actions["generator-plain"] == actions["reranker"] == actions["rewriter"] == "rebuild"

@@ -1,0 +1,85 @@
+"""Rewriter LoRA fine-tuning and its retrieval report (finetune/rewriter.py), on micro models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from finetune.rewriter import evaluate_rewriters, main, recommend_mode, rewriter_rows, train_rewriter
+from pipeline.config import load_config, read_resolved_config
+from rewrite.prompts import HYDE_SYSTEM
+
+
+def _config(tiny_lm_dir, small_data_dir, run_dir, *extra):
+    return load_config(
+        "tiny",
+        [
+            f"run_dir={run_dir}",
+            f"data.dir={small_data_dir}",
+            f"generator.model={tiny_lm_dir}",
+            "rewrite.max_new_tokens=6",
+            "finetune.rewriter.epochs=1",
+            "finetune.rewriter.batch_size=8",
+            "finetune.rewriter.learning_rate=0.01",
+            "eval.bootstrap_samples=50",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_lm_dir, small_data_dir, tmp_path_factory):
+    config = _config(tiny_lm_dir, small_data_dir, tmp_path_factory.mktemp("rewriter-run"))
+    lines = []
+    report = train_rewriter(config, log=lines.append, show_progress=False)
+    return config, report, lines
+
+
+def test_rows_are_question_to_own_answer_under_the_hyde_prompt(tiny_lm_dir, small_data_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    config = _config(tiny_lm_dir, small_data_dir, tmp_path)
+    train, val = rewriter_rows(config, AutoTokenizer.from_pretrained(tiny_lm_dir))
+    assert (len(train), len(val)) == (40, 10)
+    first = json.loads((small_data_dir / "train.jsonl").read_text().splitlines()[0])
+    assert train[0]["prompt"].startswith(HYDE_SYSTEM) and f"Question: {first['question']}" in train[0]["prompt"]
+    assert train[0]["completion"] == " " + first["answer"]
+
+
+def test_training_writes_a_complete_adapter_where_rewrite_adapter_looks(trained):
+    config, report, lines = trained
+    out = config.finetune.rewriter.output
+    assert out == config.rewrite.adapter  # what the engine loads is what training wrote
+    for name in ("adapter_config.json", "adapter_model.safetensors", "loss_history.json", "loss_curve.png", "train_report.json", "ragft_config.yaml"):
+        assert Path(out, name).is_file(), name
+    weights = load_file(f"{out}/adapter_model.safetensors")
+    assert weights and any(float(t.abs().sum()) > 0 for k, t in weights.items() if "lora_B" in k)  # B starts at zero
+    assert report["kind"] == "rewriter" and report["train_examples"] == 40 and len(report["val_loss"]) == 1
+    assert read_resolved_config(out)[1]["kind"] == "adapter-rewriter"
+    assert any(line.startswith("trained ") for line in lines)
+
+
+def test_retrieval_report_compares_none_base_and_lora(trained):
+    config, _, _ = trained
+    result = evaluate_rewriters(config, retrievers=("dense", "hybrid"), show_progress=False, log=lambda *_: None)
+    assert set(result["results"]) == {f"{v}/{r}" for v in ("none", "hyde-base", "hyde-lora") for r in ("dense", "hybrid")}
+    for row in result["results"].values():
+        assert 0.0 <= row["recall@1"] <= row["recall@5"] <= 1.0 and row["n"] == 10
+        assert row["ci95"]["mrr@10"][0] <= row["mrr@10"] <= row["ci95"]["mrr@10"][1]
+    assert set(result["paired_vs_none"]) == {"hyde-base/dense", "hyde-base/hybrid", "hyde-lora/dense", "hyde-lora/hybrid"}
+    assert result["rewrites"]["hyde-lora"][0]["question"]
+    assert recommend_mode(result) in ("none", "hyde")
+
+
+def test_recommend_mode_falls_back_only_when_worse_beyond_the_interval():
+    worse = {"paired_vs_none": {"hyde-lora/hybrid": {"diff": -0.2, "ci95_low": -0.3, "ci95_high": -0.1}}}
+    unclear = {"paired_vs_none": {"hyde-lora/hybrid": {"diff": -0.02, "ci95_low": -0.08, "ci95_high": 0.03}}}
+    assert recommend_mode(worse) == "none" and recommend_mode(unclear) == "hyde" and recommend_mode({}) == "none"
+
+
+def test_cli_reports_a_missing_base_model(tmp_path, capsys):
+    assert main(["--set", f"run_dir={tmp_path}", "--set", f"generator.model={tmp_path}/no-model", "--no-evaluate"]) == 2
+    assert "no-model" in capsys.readouterr().err

@@ -1,0 +1,186 @@
+"""Every named system as a query engine on a tiny system built once per session.
+
+The system: the micro tiny LM (finetune.tiny), LoRA adapters attached to it (freshly initialised:
+training is tested in tests/finetune), a random-weight cross-encoder, and the real MiniLM index
+of the demo knowledge base. The models are irrelevant to the engine's logic; the retrieval is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from pipeline import SYSTEM_NAMES, Components, build_query_engine
+from pipeline.engine import NOT_FOUND_ANSWER, ArtifactMissingError, clean_stream, keep_valid_citations
+from pipeline.systems import ABLATIONS, FULL, SYSTEMS, get_system
+
+
+@pytest.fixture(scope="session")
+def components(tiny_config):
+    return Components(tiny_config)
+
+
+def engine(config, system, components, **kwargs):
+    return build_query_engine(config, system, components=components, **kwargs)
+
+
+# ------------------------------------------------------------------ the systems table
+
+
+def test_every_ablation_differs_from_full_in_exactly_one_part():
+    full = FULL.components()
+    for ablation in ABLATIONS:
+        changed = {k for k, v in ablation.components().items() if full[k] != v}
+        assert len(changed) == 1, f"{ablation.name} changes {changed}"
+    assert len({tuple(sorted(a.components().items())) for a in ABLATIONS}) == len(ABLATIONS)
+
+
+def test_baselines_match_the_design_table():
+    assert (get_system("vanilla").retrieve, get_system("vanilla").generator) == (None, "base")
+    assert (get_system("rag_vanilla").retrieve, get_system("rag_vanilla").generator) == ("dense", "base")
+    assert (get_system("finetuned").retrieve, get_system("finetuned").generator) == (None, "plain")
+    assert (get_system("rag_finetuned").retrieve, get_system("rag_finetuned").generator) == ("dense", "plain")
+    assert (get_system("nn_answer").top_k, get_system("nn_answer").generator) == (1, None)
+    assert (FULL.rewrite, FULL.retrieve, FULL.rerank, FULL.generator, FULL.agent) == (True, "config", True, "raft", True)
+
+
+def test_unknown_system_lists_the_names():
+    with pytest.raises(ValueError, match="unknown system 'fulll'; choose one of: vanilla, rag_vanilla"):
+        get_system("fulll")
+
+
+# ------------------------------------------------------------------ every system answers
+
+
+@pytest.mark.parametrize("system", SYSTEM_NAMES)
+def test_every_named_system_builds_and_answers(tiny_config, components, system):
+    response = engine(tiny_config, system, components).query("How does a hash table handle collisions?")
+    spec = SYSTEMS[system]
+    meta = response.metadata
+    assert isinstance(response.response, str)  # a micro LM may well answer with nothing
+    assert meta["system"] == system
+    timings = meta["timings"]
+    assert timings["total"] >= sum(v for k, v in timings.items() if k != "total") - 1e-6
+    if spec.retrieve is None:
+        assert response.source_nodes == [] and meta["rounds"] == []
+        assert "generate" in timings
+        return
+    assert "retrieve" in timings and meta["rounds"][0]["retrieved"]
+    kept = spec.top_k or (tiny_config.rerank.top_n if spec.rerank else tiny_config.generator.context_top_k)
+    assert 1 <= len(response.source_nodes) <= kept
+    assert ("rerank" in timings) == spec.rerank
+    if spec.rerank:
+        reranked = meta["rounds"][-1]["reranked"]
+        assert [n.node.node_id for n in response.source_nodes] == [r["id"] for r in reranked[:kept]]
+        assert all(r["rerank_score"] is not None and r["retrieval_rank"] >= 1 for r in reranked)
+    if spec.rewrite:
+        assert meta["rewrites"] and meta["rewrites"][0]["mode"] in ("hyde", "decompose")
+    else:
+        assert meta["rewrites"] == []
+    if spec.generator is None:
+        assert response.response == response.source_nodes[0].node.metadata["answer"]
+
+
+def test_components_are_built_once_and_shared(tiny_config, components):
+    engine(tiny_config, "full", components).query("What is a B-tree?")
+    engine(tiny_config, "full-no-agent", components).query("What is a B-tree?")
+    assert components.reranker() is components.reranker()
+    assert components.llm("raft") is components.llm("raft")
+    assert components.llm("raft") is not components.llm("plain")
+    assert components.llm("raft").adapter == tiny_config.finetune.raft.output
+    assert components.llm("base").adapter is None
+
+
+def test_ablation_components_are_what_the_table_says(tiny_config, components):
+    dense = engine(tiny_config, "full-dense", components).query("What is a B-tree?")
+    hybrid = engine(tiny_config, "full", components).query("What is a B-tree?")
+    assert "fusion_score" not in dense.metadata["rounds"][0]["retrieved"][0]
+    if tiny_config.retrieve.mode == "hybrid":
+        assert "fusion_score" in hybrid.metadata["rounds"][0]["retrieved"][0]
+
+
+# ------------------------------------------------------------------ decomposition and the agent loop
+
+
+def test_multi_part_question_is_decomposed_and_covers_both_parts(tiny_config, components, demo_dir):
+    from pipeline.data import load_split
+    from pipeline.index import qa_node_id
+
+    train = {r["question"]: r for r in load_split(demo_dir, "train")}
+    tcp_udp = train["Compare TCP and UDP."]
+    handshake = train["Explain the TCP three-way handshake."]
+    wanted = {qa_node_id(r["question"], r["answer"]) for r in (tcp_udp, handshake)}
+
+    response = engine(tiny_config, "full", components).query("Compare TCP and UDP and explain the three-way handshake")
+    first = response.metadata["rounds"][0]
+    assert response.metadata["route"] == "multi-part question"
+    assert first["mode"] == "decompose"
+    assert first["rewrite"]["texts"] == ["Compare TCP and UDP.", "Explain the three-way handshake."]
+    retrieved = {row["id"] for row in first["retrieved"]}
+    assert wanted <= retrieved, "the candidates of the decomposed question must cover both parts"
+
+
+def test_weak_retrieval_retries_up_to_max_rounds_then_says_not_found(tiny_config):
+    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0, max_rounds=3))
+    response = build_query_engine(config, "full").query("What is the airspeed velocity of an unladen swallow?")
+    rounds = response.metadata["rounds"]
+    assert [r["grade"]["decision"] for r in rounds] == ["retry", "retry", "not_found"]
+    assert [r["mode"] for r in rounds] == ["hyde", "multi", "decompose"]
+    assert response.response == NOT_FOUND_ANSWER
+    assert response.source_nodes == [] and response.metadata["not_found"] is True
+
+
+def test_without_the_agent_a_weak_round_is_accepted(tiny_config):
+    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0))
+    response = build_query_engine(config, "full-no-agent").query("What is a B-tree?")
+    assert len(response.metadata["rounds"]) == 1 and response.metadata["rounds"][0]["grade"]["decision"] == "accept"
+    assert response.source_nodes
+
+
+# ------------------------------------------------------------------ sync, async, streaming, batch
+
+
+@pytest.mark.parametrize("system", ["vanilla", "rag_vanilla", "full"])
+def test_async_streaming_and_batch_equal_sync_for_greedy_decoding(tiny_config, components, system):
+    question = "What is virtual memory?"
+    sync = engine(tiny_config, system, components).query(question)
+    asynchronous = asyncio.run(engine(tiny_config, system, components).aquery(question))
+    streamed = engine(tiny_config, system, components, streaming=True).query(question)
+    text = "".join(streamed.response_gen)
+    batched = engine(tiny_config, system, components).query_batch([question, "What is a B-tree?"], show_progress=False)[0]
+    assert asynchronous.response == sync.response
+    assert text == sync.response
+    assert batched.response == sync.response
+    ids = [n.node.node_id for n in sync.source_nodes]
+    assert [n.node.node_id for n in asynchronous.source_nodes] == ids
+    assert [n.node.node_id for n in streamed.source_nodes] == ids
+    assert [n.node.node_id for n in batched.source_nodes] == ids
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_empty_question_is_refused(tiny_config, components, question):
+    with pytest.raises(ValueError, match="the question is empty"):
+        engine(tiny_config, "rag_vanilla", components).query(question)
+
+
+def test_missing_artifact_names_the_command(tiny_config, tmp_path):
+    config = dataclasses.replace(tiny_config, rerank=dataclasses.replace(tiny_config.rerank, model=str(tmp_path / "no-reranker")))
+    with pytest.raises(ArtifactMissingError, match="python -m finetune.reranker --config tiny"):
+        build_query_engine(config, "full").query("What is a B-tree?")
+
+
+# ------------------------------------------------------------------ citations and streaming clean-up
+
+
+def test_citations_to_passages_never_given_are_dropped():
+    assert keep_valid_citations("A heap [1] is a tree [3][7].", 3) == "A heap [1] is a tree [3]."
+
+
+def test_clean_stream_matches_the_sync_clean_up():
+    from pipeline.generate import clean_answer
+
+    raw = "A B-tree keeps keys sorted [2] in wide nodes [9].\nQuestion: What is next?\nAnswer: more"
+    pieces = [raw[i : i + 3] for i in range(0, len(raw), 3)]
+    assert "".join(clean_stream(iter(pieces), 2)) == keep_valid_citations(clean_answer(raw), 2)

@@ -1,0 +1,132 @@
+"""Language-model backends of pipeline/models.py, on the session's micro tiny LM."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+import torch
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.llms import LLM
+
+from pipeline.config import ConfigError, load_config
+from pipeline.generate import answer_prompt
+from pipeline.models import FOUR_BIT_NEEDS_CUDA, ModelLoadError, ModelNotFoundError, load_causal_lm, load_llm
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Micro matrices: one thread is faster than two fighting over shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def config(tiny_lm_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("llm-run")
+    return load_config("tiny", [f"run_dir={run_dir}", f"generator.model={tiny_lm_dir}", "generator.max_new_tokens=12", "generator.batch_size=3", "generator.device=cpu"])
+
+
+@pytest.fixture(scope="module")
+def llm(config):
+    return load_llm(config, verbose=False)
+
+
+def test_load_llm_is_cheap_and_lazy(config):
+    llm = load_llm(config)
+    assert isinstance(llm, LLM)
+    assert llm._model is None  # nothing loaded until first use
+    assert llm.metadata.context_window == 2048 and llm.metadata.num_output == 12
+    assert llm._model is None  # metadata reads config.json only
+
+
+def test_complete_chat_stream_and_async_agree_greedy(llm):
+    prompt = answer_prompt("What is a hash table?")
+    text = llm.complete(prompt, formatted=True).text
+    assert isinstance(text, str)
+    streamed = list(llm.stream_complete(prompt, formatted=True))
+    assert streamed[-1].text == text
+    assert "".join(chunk.delta for chunk in streamed) == text
+    assert asyncio.run(llm.acomplete(prompt, formatted=True)).text == text
+    messages = [ChatMessage(role=MessageRole.USER, content="Question: What is a hash table?")]
+    chat = llm.chat(messages)
+    assert chat.message.role == MessageRole.ASSISTANT
+    assert chat.message.content == llm.complete(llm.render(messages), formatted=True).text
+    assert asyncio.run(llm.achat(messages)).message.content == chat.message.content
+    assert list(llm.stream_chat(messages))[-1].message.content == chat.message.content
+
+
+def test_batched_generation_equals_unbatched_greedy(llm, capsys):
+    prompts = [
+        answer_prompt("What is a B-tree?"),
+        answer_prompt("Explain how a binary search works on a sorted array of integers.", ["Binary search halves the interval."]),
+        answer_prompt("What is TCP?", ["TCP is reliable.", "UDP is not.", "IP routes packets between networks."]),
+        answer_prompt("Define latency."),
+    ]
+    batched = llm.generate_batch(prompts, batch_size=3, show_progress=False)
+    single = [llm.generate_batch([p], batch_size=1, show_progress=False)[0] for p in prompts]
+    assert batched == single
+    assert any(batched)
+    llm.verbose = True
+    try:
+        llm.generate_batch(prompts[:2], show_progress=False)
+    finally:
+        llm.verbose = False
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_tokenizer_pads_left_for_generation(llm):
+    assert llm.tokenizer.padding_side == "left" and llm.tokenizer.pad_token is not None
+
+
+def test_four_bit_without_cuda_names_the_setting(config):
+    if HAS_CUDA:
+        pytest.skip("this machine has CUDA: the 4-bit path is allowed here")
+    bad = load_config("tiny", [f"run_dir={config.run_dir}", f"generator.model={config.generator.model}", "generator.load_in_4bit=true"])
+    with pytest.raises(ModelLoadError, match=r"generator\.load_in_4bit") as info:
+        load_llm(bad)
+    assert str(info.value) == FOUR_BIT_NEEDS_CUDA
+    with pytest.raises(ModelLoadError, match=r"generator\.load_in_4bit"):
+        load_causal_lm(str(config.generator.model), load_in_4bit=True)
+
+
+def test_missing_adapter_and_bad_model_errors_name_the_fix(config, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="adapter_config.json"):
+        load_llm(config, adapter=str(tmp_path)).load()
+    with pytest.raises(ModelNotFoundError, match="tiny"):
+        load_causal_lm(str(tmp_path / "nothing-here"))
+
+
+def test_only_safetensors_are_read(config, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(config.generator.model, folder)
+    (folder / "model.safetensors").rename(folder / "weights.moved")
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_causal_lm(str(folder))
+
+
+def test_openai_backend_builds_an_openai_like_client(config, monkeypatch):
+    from llama_index.llms.openai_like import OpenAILike
+
+    monkeypatch.setenv("RAGFT_TEST_KEY", "sk-test")
+    served = load_config("tiny", [f"run_dir={config.run_dir}", "generator.backend=openai", "generator.model=served-model", "generator.api_base=http://127.0.0.1:9/v1", "generator.api_key_env=RAGFT_TEST_KEY", "generator.max_new_tokens=33"])
+    llm = load_llm(served)
+    assert isinstance(llm, OpenAILike)
+    assert (llm.model, llm.api_base, llm.api_key, llm.max_tokens, llm.temperature) == ("served-model", "http://127.0.0.1:9/v1", "sk-test", 33, 0.0)
+    with pytest.raises(ConfigError, match="generator.api_base"):
+        load_llm(load_config("tiny", [f"run_dir={config.run_dir}", "generator.backend=openai"]))
+    with pytest.raises(ConfigError, match="--lora-modules"):
+        load_llm(served, adapter="runs/x")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (4-bit NF4 through bitsandbytes)")
+def test_four_bit_loads_on_cuda(config):
+    on_gpu = load_config("tiny", [f"run_dir={config.run_dir}", f"generator.model={config.generator.model}", "generator.load_in_4bit=true", "generator.device=cuda"])
+    llm = load_llm(on_gpu, verbose=False)
+    assert isinstance(llm.complete(answer_prompt("What is a heap?"), formatted=True).text, str)

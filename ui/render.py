@@ -1,0 +1,264 @@
+"""Pure formatting helpers of the chat app: no Streamlit, no models, so every rule is unit-tested.
+
+    from ui.render import answer_markdown, source_rows, candidate_tables, round_lines, timing_text
+    st.markdown(answer_markdown(response_text))          # escaped text, citations [n] as code chips
+    rows = source_rows(response.source_nodes)             # what the sources expander shows
+
+Retrieved and generated text is data: it may hold HTML, `<script>` or markdown that would change
+the page. Everything that goes into `st.markdown` passes through `escape_markdown`, which
+backslash-escapes every ASCII punctuation character (CommonMark allows it for all of them), so
+`<script>` is shown as the characters `<script>`, `**` stays two asterisks and Streamlit's own
+extensions (`:red[...]`, `$...$` math, `:material/icon:`) never trigger. The app never passes
+`unsafe_allow_html`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+_PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+STAGES = ("rewrite", "retrieve", "rerank", "generate")
+REWRITE_TITLES = {"hyde": "Hypothetical passage", "multi": "Phrasings", "decompose": "Sub-questions"}
+
+
+# ------------------------------------------------------------------------------------------------
+# text
+# ------------------------------------------------------------------------------------------------
+
+
+def escape_markdown(text: str) -> str:
+    """`text` as markdown that renders to exactly these characters (line breaks kept)."""
+    escaped = "".join("\\" + ch if ch in _PUNCTUATION else ch for ch in str(text))
+    # a single newline is a soft break in markdown: two trailing spaces keep the author's lines
+    return escaped.replace("\r\n", "\n").replace("\n", "  \n")
+
+
+def answer_markdown(answer: str, *, cursor: bool = False) -> str:
+    """The answer as safe markdown, each citation [n] shown as an inline code chip `[n]`."""
+    parts, last = [], 0
+    for match in _CITATION.finditer(answer):
+        parts.append(escape_markdown(answer[last : match.start()]))
+        parts.append(f"`[{match.group(1)}]`")  # digits only: nothing inside the code span to escape
+        last = match.end()
+    parts.append(escape_markdown(answer[last:]))
+    text = "".join(parts)
+    return text + " ▌" if cursor else text
+
+
+def citations(answer: str) -> list[int]:
+    """The distinct passage numbers an answer cites, in order of first use."""
+    seen: list[int] = []
+    for match in _CITATION.finditer(answer):
+        n = int(match.group(1))
+        if n not in seen:
+            seen.append(n)
+    return seen
+
+
+def fmt_score(value: Any, digits: int = 3) -> str:
+    """A score for people: 3 decimals (or 3 significant digits for tiny fusion scores); '–' if none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    value = float(value)
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}f}"
+
+
+def fmt_seconds(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+# ------------------------------------------------------------------------------------------------
+# sources
+# ------------------------------------------------------------------------------------------------
+
+
+def source_label(metadata: Mapping[str, Any], node_id: str = "") -> str:
+    """Where a passage comes from: 'file.md › Heading' for document chunks, 'QA qa-…' for pairs."""
+    if metadata.get("kind") == "document" or ("file_name" in metadata and "question" not in metadata):
+        name = metadata.get("file_name") or metadata.get("source") or node_id
+        heading = metadata.get("heading")
+        return f"{name} › {heading}" if heading else str(name)
+    qa_id = metadata.get("id") or node_id
+    return f"QA {qa_id}"
+
+
+def source_rows(source_nodes: Sequence[Any]) -> list[dict[str, Any]]:
+    """One plain dict per passage given to the generator, numbered as the answer cites them [n].
+
+    Retrieval rank and score are the retriever's (before reranking: `retrieval_rank` /
+    `retrieval_score` the reranker recorded); systems without a reranker have their list position
+    and score there, and no rerank values."""
+    rows = []
+    for n, hit in enumerate(source_nodes, start=1):
+        node = hit.node
+        meta = dict(node.metadata)
+        reranked = "rerank_score" in meta
+        rows.append(
+            {
+                "n": n,
+                "id": node.node_id,
+                "kind": meta.get("kind") or ("document" if "file_name" in meta else "qa"),
+                "label": source_label(meta, node.node_id),
+                "question": meta.get("question"),
+                "source": meta.get("source"),
+                "file_name": meta.get("file_name"),
+                "heading": meta.get("heading"),
+                "text": node.get_content(),
+                "retriever": meta.get("retriever"),
+                "retrieval_rank": meta.get("retrieval_rank") if reranked else n,
+                "retrieval_score": meta.get("retrieval_score") if reranked else hit.score,
+                "rerank_score": meta.get("rerank_score"),
+                "rerank_rank": meta.get("rerank_rank"),
+                "dense_rank": meta.get("dense_rank"),
+                "bm25_rank": meta.get("bm25_rank"),
+            }
+        )
+    return rows
+
+
+def source_header(row: Mapping[str, Any]) -> str:
+    """One markdown line above a passage: number, origin, ranks and scores (origin escaped)."""
+    parts = [f"retrieval rank {row['retrieval_rank']} · score {fmt_score(row['retrieval_score'], 4)}"]
+    if row.get("rerank_score") is not None:
+        parts.append(f"rerank score {fmt_score(row['rerank_score'])} · rank {row.get('rerank_rank')}")
+    ranks = [f"{name} #{row[key]}" for name, key in (("dense", "dense_rank"), ("BM25", "bm25_rank")) if row.get(key) is not None]
+    if ranks:
+        parts.append(", ".join(ranks))
+    return f"`[{row['n']}]` **{escape_markdown(row['label'])}**  \n" + escape_markdown(" · ".join(parts))
+
+
+def candidate_tables(rounds: Sequence[Mapping[str, Any]], label_of=None) -> list[dict[str, Any]]:
+    """Per retrieval round, the candidate list BEFORE reranking (what the retriever returned, in
+    its order) with each candidate's fate after reranking: its rerank rank and score, or '–'.
+
+    `label_of(node_id) -> str` names a candidate (the app looks the node up in the index)."""
+    tables = []
+    for record in rounds:
+        if "retrieved" not in record:
+            continue
+        after = {row["id"]: row for row in record.get("reranked", [])}
+        rows = []
+        for position, cand in enumerate(record["retrieved"], start=1):
+            kept = after.get(cand["id"], {})
+            rows.append(
+                {
+                    "rank": position,
+                    "source": label_of(cand["id"]) if label_of else cand["id"],
+                    "retrieval score": _round(cand.get("score")),
+                    "dense #": cand.get("dense_rank"),
+                    "BM25 #": cand.get("bm25_rank"),
+                    "rerank #": kept.get("rerank_rank"),
+                    "rerank score": _round(kept.get("rerank_score")),
+                    "id": cand["id"],
+                }
+            )
+        tables.append({"round": record.get("round"), "mode": record.get("mode"), "reranked": "reranked" in record, "rows": rows})
+    return tables
+
+
+def _round(value: Any, digits: int = 4) -> Optional[float]:
+    return None if value is None else round(float(value), digits)
+
+
+# ------------------------------------------------------------------------------------------------
+# trace: rewrite, agent rounds, timings
+# ------------------------------------------------------------------------------------------------
+
+
+def grade_text(grade: Optional[Mapping[str, Any]]) -> str:
+    if not grade:
+        return ""
+    decision = grade.get("decision")
+    if "best" not in grade:
+        return f"{decision} ({grade.get('reason', '')})" if grade.get("reason") else str(decision)
+    best, threshold = fmt_score(grade["best"]), fmt_score(grade.get("threshold"))
+    if decision == "accept":
+        return f"accepted: best rerank score {best} ≥ threshold {threshold}"
+    if decision == "retry":
+        return f"weak: best {best} < {threshold} → retry with {grade.get('next_mode')}"
+    if decision == "not_found":
+        return f"weak: best {best} < {threshold} after the last round → not found"
+    return f"{decision}: best {best}, threshold {threshold}"
+
+
+def round_lines(metadata: Mapping[str, Any]) -> list[str]:
+    """One compact line per retrieval round: mode, candidates, reranked, grade decision."""
+    lines = []
+    for record in metadata.get("rounds", []):
+        parts = [f"Round {record.get('round')}", f"rewrite {record.get('mode')}"]
+        rewrite = record.get("rewrite")
+        if rewrite and rewrite.get("method") not in (None, "llm"):
+            parts[-1] += f" ({rewrite['method']})"
+        parts.append(f"{len(record.get('retrieved', []))} candidates")
+        if "reranked" in record:
+            scores = [r.get("rerank_score") for r in record["reranked"] if r.get("rerank_score") is not None]
+            parts.append(f"reranked, best {fmt_score(max(scores)) if scores else '–'}")
+        grade = grade_text(record.get("grade"))
+        if grade:
+            parts.append(grade)
+        lines.append(" · ".join(parts))
+    return lines
+
+
+def rewrite_blocks(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What each round's rewrite produced: title, mode, method and texts (raw text, not markdown)."""
+    blocks = []
+    for record in metadata.get("rounds", []):
+        rewrite = record.get("rewrite")
+        if not rewrite:
+            continue
+        blocks.append(
+            {
+                "round": record.get("round"),
+                "title": REWRITE_TITLES.get(rewrite.get("mode"), str(rewrite.get("mode"))),
+                "mode": rewrite.get("mode"),
+                "method": rewrite.get("method"),
+                "texts": [str(t) for t in rewrite.get("texts", [])],
+            }
+        )
+    return blocks
+
+
+def timing_text(timings: Mapping[str, float], wall: Optional[float] = None) -> str:
+    """'rewrite 120 ms · retrieve 45 ms · … · total 1.23 s' (stages that ran, in pipeline order)."""
+    parts = [f"{stage} {fmt_seconds(timings[stage])}" for stage in STAGES if stage in timings]
+    total = wall if wall is not None else timings.get("total")
+    if total is not None:
+        parts.append(f"total {fmt_seconds(total)}")
+    return " · ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# feedback
+# ------------------------------------------------------------------------------------------------
+
+
+def feedback_record(turn: Mapping[str, Any], rating: int, *, profile: str, timestamp: str) -> dict[str, Any]:
+    """The JSONL row of one thumbs up (rating 1) / down (0) on an answer."""
+    if rating not in (0, 1):
+        raise ValueError(f"feedback rating must be 0 (thumbs down) or 1 (thumbs up); got {rating!r}")
+    return {
+        "time": timestamp,
+        "rating": "up" if rating == 1 else "down",
+        "question": turn["question"],
+        "answer": turn.get("answer", ""),
+        "system": turn["system"],
+        "profile": profile,
+        "not_found": bool(turn.get("not_found")),
+        "sources": [
+            {k: row.get(k) for k in ("n", "id", "label", "source", "retrieval_rank", "retrieval_score", "rerank_score", "rerank_rank")}
+            for row in turn.get("sources", [])
+        ],
+    }
+
+
+def join_nonempty(parts: Iterable[str], sep: str = " · ") -> str:
+    return sep.join(p for p in parts if p)
