@@ -43,8 +43,6 @@ def _fingerprint(config: Config, system: str, questions: list[str], contexts: li
     """What a system's predictions depend on: inputs, generator settings, the adapter's own digest."""
     import hashlib
 
-    from pipeline.config import read_resolved_config
-
     adapter = adapter_for(config, system) if system != "nn_answer" else None
     adapter_digest = None
     if adapter and (Path(adapter) / "adapter_config.json").is_file():

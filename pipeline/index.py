@@ -463,6 +463,25 @@ def _collection_kwargs() -> dict[str, Any]:
     return {"metadata": {"hnsw:space": "cosine"}, "embedding_function": None}
 
 
+def _vector_store(collection) -> "ChromaVectorStore":
+    """LlamaIndex's ChromaVectorStore whose `add` respects the server's maximum batch size
+    (LlamaIndex cuts at 41665 nodes; an embedded Chroma accepts about 5461 per call)."""
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    class BatchedChromaVectorStore(ChromaVectorStore):
+        def add(self, nodes, **add_kwargs):
+            try:
+                limit = int(self._collection._client.get_max_batch_size())
+            except Exception:  # older clients: a size every Chroma accepts
+                limit = 5000
+            ids = []
+            for start in range(0, len(nodes), limit):
+                ids.extend(super().add(nodes[start : start + limit], **add_kwargs))
+            return ids
+
+    return BatchedChromaVectorStore(chroma_collection=collection)
+
+
 def _load_docstore(path: Path):
     from llama_index.core.storage.docstore import SimpleDocumentStore
 
@@ -650,7 +669,6 @@ def ingest(
     `sources` defaults to `config.index.sources`. `embed_model` defaults to `load_embedder(config)`
     (tests pass a counting one)."""
     from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
-    from llama_index.vector_stores.chroma import ChromaVectorStore
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -699,7 +717,7 @@ def ingest(
                 f"index folder {index_dir} is damaged ({exc.__class__.__name__}: {str(exc)[:200]}); "
                 "rebuild it: python -m pipeline.index --config ... --rebuild"
             ) from None
-        vector_store = ChromaVectorStore(chroma_collection=collection)
+        vector_store = _vector_store(collection)
 
         # which documents are new, changed, unchanged, gone (the docstore keeps their hashes)
         existing = docstore.get_all_document_hashes()  # hash -> doc id
@@ -848,7 +866,6 @@ class KnowledgeBase:
         `with_vectors=False` for a BM25-only base (no embedder loaded, dense search unavailable)."""
         import chromadb
         from chromadb.config import Settings as ChromaSettings
-        from llama_index.vector_stores.chroma import ChromaVectorStore
 
         if not nodes:
             raise KnowledgeBaseError("from_nodes needs at least one node")
@@ -867,7 +884,7 @@ class KnowledgeBase:
         client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
         # ephemeral clients in one process share one system: a unique name keeps bases apart
         collection = client.create_collection(f"kb-{uuid.uuid4().hex}", **_collection_kwargs())
-        kb._vector_store = ChromaVectorStore(chroma_collection=collection)
+        kb._vector_store = _vector_store(collection)
         kb._vector_store.add(copies)
         kb._nodes = {n.node_id: _without_embedding(n) for n in copies}
         kb._size = len(kb._nodes)
@@ -899,8 +916,6 @@ class KnowledgeBase:
     @property
     def vector_store(self) -> "ChromaVectorStore":
         if self._vector_store is None:
-            from llama_index.vector_stores.chroma import ChromaVectorStore
-
             if self._in_memory is not None:
                 raise KnowledgeBaseError("this in-memory knowledge base was built with with_vectors=False: it has no dense store")
 
@@ -912,7 +927,7 @@ class KnowledgeBase:
                     f"index {self.index_dir}: Chroma collection {self.config.index.collection!r} is missing or unreadable ({exc.__class__.__name__}); "
                     "rebuild it: python -m pipeline.index --config ... --rebuild"
                 ) from None
-            self._vector_store = ChromaVectorStore(chroma_collection=collection)
+            self._vector_store = _vector_store(collection)
         return self._vector_store
 
     @property

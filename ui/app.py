@@ -176,7 +176,7 @@ def show_details(turn: dict[str, Any], feedback_file: str, profile: str) -> None
                 for table in turn["candidates"]:
                     st.caption(render.escape_markdown(f"Round {table['round']} · rewrite {table['mode']} · {len(table['rows'])} candidates" + ("" if table["reranked"] else " · not reranked")))
                     # the node id stays in the data (feedback, tests) but takes no width on screen
-                    st.dataframe(table["rows"], hide_index=True, width="stretch", column_config={"id": None, "source": st.column_config.TextColumn("source", width="large")})
+                    st.dataframe(table["rows"], hide_index=True, width="stretch", column_config={"id": None, "source": st.column_config.TextColumn("source", width="medium")})
 
     rounds = render.round_lines(metadata)
     blocks = render.rewrite_blocks(metadata)
@@ -232,8 +232,9 @@ def sidebar(settings, components, runner) -> str:
     system = st.sidebar.selectbox("System", SYSTEM_NAMES, index=SYSTEM_NAMES.index(default), key="system", help="Every named system of pipeline.systems; see the README's systems table.")
     spec = SYSTEMS[system]
     st.sidebar.caption(render.escape_markdown(spec.description))
-    for problem in missing_parts(components, spec):
-        st.sidebar.error(problem, icon=":material/build:")
+    problems = missing_parts(components, spec)
+    if problems:
+        st.sidebar.error(f"**{system} cannot answer yet:**\n\n" + "\n".join(f"- {p}" for p in problems), icon=":material/build:")
 
     st.sidebar.divider()
     st.sidebar.subheader("Knowledge base")

@@ -38,3 +38,13 @@ def ui_system(tiny_config, tmp_path_factory):
 @pytest.fixture(scope="session")
 def profile_writer():
     return write_profile
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_app_resources():
+    """AppTest runs the app in this process: drop its cached models after each test module, so
+    the rest of the session does not carry them."""
+    yield
+    import streamlit as st
+
+    st.cache_resource.clear()

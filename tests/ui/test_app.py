@@ -221,3 +221,21 @@ def test_no_ui_module_renders_raw_html():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                 assert not any(m.startswith("streamlit.components") for m in modules), f"{path.name}:{node.lineno} imports streamlit components"
+
+
+def test_agent_retries_then_declines_and_the_trace_shows_each_round(monkeypatch, tiny_config, ui_system, profile_writer):
+    _, config = ui_system
+    strict = dataclasses.replace(tiny_config.agent, grade_threshold=1.0, max_rounds=2, retry_modes=["multi"])  # no passage can pass
+    profile, _ = profile_writer(tiny_config, Path(config.run_dir), "strict.yaml", agent=strict)
+    at = open_app(monkeypatch, profile)
+    ask(at, "What is a B-tree?", "full")
+    reply = at.chat_message[-1]
+    turn = at.session_state["turns"][-1]
+    assert turn["not_found"] and turn["sources"] == [] and turn["error"] is None
+    assert reply.markdown[0].value == render.answer_markdown(turn["answer"]) and "could not find" in turn["answer"]
+    assert [i.value for i in reply.info] == ["No passage of the knowledge base was good enough, so the system declined to answer from it."]
+    rounds = [plain(m.value) for m in reply.markdown if m.value.startswith("- Round")]
+    assert len(rounds) == 2
+    assert rounds[0].startswith("- Round 1 · rewrite ") and "→ retry with multi" in rounds[0]
+    assert rounds[1].startswith("- Round 2 · rewrite multi") and rounds[1].endswith("after the last round → not found")
+    assert [e.label for e in reply.expander] == ["Sources (0)", "Trace: rewrite, rounds, timings"]  # candidates still viewable

@@ -276,3 +276,16 @@ def test_runner_keeps_profile_sources_and_adds_the_uploads(tmp_path):
     assert IngestionRunner(config).sources() == [str(tmp_path / "docs"), str(tmp_path / "uploads")]
     # constructing a runner loads and writes nothing
     assert not (tmp_path / "uploads").exists()
+
+
+# ------------------------------------------------------------------ server settings
+
+
+def test_streamlit_config_serves_loopback_with_xsrf_protection(repo_root):
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    settings = tomllib.loads((repo_root / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert settings["server"]["address"] == "127.0.0.1"
+    assert settings["server"]["enableXsrfProtection"] is True and settings["server"]["enableCORS"] is True
+    assert settings["browser"]["gatherUsageStats"] is False
+    assert settings["client"]["showErrorDetails"] in ("type", "none")  # no tracebacks in the page
