@@ -169,6 +169,7 @@ def train_lora_adapter(
     train_cfg: LoraTrainConfig,
     *,
     kind: str,
+    section: str,
     build_rows: Callable[[Any], tuple[list[dict[str, str]], list[dict[str, str]]]],
     output: str | Path,
     resume: bool = True,
@@ -181,6 +182,7 @@ def train_lora_adapter(
     """LoRA (QLoRA when 4-bit) SFT of `generator.model` on prompt/completion rows; the one training
     loop of every adapter (generator plain/raft, rewriter).
 
+    `section` names `train_cfg` in the config (finetune.generator) for messages.
     `build_rows(tokenizer)` returns (train rows, val rows). Checkpoints of an interrupted run with
     the same settings are resumed from a hidden work folder beside `output`; the adapter, tokenizer,
     loss history, loss curve, train report and resolved config are written to `output` atomically.
@@ -209,13 +211,17 @@ def train_lora_adapter(
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-        extra["gradient_checkpointing"] = True
+        extra["activation_checkpointing"] = True
 
     train_rows, val_rows = build_rows(tokenizer)
     fit = fit_report(train_rows, tokenizer, train_cfg.max_seq_length)
     log(f"data            {len(train_rows)} train / {len(val_rows)} val examples ({kind}); tokens per example: mean {fit['mean_tokens']}, max {fit['max_tokens']}")
+    if fit["no_answer_left"] == len(train_rows):
+        from pipeline.config import ConfigError
+
+        raise ConfigError(f"every training prompt is at least {section}.max_seq_length={train_cfg.max_seq_length} tokens long (longest example {fit['max_tokens']}), so no completion token would be trained; raise {section}.max_seq_length or lower finetune.raft.num_passages")
     if fit["truncated"]:
-        log(f"warning: {fit['truncated']} train examples exceed max_seq_length={train_cfg.max_seq_length} and lose completion tokens; raise it or shorten the prompts")
+        log(f"warning: {fit['truncated']} train examples exceed {section}.max_seq_length={train_cfg.max_seq_length} and lose completion tokens; raise it or lower generator.max_passage_chars")
 
     # checkpoints of an interrupted run are reused only if they were made with the same settings
     work_dir = output.parent / f".{output.name}.checkpoints"
@@ -270,7 +276,7 @@ def train_lora_adapter(
         write_json(tmp / "train_report.json", report)
         if save_extra is not None:
             save_extra(tmp)
-        save_resolved_config(config, tmp, extra={**{k: v for k, v in report.items() if k != "tokens"}, "kind": f"adapter-{kind}"})
+        save_resolved_config(config, tmp, extra={k: v for k, v in report.items() if k != "tokens"})
     shutil.rmtree(work_dir, ignore_errors=True)
     val_text = ", ".join(f"{v:.3f}" for v in report["val_loss"]) or "n/a"
     log(f"trained         {report['steps']} steps in {seconds} s ({report['train_tokens_per_second']} train tokens/s); train loss {report['train_loss']:.3f}; val loss per epoch {val_text}; wrote {output}")
@@ -278,7 +284,9 @@ def train_lora_adapter(
 
 
 def fit_report(rows: Sequence[dict[str, str]], tokenizer: Any, max_length: int) -> dict[str, Any]:
-    """How many examples would lose completion tokens to truncation at `max_length`."""
-    lengths = [len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) + 1 for r in rows]
+    """How many examples would lose completion tokens to truncation at `max_length` (TRL keeps
+    the start of a sequence), and how many would keep none at all."""
+    lengths = [len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) + 1 for r in rows]  # + EOS
     over = sum(n > max_length for n in lengths)
-    return {"max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(1, len(lengths)), 1), "truncated": over}
+    no_answer = sum(len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) >= max_length for r in rows)
+    return {"max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(1, len(lengths)), 1), "truncated": over, "no_answer_left": no_answer}

@@ -50,7 +50,8 @@ def train_rewriter(config: Config, *, output: str | Path | None = None, resume: 
     return train_lora_adapter(
         config,
         config.finetune.rewriter,
-        kind="rewriter",
+        section="finetune.rewriter",
+        kind="rewriter-adapter",
         build_rows=lambda tokenizer: rewriter_rows(config, tokenizer),
         output=output or config.finetune.rewriter.output,
         resume=resume,

@@ -57,8 +57,8 @@ def test_training_writes_a_complete_adapter_where_rewrite_adapter_looks(trained)
         assert Path(out, name).is_file(), name
     weights = load_file(f"{out}/adapter_model.safetensors")
     assert weights and any(float(t.abs().sum()) > 0 for k, t in weights.items() if "lora_B" in k)  # B starts at zero
-    assert report["kind"] == "rewriter" and report["train_examples"] == 40 and len(report["val_loss"]) == 1
-    assert read_resolved_config(out)[1]["kind"] == "adapter-rewriter"
+    assert report["kind"] == "rewriter-adapter" and report["train_examples"] == 40 and len(report["val_loss"]) == 1
+    assert read_resolved_config(out)[1]["kind"] == "rewriter-adapter"
     assert any(line.startswith("trained ") for line in lines)
 
 
