@@ -22,7 +22,7 @@ $(VENV)/.ragft-installed: pyproject.toml Makefile
 	touch $@
 
 run: install
-	$(OFFLINE) $(BIN)/python -m pipeline.prepare
+	$(OFFLINE) $(BIN)/python -m eval.compare
 
 test: install
 	$(OFFLINE) $(BIN)/python -m pytest

@@ -330,7 +330,31 @@ def new_cross_encoder(config: Config, *, base_model: str | None = None) -> "Cros
 
     settings = config.finetune.reranker
     device = "cpu" if config.generator.device == "cpu" else "auto"
-    return load_cross_encoder(base_model or settings.base_model, device=device, max_length=settings.max_length, num_labels=1)
+    model = load_cross_encoder(base_model or settings.base_model, device=device, max_length=settings.max_length, num_labels=1)
+    architectures = getattr(model.model.config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        reset_pooler(model)
+    return model
+
+
+def reset_pooler(model: "CrossEncoder") -> bool:
+    """Make BERT's pooler the identity (tanh(h_CLS)) when the head is fresh.
+
+    Why: a sentence-embedding checkpoint (all-MiniLM-L6-v2) was trained with MEAN pooling; its
+    [CLS] pooler layer is a leftover that squashes every input to nearly the same vector (measured:
+    per-dimension spread across pairs ~0.04 against ~0.2 for h_CLS itself), so a fresh head on top
+    of it sees almost no signal and BCE/listwise losses stay at their chance values for hundreds of
+    steps. tanh(h_CLS) keeps the encoder's variation and the head learns at once."""
+    import torch
+
+    pooler = getattr(getattr(model.model, "bert", None), "pooler", None)
+    dense = getattr(pooler, "dense", None)
+    if dense is None or dense.weight.shape[0] != dense.weight.shape[1]:
+        return False
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(dense.weight.shape[0], dtype=dense.weight.dtype))
+        dense.bias.zero_()
+    return True
 
 
 def train_cross_encoder(

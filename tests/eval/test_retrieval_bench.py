@@ -45,8 +45,9 @@ def test_miniature_benchmark(demo_dir, tmp_path, hash_embedding_cls):
     for row in result["sizes"]:
         assert row["ingestion"]["nodes"] == 20 and row["ingestion"]["rerun_added"] == 0 and row["ingestion"]["nodes_per_s"] > 0
         for name in ("dense", "bm25", "hybrid", "reference_flat_ip", "llamaindex_vectorstoreindex"):
-            lat = row["latency"][name]
-            assert lat["n"] == 3 and 0 < lat["p50_ms"] <= lat["p95_ms"]
+            for table in ("latency", "search_latency"):
+                lat = row[table][name]
+                assert lat["n"] == 3 and 0 < lat["p50_ms"] <= lat["p95_ms"]
         assert row["latency"]["hybrid"]["p50_vs_reference"] > 0 and row["peak_rss_mb"] > 0
     table = to_markdown(result)
     assert "| 330 (13) | hybrid |" in table and "nodes/s" in table

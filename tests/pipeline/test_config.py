@@ -185,3 +185,18 @@ def test_defaults_construct_a_valid_config():
     config = config_from_dict({})
     assert isinstance(config, Config)
     assert config.index.dir == "runs/default/index"
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    # PyYAML reads 5e-3 as a string (YAML 1.1); a float field accepts it as the number it means
+    config = load_config("tiny", ["finetune.rewriter.learning_rate=5e-3"])
+    assert config.finetune.rewriter.learning_rate == pytest.approx(0.005)
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config("tiny", ["retrieve.top_k=5e1"])
+
+
+def test_a_section_keeps_its_own_defaults_when_a_profile_sets_other_keys():
+    # finetune.rewriter is a LoraTrainConfig whose output differs from the class default
+    config = load_config("tiny", ["finetune.rewriter.epochs=1"])
+    assert config.finetune.rewriter.output == "runs/tiny/adapters/rewriter" == config.rewrite.adapter
+    assert config.finetune.generator.output == "runs/tiny/adapters/generator"
