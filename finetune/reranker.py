@@ -19,8 +19,9 @@ What it does:
    weighted by the number of negatives per question, so both classes carry equal weight; it is the
    loss of the MS MARCO cross-encoders and calibrates the sigmoid score that the agent loop
    thresholds. `listwise` is softmax cross-entropy over each question's positive and its hard
-   negatives (+ in-batch random ones): it optimises "the positive first" directly. Both were tried
-   on val; see the README for the figures.
+   negatives (+ in-batch random ones): it optimises "the positive first" directly. On short val
+   runs neither moved off its chance loss until the leftover [CLS] pooler of the bi-encoder
+   checkpoint was reset (`reset_pooler`); the default stays bce.
 4. Evaluate on val before and after, open-book protocol (the corpus is every answer of
    train+val+test, the gold passage is the question's own answer): the retriever's ranking of its
    top `eval_candidates` (base) -> the same candidates reranked, MRR@10, nDCG@10, R@1 with

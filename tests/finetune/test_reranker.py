@@ -159,3 +159,23 @@ def test_listwise_loss_trains_the_tiny_cross_encoder(demo_dir, tiny_cross_encode
     history = train_cross_encoder(model, examples, config, records=train, work_dir=tmp_path / "work", show_progress=False)
     assert any("loss" in e for e in history)
     assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
+
+
+def test_fresh_head_gets_an_identity_pooler(tiny_cross_encoder_dir, tmp_path):
+    """A checkpoint without a classification head gets pooler = tanh(h_CLS) (see reset_pooler);
+    a trained cross-encoder keeps its own pooler."""
+    import torch
+    from transformers import BertModel
+
+    from finetune.reranker import new_cross_encoder
+
+    encoder_only = tmp_path / "encoder"
+    BertModel.from_pretrained(tiny_cross_encoder_dir).save_pretrained(encoder_only)
+    (encoder_only / "tokenizer.json").write_bytes((tiny_cross_encoder_dir / "tokenizer.json").read_bytes())
+    (encoder_only / "tokenizer_config.json").write_bytes((tiny_cross_encoder_dir / "tokenizer_config.json").read_bytes())
+    config = load_config("tiny", [f"run_dir={tmp_path}"])
+    fresh = new_cross_encoder(config, base_model=str(encoder_only))
+    dense = fresh.model.bert.pooler.dense
+    assert torch.equal(dense.weight, torch.eye(dense.weight.shape[0])) and not dense.bias.any()
+    kept = new_cross_encoder(config, base_model=str(tiny_cross_encoder_dir))
+    assert not torch.equal(kept.model.bert.pooler.dense.weight, torch.eye(dense.weight.shape[0]))
