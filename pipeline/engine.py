@@ -307,7 +307,8 @@ class RagftWorkflow(Workflow):
         if best >= threshold:
             record["grade"] = {"decision": "accept", "best": round(best, 6), "threshold": threshold}
             return AnswerEvent(state=state, nodes=nodes)
-        if state.round < self.config.agent.max_rounds and self.config.agent.retry_modes:
+        # a retry is another rewrite; a system without the rewriter has nothing else to try
+        if self.spec.rewrite and state.round < self.config.agent.max_rounds and self.config.agent.retry_modes:
             modes = self.config.agent.retry_modes
             next_mode = modes[(state.round - 1) % len(modes)]
             record["grade"] = {"decision": "retry", "best": round(best, 6), "threshold": threshold, "next_mode": next_mode}

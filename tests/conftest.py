@@ -151,6 +151,7 @@ def tiny_config(tmp_path_factory, tiny_lm_dir, tiny_cross_encoder_dir, demo_dir)
             "generator.max_new_tokens=8",
             "rewrite.max_new_tokens=8",
             "agent.grade_threshold=0.0",
+            "rewrite.mode=hyde",  # the tiny profile ships `none`; the tests exercise the rewriter
         ],
     )
     ingest(config, show_progress=False, log=lambda *_: None)

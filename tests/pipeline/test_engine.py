@@ -132,6 +132,13 @@ def test_weak_retrieval_retries_up_to_max_rounds_then_says_not_found(tiny_config
     assert response.source_nodes == [] and response.metadata["not_found"] is True
 
 
+def test_without_the_rewriter_a_weak_round_is_not_retried(tiny_config):
+    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0))
+    response = build_query_engine(config, "full-no-rewrite").query("What is a B-tree?")
+    assert [r["grade"]["decision"] for r in response.metadata["rounds"]] == ["not_found"]
+    assert response.response == NOT_FOUND_ANSWER and response.metadata["rewrites"] == []
+
+
 def test_without_the_agent_a_weak_round_is_accepted(tiny_config):
     config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0))
     response = build_query_engine(config, "full-no-agent").query("What is a B-tree?")
