@@ -232,7 +232,8 @@ def build_tiny_lm(config: Config, output: str | Path | None = None, log: Callabl
     output = Path(output or tiny.output)
     started = time.perf_counter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(tiny.torch_threads)
+    if tiny.torch_threads is not None:
+        torch.set_num_threads(tiny.torch_threads)
     try:
         return _build(config, tiny, seed, output, started, log)
     finally:

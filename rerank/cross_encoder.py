@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, List, Literal, Optional, Sequence
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -60,9 +61,11 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     backend: Literal["torch", "onnx"] = Field(default="torch", description="Inference backend of sentence-transformers; onnx needs optimum + onnxruntime.")
     show_progress: bool = Field(default=False, description="Show a progress bar while scoring (useful for long candidate lists).")
+    cache_size: int = Field(default=50_000, ge=0, description="(question, passage) logits kept, least recently used dropped; systems that rerank the same candidates (ablations, retries) score each pair once.")
 
     _model: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _cache: Any = PrivateAttr(default_factory=OrderedDict)
 
     @classmethod
     def class_name(cls) -> str:
@@ -114,22 +117,33 @@ class CrossEncoderReranker(BaseNodePostprocessor):
 
         if not passages:
             return np.zeros(0, dtype=np.float32)
-        model = self.load()
-        scores = model.predict(
-            [(question, passage) for passage in passages],
-            batch_size=self.batch_size,
-            show_progress_bar=self.show_progress,
-            activation_fn=torch.nn.Identity(),  # logits: order by them, sigmoid is applied for display
-            convert_to_numpy=True,
-        )
-        scores = np.asarray(scores, dtype=np.float32).reshape(len(passages), -1)
-        if scores.shape[1] != 1:
-            raise ValueError(
-                f"CrossEncoderReranker: model {self.model!r} outputs {scores.shape[1]} labels per pair; a reranker "
-                f"needs a one-logit head (num_labels=1). Fix: train one with `python -m finetune.reranker` or use a "
-                f"reranking cross-encoder such as cross-encoder/ms-marco-MiniLM-L6-v2"
+        with self._lock:
+            known = {p: self._cache[(question, p)] for p in set(passages) if (question, p) in self._cache}
+        missing = list(dict.fromkeys(p for p in passages if p not in known))
+        if missing:
+            model = self.load()
+            scores = model.predict(
+                [(question, passage) for passage in missing],
+                batch_size=self.batch_size,
+                show_progress_bar=self.show_progress,
+                activation_fn=torch.nn.Identity(),  # logits: order by them, sigmoid is applied for display
+                convert_to_numpy=True,
             )
-        return scores[:, 0]
+            scores = np.asarray(scores, dtype=np.float32).reshape(len(missing), -1)
+            if scores.shape[1] != 1:
+                raise ValueError(
+                    f"CrossEncoderReranker: model {self.model!r} outputs {scores.shape[1]} labels per pair; a reranker "
+                    f"needs a one-logit head (num_labels=1). Fix: train one with `python -m finetune.reranker` or use a "
+                    f"reranking cross-encoder such as cross-encoder/ms-marco-MiniLM-L6-v2"
+                )
+            known.update(zip(missing, (float(x) for x in scores[:, 0])))
+            if self.cache_size:
+                with self._lock:
+                    for passage in missing:
+                        self._cache[(question, passage)] = known[passage]
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+        return np.array([known[p] for p in passages], dtype=np.float32)
 
     # ----------------------------------------------------------------------------------------
     # LlamaIndex postprocessor

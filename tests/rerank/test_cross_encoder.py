@@ -169,3 +169,22 @@ def test_from_config_reads_the_rerank_section(tiny_cross_encoder_dir):
     assert (reranker.model, reranker.top_n, reranker.batch_size, reranker.max_length, reranker.device) == (str(tiny_cross_encoder_dir), 2, 7, 64, "cpu")
     assert not reranker.loaded
     assert len(reranker.postprocess_nodes(make_nodes(), query_str=QUESTION)) == 2
+
+
+def test_scores_are_cached_per_question_and_passage(tiny_cross_encoder_dir):
+    reranker = CrossEncoderReranker(model=str(tiny_cross_encoder_dir), top_n=3, cache_size=10)
+    calls = []
+    model = reranker.load()
+    original = model.predict
+
+    def counting_predict(pairs, **kwargs):
+        calls.append(len(pairs))
+        return original(pairs, **kwargs)
+
+    model.predict = counting_predict
+    first = reranker.score_pairs("What is a heap?", ["a tree", "a list", "a tree"])
+    again = reranker.score_pairs("What is a heap?", ["a list", "a graph"])
+    other = reranker.score_pairs("What is a stack?", ["a list"])
+    assert calls == [2, 1, 1]  # duplicates and known pairs are not scored again
+    assert first[0] == first[2] and again[0] == first[1]
+    assert other.shape == (1,)
