@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from eval.build import BuildError, BuildPlan, artifact_path, data_sha, execute_plan, plan_builds, required_artifacts, upstream_fingerprints
+from eval.build import BuildError, data_sha, execute_plan, plan_builds, required_artifacts, upstream_fingerprints
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, load_config, save_resolved_config
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.fileio import atomic_write_text, write_json, write_jsonl

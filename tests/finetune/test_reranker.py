@@ -8,7 +8,6 @@ import pytest
 
 from finetune.reranker import (
     Example,
-    TrainingSetupError,
     bce_rows,
     build_examples,
     listwise_rows,
