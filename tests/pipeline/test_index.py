@@ -382,7 +382,10 @@ def test_chroma_server_returns_what_the_embedded_store_returns(tmp_path, demo_di
         from pipeline.data import load_split
 
         for question in [r["question"] for r in load_split(demo_dir, "test")[:8]]:
-            for mode, overrides in (("dense", []), ("bm25", []), ("hybrid", ["retrieve.fusion=score", "retrieve.candidates=40"])):
+            # the stores are compared directly; the hybrid is the same pure function of these two
+            # lists, and comparing it would compare the order of exactly tied hashed vectors deep
+            # in the candidate lists, which Chroma leaves arbitrary
+            for mode, overrides in (("dense", []), ("bm25", [])):
                 a = build_retriever(load_config("tiny", _overrides(embedded, overrides)), mode, 5, embed_model=embed).retrieve(question)
                 b = build_retriever(load_config("tiny", _overrides(served, overrides)), mode, 5, embed_model=embed).retrieve(question)
                 _assert_same_ranking(a, b)
