@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
 from pipeline.data import SPLITS, DataError, load_split
+from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text
 
 
@@ -137,22 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and value <= 0:
             print(f"error: {flag} must be > 0; got {value}", file=sys.stderr)
             return 2
-    from pipeline.index import KnowledgeBaseError
-    from pipeline.models import ModelNotFoundError
 
-    try:
+    def body() -> None:
         config = config_from_args(args)
         result = run_benchmark(config, questions=args.questions, batch_size=args.batch_size, split=args.split, context=args.context, log=lambda m: print(m, file=sys.stderr))
-    except ModelNotFoundError as exc:
-        print(f"error: {exc}. Build the tiny model first: python -m finetune.tiny (or python -m eval.compare, which builds everything)", file=sys.stderr)
-        return 2
-    except (ConfigError, DataError, KnowledgeBaseError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
-    if args.out:
-        atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
-    return 0
+        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+        if args.out:
+            atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

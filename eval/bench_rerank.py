@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
+from pipeline.config import Config, add_config_arguments, config_from_args
 from pipeline.data import DataError, load_split
+from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text
 
 DEFAULT_SIZES = (20, 50)
@@ -199,26 +200,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-        if not sizes or min(sizes) <= 0:
-            raise ValueError
     except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
         print(f"error: --sizes must be positive integers separated by commas, e.g. 20,50; got {args.sizes!r}", file=sys.stderr)
         return 2
     if args.queries <= 0:
         print(f"error: --queries must be > 0; got {args.queries}", file=sys.stderr)
         return 2
-    try:
+
+    def body() -> None:
         config = config_from_args(args)
         result = run_benchmark(config, sizes=sizes, queries=args.queries, onnx=not args.no_onnx, show_progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(args.out), json.dumps(result, indent=2))
-    return 0
+        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(args.out), json.dumps(result, indent=2))
 
+    return run_cli(body)
 
 if __name__ == "__main__":
     sys.exit(main())

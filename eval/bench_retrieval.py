@@ -47,6 +47,7 @@ from typing import Any, Callable, Sequence
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import DataError, load_split
+from pipeline.errors import run_cli
 from pipeline.fileio import write_json
 
 DEFAULT_SIZES = (2000, 20000, 100000)
@@ -332,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         config = config_from_args(args)
         try:
             sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -345,14 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = args.data or (str(SEED_SPLITS) if (SEED_SPLITS / "test.jsonl").is_file() else config.data.dir)
         log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
         result = run_benchmark(config, data_dir=data, sizes=sizes, queries=args.queries, top_k=args.top_k, ingest_limit=args.ingest_limit, embed_all=args.embed_all, seed=args.seed, show_progress=not args.quiet, log=log)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.out:
-        write_json(args.out, result)
-        save_resolved_config(config, Path(args.out).parent, extra={"kind": "benchmark-retrieval"})
-    print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
-    return 0
+        if args.out:
+            write_json(args.out, result)
+            save_resolved_config(config, Path(args.out).parent, extra={"kind": "benchmark-retrieval"})
+        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

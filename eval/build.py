@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from pipeline.config import RESOLVED_CONFIG_NAME, Config, ConfigError, read_resolved_config
 from pipeline.data import SPLITS, DataError, load_split
+from pipeline.errors import UserFacingError
 from pipeline.fileio import write_json
 from pipeline.systems import SystemSpec, get_system
 
@@ -77,7 +78,7 @@ UPSTREAM = {
 }
 
 
-class BuildError(RuntimeError):
+class BuildError(UserFacingError, RuntimeError):
     """An artifact cannot be built or found; the message names it and the fix."""
 
 

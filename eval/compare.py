@@ -50,6 +50,7 @@ import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CU
 from eval.build import BuildError, data_sha, execute_plan, plan_builds, required_artifacts, upstream_fingerprints
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, load_config, save_resolved_config
 from pipeline.data import SPLITS, DataError, load_split
+from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text, write_json, write_jsonl
 from pipeline.systems import SYSTEM_NAMES, SYSTEMS, SystemSpec, get_system
 
@@ -630,23 +631,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None and args.limit <= 0:
         print(f"error: --limit must be > 0; got {args.limit}", file=sys.stderr)
         return 2
-    from pipeline.engine import ArtifactMissingError
-    from pipeline.models import ModelNotFoundError
-
     started = time.perf_counter()
-    try:
+
+    def body() -> None:
         config = resolve_config(args)
         result = compare(config, force=args.force, build=not args.no_build, dry_run=args.dry_run, show_progress=not args.no_progress)
-    except (ConfigError, DataError, BuildError, ArtifactMissingError, ModelNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        return 0
-    print()
-    print(result["summary"], end="")
-    print(f"\nwrote {config.eval.out}/report.md, metrics.json, metrics.png, latency.png and predictions/ in {time.perf_counter() - started:.0f} s")
-    return 0
+        if not args.dry_run:
+            print()
+            print(result["summary"], end="")
+            print(f"\nwrote {config.eval.out}/report.md, metrics.json, metrics.png, latency.png and predictions/ in {time.perf_counter() - started:.0f} s")
 
+    return run_cli(body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -37,7 +37,8 @@ from typing import Any, Callable, Sequence
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from eval.metrics import DEFAULT_KS, paired_bootstrap_test, retrieval_per_query, rouge_l_f1, summarize
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
-from pipeline.data import SPLITS, DataError, load_split
+from pipeline.data import SPLITS, load_split
+from pipeline.errors import run_cli
 from pipeline.fileio import write_json
 
 PROTOCOLS = ("open-book", "closed-book")
@@ -342,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         extra = [f"data.dir={json.dumps(args.data)}"] if args.data else []
         config = config_from_args(args, extra)
         names = [n.strip() for n in args.retrievers.split(",") if n.strip()]
@@ -358,14 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate_open_book(config, config.data.dir, args.split, names, tune=args.tune, show_progress=not args.quiet, log=log)
         else:
             result = evaluate_closed_book(config, config.data.dir, args.split, names, sim_threshold=args.sim_threshold, show_progress=not args.quiet, log=log)
-    except (ConfigError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.out:
-        write_json(args.out, result)
-        save_resolved_config(config, Path(args.out).parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split})
-    print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
-    return 0
+        if args.out:
+            write_json(args.out, result)
+            save_resolved_config(config, Path(args.out).parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split})
+        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

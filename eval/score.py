@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
+from pipeline.config import Config, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import DataError
+from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text, write_json
 
 REQUIRED_FIELDS = ("question", "prediction", "reference")
@@ -212,23 +213,19 @@ def _overrides_from_flags(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         config = config_from_args(args, _overrides_from_flags(args))
         result = score_files(args.files, config, baseline_required=args.baseline is not None, progress=not args.no_progress)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:  # ModelNotFoundError: a named BERTScore model is not here
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    markdown = render_markdown(result)
-    if args.out:
-        out = Path(args.out)
-        write_json(out / "scores.json", result)
-        atomic_write_text(out / "scores.md", markdown)
-        save_resolved_config(config, out, extra={"kind": "scores", "files": result["files"]})
-    print(json.dumps(result, indent=2) if args.format == "json" else markdown, end="" if args.format == "md" else "\n")
-    return 0
+        markdown = render_markdown(result)
+        if args.out:
+            out = Path(args.out)
+            write_json(out / "scores.json", result)
+            atomic_write_text(out / "scores.md", markdown)
+            save_resolved_config(config, out, extra={"kind": "scores", "files": result["files"]})
+        print(json.dumps(result, indent=2) if args.format == "json" else markdown, end="" if args.format == "md" else "\n")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ from finetune.reranker import (
     random_negatives,
     ranking_metrics,
 )
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
+from pipeline.config import Config, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import DataError, load_split
+from pipeline.errors import run_cli
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -223,13 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra.append(f"finetune.embedder.epochs={args.epochs}")
     if args.output is not None:
         extra.append(f"finetune.embedder.output={args.output}")
-    try:
+
+    def body() -> None:
         config = config_from_args(args, extra)
         run(config, show_progress=not args.no_progress, log=lambda m: print(m, flush=True))
-    except (ConfigError, TrainingSetupError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

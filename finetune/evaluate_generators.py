@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
-from pipeline.data import SPLITS, DataError, load_split
+from pipeline.data import SPLITS, load_split
+from pipeline.errors import run_cli
 from pipeline.fileio import write_json, write_jsonl
 
 SYSTEMS = ("nn_answer", "base", "plain", "raft")
@@ -170,20 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         config = config_from_args(args)
         evaluate_generators(config, args.split, [s.strip() for s in args.systems.split(",") if s.strip()], reuse=not args.no_reuse)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from pipeline.index import KnowledgeBaseError
 
-        if isinstance(exc, KnowledgeBaseError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

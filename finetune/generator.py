@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.common import train_lora_adapter
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
-from pipeline.data import DataError, load_split
+from pipeline.data import load_split
+from pipeline.errors import run_cli
 from pipeline.generate import training_example
 
 MODES = ("plain", "raft")
@@ -164,21 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         key = "finetune.raft.output" if args.mode == "raft" else "finetune.generator.output"
         overrides.append(f"{key}={json.dumps(args.out)}")
-    try:
+
+    def body() -> None:
         config = config_from_args(args, overrides)
         train_generator(config, args.mode, resume=not args.no_resume)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from pipeline.index import KnowledgeBaseError
-        from pipeline.models import ModelLoadError, ModelNotFoundError
 
-        if isinstance(exc, (KnowledgeBaseError, ModelLoadError, ModelNotFoundError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

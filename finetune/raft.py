@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
-from pipeline.data import SPLITS, DataError, load_split
+from pipeline.data import SPLITS, load_split
+from pipeline.errors import UserFacingError, run_cli
 from pipeline.fileio import write_jsonl
 from pipeline.generate import cite
 
@@ -68,7 +69,7 @@ class RaftExample:
         return row
 
 
-class LeakError(ValueError):
+class LeakError(UserFacingError, ValueError):
     """Training triples were asked for from a held-out split."""
 
 
@@ -227,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         config = config_from_args(args)
         if args.split == "test":
             raise ConfigError("--split test: the test split is for evaluation only; RAFT triples are built from train (and val for validation loss)")
@@ -236,17 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_examples(examples, out)
         save_resolved_config(config, out.parent, extra={"kind": "raft-triples", "split": args.split, "examples": len(examples), "oracle_fraction": round(oracle_fraction(examples), 4)})
         print(f"wrote {len(examples)} RAFT examples to {out} (oracle in {oracle_fraction(examples):.1%}, {config.finetune.raft.num_passages} passages each)")
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from pipeline.index import KnowledgeBaseError
 
-        if isinstance(exc, KnowledgeBaseError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
+from pipeline.config import Config, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import DataError, load_split
+from pipeline.errors import UserFacingError, run_cli
 
 if TYPE_CHECKING:
     from llama_index.core.base.base_retriever import BaseRetriever
@@ -62,7 +63,7 @@ EVAL_NAME = "eval_val.json"
 REPORT_METRICS = ("mrr@10", "ndcg@10", "recall@1", "recall@5")
 
 
-class TrainingSetupError(RuntimeError):
+class TrainingSetupError(UserFacingError, RuntimeError):
     """Something a training run needs is missing (knowledge base, data); the message says the fix."""
 
 
@@ -544,13 +545,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra.append(f"finetune.reranker.epochs={args.epochs}")
     if args.output is not None:
         extra.append(f"finetune.reranker.output={args.output}")
-    try:
+
+    def body() -> None:
         config = config_from_args(args, extra)
         run(config, show_progress=not args.no_progress, log=lambda m: print(m, flush=True))
-    except (ConfigError, TrainingSetupError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.common import train_lora_adapter
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
+from pipeline.config import Config, add_config_arguments, config_from_args
 from pipeline.data import SPLITS, DataError, load_split
+from pipeline.errors import run_cli
 from pipeline.fileio import write_json
 from rewrite.prompts import hyde_training_example
 
@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [f"finetune.rewriter.output={json.dumps(args.out)}"] if args.out else []
-    try:
+
+    def body() -> None:
         config = config_from_args(args, overrides)
         if not args.evaluate_only:
             train_rewriter(config, resume=not args.no_resume)
@@ -185,18 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = Path(config.finetune.rewriter.output)
             if out.is_dir():
                 write_json(out / f"retrieval_report_{args.split}.json", result)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from pipeline.index import KnowledgeBaseError
-        from pipeline.models import ModelLoadError, ModelNotFoundError
 
-        if isinstance(exc, (KnowledgeBaseError, ModelLoadError, ModelNotFoundError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

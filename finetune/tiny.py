@@ -25,7 +25,6 @@ import argparse
 import ast
 import json
 import math
-import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.common import atomic_directory, seed_everything
 from pipeline.config import Config, ConfigError, TinyModelConfig, add_config_arguments, config_from_args, save_resolved_config
+from pipeline.errors import run_cli
 from pipeline.fileio import write_json
 
 if TYPE_CHECKING:
@@ -302,13 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"finetune.tiny.output={json.dumps(args.out)}")
     if args.seed is not None:
         overrides.append(f"finetune.seed={args.seed}")
-    try:
+
+    def body() -> None:
         config = config_from_args(args, overrides)
         build_tiny_lm(config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Literal, Optional, Sequence, Union
 
 import yaml
 
+from pipeline.errors import UserFacingError
 from pipeline.fileio import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -38,7 +39,7 @@ RESOLVED_CONFIG_NAME = "ragft_config.yaml"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """A configuration value, key or file is wrong; the message says which and how to fix it."""
 
 

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
+from pipeline.errors import UserFacingError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,7 +25,7 @@ SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")
 REQUIRED_FIELDS = ("question", "answer")
 
 
-class DataError(ValueError):
+class DataError(UserFacingError, ValueError):
     """A data file or row is invalid; the message names the file, the line and the fix."""
 
 

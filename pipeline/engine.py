@@ -42,6 +42,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.workflow import Event, StartEvent, StopEvent, Workflow, step
 
 from pipeline.config import Config, ConfigError
+from pipeline.errors import UserFacingError
 from pipeline.systems import SystemSpec, get_system
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 NOT_FOUND_ANSWER = "I could not find this in the knowledge base, so I cannot answer it from there."
 
 
-class ArtifactMissingError(FileNotFoundError):
+class ArtifactMissingError(UserFacingError, FileNotFoundError):
     """A trained part a system needs has not been built yet; the message gives the command."""
 
 

@@ -56,8 +56,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, load_config, save_resolved_config
-from pipeline.data import DataError, load_split
+from pipeline.config import Config, add_config_arguments, config_from_args, load_config, save_resolved_config
+from pipeline.data import load_split
+from pipeline.errors import UserFacingError, run_cli
 from pipeline.fileio import write_json
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ QA_METADATA_KEYS = ["id", "question", "answer", "source", "split", "kind"]
 DOC_METADATA_KEYS = ["id", "source", "file_name", "heading", "chunk", "kind"]
 
 
-class KnowledgeBaseError(RuntimeError):
+class KnowledgeBaseError(UserFacingError, RuntimeError):
     """The index folder is missing, damaged, incompatible, or built with other settings."""
 
 
@@ -92,7 +93,7 @@ class IndexLockedError(KnowledgeBaseError):
     """Another process is writing the index."""
 
 
-class SourceError(ValueError):
+class SourceError(UserFacingError, ValueError):
     """A document source is empty or unusable; the message names it."""
 
 
@@ -1066,17 +1067,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         extra = []
         if args.source:
             base = load_config(args.config, args.overrides).index.sources if not args.help_config else []
             extra.append(f"index.sources={json.dumps([*base, *args.source])}")
         config = config_from_args(args, extra)
         ingest(config, rebuild=args.rebuild, show_progress=not args.quiet, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    except (ConfigError, DataError, SourceError, KnowledgeBaseError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

