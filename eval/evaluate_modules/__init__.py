@@ -8,3 +8,16 @@
 thin wrapper over the functions in `eval.metrics`, which hold the (tested) definitions; each also
 returns per-question values, which the bootstrap in `eval.metrics` resamples.
 """
+
+
+def text_pair_info(description: str, citation: str, inputs_description: str):
+    """The MetricInfo every ragft module shares: one string prediction and one string reference."""
+    import datasets
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+    )

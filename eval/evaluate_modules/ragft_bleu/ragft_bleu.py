@@ -8,8 +8,9 @@ reference length, 1-4-gram matches, 1-4-gram totals) whose column sums give the 
 so that a bootstrap can recompute corpus BLEU on every resample without re-tokenizing.
 """
 
-import datasets
 import evaluate
+
+from eval.evaluate_modules import text_pair_info
 
 from eval.metrics import bleu_from_statistics, bleu_statistics
 
@@ -27,12 +28,7 @@ _CITATION = "Post, A Call for Clarity in Reporting BLEU Scores, WMT 2018."
 
 class RagftBleu(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         stats = bleu_statistics(predictions, references)

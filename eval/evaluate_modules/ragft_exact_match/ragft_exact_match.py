@@ -4,8 +4,9 @@
     evaluate.load("eval/evaluate_modules/ragft_exact_match").compute(predictions=[...], references=[...])
 """
 
-import datasets
 import evaluate
+
+from eval.evaluate_modules import text_pair_info
 
 from eval.metrics import exact_match, exact_match_squad
 
@@ -23,12 +24,7 @@ _CITATION = "Rajpurkar et al., SQuAD: 100,000+ Questions for Machine Comprehensi
 
 class RagftExactMatch(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         plain = [exact_match(p, r) for p, r in zip(predictions, references)]

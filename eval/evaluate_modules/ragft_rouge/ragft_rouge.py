@@ -7,8 +7,9 @@ Unlike the hub's "rouge" module, the aggregate is the plain mean (not a bootstra
 it is deterministic; intervals come from `eval.metrics`' bootstrap over `rougeL_per_question`.
 """
 
-import datasets
 import evaluate
+
+from eval.evaluate_modules import text_pair_info
 
 from eval.metrics import rouge_l_f1
 
@@ -26,12 +27,7 @@ _CITATION = "Lin, ROUGE: A Package for Automatic Evaluation of Summaries, 2004."
 
 class RagftRouge(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         values = rouge_l_f1(predictions, references)
