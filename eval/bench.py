@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "retrieval": "eval.bench_retrieval",
     "rerank": "eval.bench_rerank",
     "generate": "eval.bench_generate",
+    "scale": "eval.bench_scale",
 }
 
 

@@ -119,13 +119,14 @@ def resolve_bench_model(config: Config) -> tuple[str, str]:
 def run_benchmark(config: Config, *, sizes: Sequence[int] = DEFAULT_SIZES, queries: int = 20, onnx: bool = True, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     import torch
 
-    from pipeline.models import load_cross_encoder
+    from pipeline.models import check_model_source, load_cross_encoder
     from rerank.cross_encoder import CrossEncoderReranker
 
     reference, described = resolve_bench_model(config)
+    check_model_source(config, reference, "rerank.model")
     lists = candidate_lists(config, sizes, queries, config.eval.seed)
     device = "cpu" if config.generator.device == "cpu" else "auto"
-    model = load_cross_encoder(reference, device=device, max_length=config.rerank.max_length, num_labels=1)
+    model = load_cross_encoder(reference, device=device, max_length=config.rerank.max_length, num_labels=1, allow_pickle=config.security.allow_pickle_weights)
     settings = {"top_n": config.rerank.top_n, "batch_size": config.rerank.batch_size, "max_length": config.rerank.max_length}
     torch_reranker = CrossEncoderReranker.from_model(model, name=reference, **settings)
     result: dict[str, Any] = {

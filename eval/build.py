@@ -308,12 +308,18 @@ def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebu
 def _check_data(config: Config, split: str) -> Step:
     path = config.data.dir
     needed = sorted({split, "train", "val", *config.data.knowledge_splits}, key=SPLITS.index)
+    # Only missing splits are prepared: a split file that is there but invalid is the user's data,
+    # to be fixed, never overwritten with splits of data.input.
+    missing = [s for s in needed if not (Path(path) / f"{s}.jsonl").is_file()]
+    if missing:
+        problem = f"{', '.join(str(Path(path) / f'{s}.jsonl') for s in missing)} missing"
+        if config.data.input and Path(config.data.input).is_file():
+            return Step("data", path, "build", f"{problem}; it will be prepared from data.input={config.data.input}")
+        raise BuildError(f"the prepared data is not usable: {problem}. Pass --data DIR with train/val/test.jsonl, or set data.input to a raw file so it can be prepared")
     try:
         counts = {s: len(load_split(path, s)) for s in needed}
     except DataError as exc:
-        if Path(config.data.input).is_file():
-            return Step("data", path, "build", f"{exc}; it will be prepared from data.input={config.data.input}")
-        raise BuildError(f"the prepared data is not usable: {exc}. Pass --data DIR with train/val/test.jsonl, or set data.input to a raw file so it can be prepared") from None
+        raise BuildError(f"the prepared data is not usable: {exc}. Fix the file, or prepare the splits again: python -m pipeline.prepare --input RAW --out {path}") from None
     return Step("data", path, "reuse", "splits present (" + ", ".join(f"{s} {n}" for s, n in counts.items()) + ")")
 
 
@@ -381,7 +387,7 @@ def _build_one(config: Config, step: Step, log: Callable[[str], None], show_prog
     elif artifact == "base_lm":
         from finetune.tiny import build_tiny_lm
 
-        build_tiny_lm(config, log=log)
+        build_tiny_lm(config, log=log, show_progress=show_progress)
     elif artifact == "index":
         from pipeline.index import ingest
 

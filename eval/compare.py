@@ -95,12 +95,18 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.data is None or _same_path(args.data, config.data.dir):
         return config
     extra = [f"data.dir={json.dumps(args.data)}"]
+    if not any(o.strip().startswith("data.input=") for o in args.overrides):
+        # the profile's raw file belongs to the profile's data folder: never prepare it into DIR
+        # (missing splits in DIR are then an error naming them, not the demo data in disguise)
+        extra.append('data.input=""')
     if not any(o.strip().startswith("run_dir=") for o in args.overrides):
         extra += [
             f"run_dir={json.dumps(data_run_dir(config.run_dir, args.data))}",
             # the base LM never sees the data ("vanilla" stays vanilla): keep sharing it
             f"generator.model={json.dumps(config.generator.model)}",
             f"finetune.tiny.output={json.dumps(config.finetune.tiny.output)}",
+            # ... so the profile's model folders stay trusted beside the new run folder
+            f"security.model_dirs={json.dumps(['{run_dir}', *config.security.model_dirs])}",
         ]
     return load_config(args.config, [*args.overrides, *flags, *extra])
 
@@ -169,9 +175,11 @@ class GenerationCache:
         rows: dict[str, dict[str, Any]] = {}
         if not self.path.is_file():
             return rows
-        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
-            if not line.endswith("\n"):
-                break  # torn write of a killed run
+        # errors="replace": a kill can tear the last line inside a multi-byte character (an emoji);
+        # that line is dropped below anyway. Split on "\n" only: splitlines would also cut at U+2028
+        # and the like, which json.dumps(ensure_ascii=False) leaves inside strings (any language).
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        for line in text.split("\n")[:-1]:  # the part after the last newline is a torn write of a killed run
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
@@ -210,7 +218,10 @@ def finished(out: Path, system: str, digest: str, qsha: str) -> Optional[list[di
         return None
     if done.get("digest") != digest or done.get("questions_sha") != qsha or not predictions.is_file():
         return None
-    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:  # "\n" only ends a line (see GenerationCache.load); a damaged file means: run it again
+        rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").split("\n") if line.strip()]
+    except (OSError, ValueError):
+        return None
     return rows if len(rows) == done.get("n") else None
 
 
@@ -532,7 +543,7 @@ def score(
     samples, seed = settings.bootstrap_samples, settings.seed
     scorer = None
     if settings.bertscore:
-        scorer = BertScoreModel(settings.bertscore_model, num_layers=settings.bertscore_num_layers, batch_size=settings.bertscore_batch_size, allow_fallback=settings.bertscore_fallback)
+        scorer = BertScoreModel.from_config(config)
         scorer.resolved  # noqa: B018  (find the model, or fall back saying so, before scoring)
     questions = [r["question"] for r in records]
     references = [r["answer"] for r in records]

@@ -268,14 +268,37 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     return bleu_from_statistics(bleu_statistics(predictions, references).sum(axis=0))
 
 
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists, bit-parallel (Hyyro 2004):
+    about len(a) * len(b) / 64 machine-word steps. rouge_score fills a pure-Python table instead,
+    which takes minutes for a pair of 20,000-word texts."""
+    masks: dict[str, int] = {}
+    for i, token in enumerate(b):
+        masks[token] = masks.get(token, 0) | (1 << i)
+    full = (1 << len(b)) - 1
+    v = full
+    for token in a:
+        u = v & masks.get(token, 0)
+        v = (v + u) | (v - u)
+    return len(b) - bin(v & full).count("1")
+
+
 def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Per-pair ROUGE-L F1 from `rouge_score`, no stemmer (the reference experiment's setting)."""
-    from rouge_score import rouge_scorer
+    """Per-pair ROUGE-L F1 of `rouge_score`, no stemmer (the reference experiment's setting): its
+    tokenizer and formula, with the LCS length computed by `_lcs_length` (the same integer)."""
+    from rouge_score import scoring, tokenizers
 
     _check_pairs(predictions, references)
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    # rouge_score's argument order is (target, prediction).
-    return [scorer.score(reference, prediction)["rougeL"].fmeasure for prediction, reference in zip(predictions, references)]
+    tokenizer = tokenizers.DefaultTokenizer(use_stemmer=False)
+    values = []
+    for prediction, reference in zip(predictions, references):
+        target_tokens, prediction_tokens = tokenizer.tokenize(reference), tokenizer.tokenize(prediction)
+        if not target_tokens or not prediction_tokens:
+            values.append(0.0)
+            continue
+        lcs = _lcs_length(target_tokens, prediction_tokens)
+        values.append(scoring.fmeasure(lcs / len(prediction_tokens), lcs / len(target_tokens)))
+    return values
 
 
 @functools.lru_cache(maxsize=1)
@@ -386,6 +409,7 @@ class BertScoreModel:
         batch_size: int = 32,
         device: str = "auto",
         allow_fallback: bool = True,
+        allow_pickle: bool = False,
     ) -> None:
         if not model or not model.strip():
             raise ValueError(f"BertScoreModel(model={model!r}): give a hub id or a local folder, e.g. {DEFAULT_BERTSCORE_MODEL!r}")
@@ -398,8 +422,23 @@ class BertScoreModel:
         self.batch_size = batch_size
         self.device = device
         self.allow_fallback = allow_fallback
+        self.allow_pickle = allow_pickle
         self._resolved: ResolvedBertScoreModel | None = None
         self._scorer: Any = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> "BertScoreModel":
+        """The `eval` section's BERTScore settings, under the `security` section's loading rules."""
+        from pipeline.models import check_model_source
+
+        settings = config.eval
+        return cls(
+            check_model_source(config, settings.bertscore_model, "eval.bertscore_model"),
+            num_layers=settings.bertscore_num_layers,
+            batch_size=settings.bertscore_batch_size,
+            allow_fallback=settings.bertscore_fallback,
+            allow_pickle=config.security.allow_pickle_weights,
+        )
 
     @property
     def resolved(self) -> ResolvedBertScoreModel:
@@ -427,9 +466,11 @@ class BertScoreModel:
         if self._scorer is None:
             import bert_score
 
-            from pipeline.models import resolve_device
+            from pipeline.models import require_safetensors, resolve_device
 
             resolved = self.resolved
+            # bert-score calls from_pretrained itself, without use_safetensors: check the folder first
+            require_safetensors(resolved.path, f"BERTScore model {resolved.name!r}", allow_pickle=self.allow_pickle)
             self._scorer = bert_score.BERTScorer(
                 model_type=resolved.path,
                 num_layers=resolved.num_layers,

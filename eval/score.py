@@ -42,20 +42,27 @@ class PredictionFileError(DataError):
 def read_predictions(path: str | Path) -> list[dict[str, str]]:
     """The rows of a prediction file, each checked for string question/prediction/reference."""
     path = Path(path)
+    if path.is_dir():
+        raise PredictionFileError(f"{path}: is a folder; pass the prediction files in it, e.g. {path}/*.jsonl")
     if not path.is_file():
         raise PredictionFileError(f"{path}: no such file; pass .jsonl files written by eval.compare or with question/prediction/reference per line")
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first line
     except UnicodeDecodeError as exc:
-        raise PredictionFileError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON lines") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PredictionFileError(f"{path} line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the file as UTF-8 JSON lines") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines would also cut at U+2028, U+0085 and other characters
+    # that json.dumps(ensure_ascii=False) leaves unescaped inside a string (any language's text).
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PredictionFileError(f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON object") from None
+            problem = f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+            raise PredictionFileError(f"{path} line {number}: not valid JSON ({problem}); each line must be one JSON object") from None
         if not isinstance(obj, dict):
             raise PredictionFileError(f"{path} line {number}: expected a JSON object with {', '.join(REQUIRED_FIELDS)}; got a {type(obj).__name__}")
         missing = [name for name in REQUIRED_FIELDS if name not in obj]
@@ -70,7 +77,7 @@ def read_predictions(path: str | Path) -> list[dict[str, str]]:
                 )
         rows.append({name: obj[name] for name in REQUIRED_FIELDS})
     if not rows:
-        raise PredictionFileError(f"{path}: no predictions (the file is empty)")
+        raise PredictionFileError(f"{path}: no predictions (the file is empty); each line must be one JSON object with {', '.join(REQUIRED_FIELDS)}")
     return rows
 
 
@@ -124,12 +131,7 @@ def score_files(
 
     scorer = None
     if settings.bertscore:
-        scorer = BertScoreModel(
-            settings.bertscore_model,
-            num_layers=settings.bertscore_num_layers,
-            batch_size=settings.bertscore_batch_size,
-            allow_fallback=settings.bertscore_fallback,
-        )
+        scorer = BertScoreModel.from_config(config)
         scorer.resolved  # find the model (or fall back, saying so) now: fail before any scoring
     scores = {}
     for name in tqdm(names, desc="scoring", unit="file", disable=not progress or len(names) < 2):

@@ -117,11 +117,15 @@ def sft_config(train: LoraTrainConfig, *, work_dir: str | Path, seed: int, use_b
 
 
 def last_checkpoint(work_dir: str | Path) -> str | None:
-    """The newest `checkpoint-N` folder in `work_dir`, or None to start from scratch."""
+    """The newest complete `checkpoint-N` folder in `work_dir`, or None to start from scratch.
+
+    The Trainer writes a checkpoint in place and its `trainer_state.json` last (older checkpoints
+    are rotated away only after that), so a folder without it is one a kill cut short: resuming
+    from it would fail on every re-run; the previous complete one is taken instead."""
     work_dir = Path(work_dir)
     if not work_dir.is_dir():
         return None
-    checkpoints = [p for p in work_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    checkpoints = [p for p in work_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     if not checkpoints:
         return None
     return str(max(checkpoints, key=lambda p: int(p.name.split("-")[-1])))
@@ -184,8 +188,11 @@ def train_lora_adapter(
 
     `section` names `train_cfg` in the config (finetune.generator) for messages.
     `build_rows(tokenizer)` returns (train rows, val rows). Checkpoints of an interrupted run with
-    the same settings are resumed from a hidden work folder beside `output`; the adapter, tokenizer,
-    loss history, loss curve, train report and resolved config are written to `output` atomically.
+    the same settings are resumed from a hidden work folder beside `output` (the last complete
+    checkpoint; the report's `resumed_from_step` says which); the adapter, tokenizer, loss history,
+    loss curve, train report and resolved config are written to `output` atomically, so a run
+    killed at any point leaves `output` as it was (the temporary folder of a killed save is removed
+    by the next run).
     `save_extra(tmp)` adds files to the artifact; `after_training(trainer)` runs before saving
     (tests inspect the in-memory model there). Returns the train report."""
     import time
@@ -195,7 +202,7 @@ def train_lora_adapter(
 
     from pipeline.config import config_digest, save_resolved_config
     from pipeline.fileio import atomic_write_text, write_json
-    from pipeline.models import apply_cpu_threads, load_causal_lm, resolve_device
+    from pipeline.models import apply_cpu_threads, check_model_source, load_causal_lm, resolve_device
 
     started = time.perf_counter()
     gen = config.generator
@@ -204,7 +211,15 @@ def train_lora_adapter(
     seed_everything(seed)
     apply_cpu_threads(gen.cpu_threads, gen.device)
 
-    model, tokenizer = load_causal_lm(gen.model, device=gen.device, torch_dtype=gen.torch_dtype, load_in_4bit=gen.load_in_4bit, trust_remote_code=gen.trust_remote_code, for_training=True)
+    model, tokenizer = load_causal_lm(
+        check_model_source(config, gen.model, "generator.model"),
+        device=gen.device,
+        torch_dtype=gen.torch_dtype,
+        load_in_4bit=gen.load_in_4bit,
+        trust_remote_code=gen.trust_remote_code,
+        for_training=True,
+        allow_pickle=config.security.allow_pickle_weights,
+    )
     device = resolve_device(gen.device)
     extra: dict[str, Any] = {"use_cpu": device == "cpu"}
     if gen.load_in_4bit:
@@ -230,6 +245,11 @@ def train_lora_adapter(
     if work_dir.exists() and (not resume or not stamp.is_file() or stamp.read_text().strip() != digest):
         shutil.rmtree(work_dir)
     atomic_write_text(stamp, digest)
+    # a save killed half-way leaves its hidden temporary folder (never the final name); one writer
+    # per output is assumed, as for the checkpoint folder, so a leftover is no one's work in progress
+    for leftover in output.parent.glob(f".{output.name}.*.tmp"):
+        if "." not in leftover.name[len(output.name) + 2 : -len(".tmp")]:  # mkdtemp's part has no dot: not `<name>.v2`'s
+            shutil.rmtree(leftover, ignore_errors=True)
     checkpoint = last_checkpoint(work_dir) if resume else None
     if checkpoint:
         log(f"resuming        from {checkpoint}")
@@ -266,6 +286,7 @@ def train_lora_adapter(
         "tokens": fit,
         "trainable_parameters": trainable,
         "seconds": seconds,
+        "resumed_from_step": int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None,
         **(report_extra() if report_extra else {}),
     }
     with atomic_directory(output) as tmp:

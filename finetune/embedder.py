@@ -47,7 +47,7 @@ from finetune.reranker import (
     ranking_metrics,
 )
 from pipeline.config import Config, add_config_arguments, config_from_args, save_resolved_config
-from pipeline.data import DataError, load_split
+from pipeline.data import load_split
 from pipeline.errors import run_cli
 
 if TYPE_CHECKING:
@@ -134,20 +134,20 @@ class EmbedderRun:
 
 def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None] = print) -> EmbedderRun:
     from finetune.common import atomic_directory, seed_everything
-    from pipeline.models import load_sentence_transformer
+    from pipeline.models import check_model_source, load_sentence_transformer, resolve_model
     from pipeline.retrieve import build_retriever
 
     settings = config.finetune.embedder
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     seed_everything(config.finetune.seed)
-    try:
-        train = load_split(config.data.dir, "train")
-        load_split(config.data.dir, "val")
-    except DataError as exc:
-        raise TrainingSetupError(f"{exc}; prepare the data first: python -m pipeline.prepare --input RAW --out {config.data.dir}") from None
+    # a DataError already names the file, the row and the fix (python -m pipeline.prepare)
+    train = load_split(config.data.dir, "train")
+    load_split(config.data.dir, "val")  # fail before any work when val is missing
     if settings.limit is not None:
         train = train[: settings.limit]
+    # the base model too: mining and the base evaluation take minutes on a real knowledge base
+    resolve_model(check_model_source(config, settings.base_model, "finetune.embedder.base_model"))
 
     t = time.perf_counter()
     hard: list[list[str]] = [[] for _ in train]
@@ -165,7 +165,8 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
 
     t = time.perf_counter()
     device = "cpu" if config.generator.device == "cpu" else "auto"
-    model = load_sentence_transformer(settings.base_model, device=device)
+    base = check_model_source(config, settings.base_model, "finetune.embedder.base_model")
+    model = load_sentence_transformer(base, device=device, trust_remote_code=config.generator.trust_remote_code, allow_pickle=config.security.allow_pickle_weights)
     with tempfile.TemporaryDirectory(prefix="ragft-embedder-") as work:
         history = train_embedder(model, rows, config, work_dir=work, show_progress=show_progress)
     seconds["training"] = time.perf_counter() - t

@@ -76,7 +76,8 @@ def _cached(out: Path, system: str, fingerprint: str) -> tuple[list[str], float]
     facts = json.loads(meta.read_text(encoding="utf-8"))
     if facts.get("fingerprint") != fingerprint:
         return None
-    return [json.loads(line)["prediction"] for line in rows.read_text(encoding="utf-8").splitlines()], facts.get("seconds", 0.0)
+    # split on "\n" only: str.splitlines would also cut inside a JSON string holding U+2028
+    return [json.loads(line)["prediction"] for line in rows.read_text(encoding="utf-8").split("\n") if line.strip()], facts.get("seconds", 0.0)
 
 
 def evaluate_generators(config: Config, split: str = "val", systems: Sequence[str] = SYSTEMS, *, reuse: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -212,6 +212,17 @@ def write_examples(examples: Sequence[RaftExample], path: str | Path) -> Path:
     return write_jsonl(path, (e.to_json() for e in examples))
 
 
+def _positive_int(text: str) -> int:
+    # `--limit -1` would slice off the last question and `--limit 0` write an empty file
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m finetune.raft",
@@ -221,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", choices=SPLITS, default="train", help="Split of data.dir whose questions get triples (default train; val is for validation loss; test is refused).")
     parser.add_argument("--out", metavar="FILE", help="Output jsonl. Default: {finetune.raft.output}-triples/<split>.jsonl.")
-    parser.add_argument("--limit", type=int, metavar="N", help="Only the first N questions of the split.")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="Only the first N questions of the split (N >= 1).")
     add_config_arguments(parser)
     return parser
 

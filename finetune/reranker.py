@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, add_config_arguments, config_from_args, save_resolved_config
-from pipeline.data import DataError, load_split
+from pipeline.data import load_split
 from pipeline.errors import UserFacingError, run_cli
 
 if TYPE_CHECKING:
@@ -328,11 +328,12 @@ def format_comparison(before: dict[str, Any], after: dict[str, Any], labels: tup
 
 def new_cross_encoder(config: Config, *, base_model: str | None = None) -> "CrossEncoder":
     """The starting point: the base encoder with a one-logit head (fresh unless it has one)."""
-    from pipeline.models import load_cross_encoder
+    from pipeline.models import check_model_source, load_cross_encoder
 
     settings = config.finetune.reranker
     device = "cpu" if config.generator.device == "cpu" else "auto"
-    model = load_cross_encoder(base_model or settings.base_model, device=device, max_length=settings.max_length, num_labels=1)
+    reference = check_model_source(config, base_model or settings.base_model, "finetune.reranker.base_model")
+    model = load_cross_encoder(reference, device=device, max_length=settings.max_length, num_labels=1, trust_remote_code=config.generator.trust_remote_code, allow_pickle=config.security.allow_pickle_weights)
     architectures = getattr(model.model.config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         reset_pooler(model)
@@ -431,19 +432,20 @@ class RerankerRun:
 def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None] = print) -> RerankerRun:
     """The whole command: mine, build examples, evaluate base, train, evaluate, save."""
     from finetune.common import atomic_directory, seed_everything
+    from pipeline.models import check_model_source, resolve_model
     from pipeline.retrieve import build_retriever
 
     settings = config.finetune.reranker
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     seed_everything(config.finetune.seed)
-    try:
-        train = load_split(config.data.dir, "train")
-        load_split(config.data.dir, "val")  # fail before any work when val is missing
-    except DataError as exc:
-        raise TrainingSetupError(f"{exc}; prepare the data first: python -m pipeline.prepare --input RAW --out {config.data.dir}") from None
+    # a DataError already names the file, the row and the fix (python -m pipeline.prepare)
+    train = load_split(config.data.dir, "train")
+    load_split(config.data.dir, "val")  # fail before any work when val is missing
     if settings.limit is not None:
         train = train[: settings.limit]
+    # the base model too: mining and the base evaluation take minutes on a real knowledge base
+    resolve_model(check_model_source(config, settings.base_model, "finetune.reranker.base_model"))
 
     # 1. hard negatives from the knowledge base (train pairs) with the hybrid retriever
     t = time.perf_counter()

@@ -180,7 +180,7 @@ def _token_stream(tokenizer: "PreTrainedTokenizerBase", documents: Sequence[str]
     return torch.tensor(ids, dtype=torch.long)
 
 
-def pretrain(model: "LlamaForCausalLM", stream, tiny: TinyModelConfig, seed: int, log: Callable[[str], None] = print) -> list[dict[str, float]]:
+def pretrain(model: "LlamaForCausalLM", stream, tiny: TinyModelConfig, seed: int, log: Callable[[str], None] = print, show_progress: bool = True) -> list[dict[str, float]]:
     """Causal LM loss on random windows of the token stream; AdamW, warmup then cosine decay."""
     import torch
     from tqdm.auto import tqdm
@@ -201,7 +201,7 @@ def pretrain(model: "LlamaForCausalLM", stream, tiny: TinyModelConfig, seed: int
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
     history = []
-    bar = tqdm(range(tiny.steps), desc="pretrain tiny LM", unit="step", dynamic_ncols=True)
+    bar = tqdm(range(tiny.steps), desc="pretrain tiny LM", unit="step", dynamic_ncols=True, disable=not show_progress)
     for step in bar:
         starts = torch.randint(0, len(stream) - seq - 1, (tiny.batch_size,), generator=generator)
         batch = torch.stack([stream[s : s + seq] for s in starts.tolist()])
@@ -223,7 +223,7 @@ def pretrain(model: "LlamaForCausalLM", stream, tiny: TinyModelConfig, seed: int
 # --------------------------------------------------------------------------------------------
 
 
-def build_tiny_lm(config: Config, output: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
+def build_tiny_lm(config: Config, output: str | Path | None = None, log: Callable[[str], None] = print, show_progress: bool = True) -> dict:
     """Corpus -> tokenizer -> model -> pretraining -> atomic save. Returns the report."""
     import torch
 
@@ -235,12 +235,12 @@ def build_tiny_lm(config: Config, output: str | Path | None = None, log: Callabl
     if tiny.torch_threads is not None:
         torch.set_num_threads(tiny.torch_threads)
     try:
-        return _build(config, tiny, seed, output, started, log)
+        return _build(config, tiny, seed, output, started, log, show_progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(config: Config, tiny: TinyModelConfig, seed: int, output: Path, started: float, log: Callable[[str], None]) -> dict:
+def _build(config: Config, tiny: TinyModelConfig, seed: int, output: Path, started: float, log: Callable[[str], None], show_progress: bool = True) -> dict:
     import torch
 
     seed_everything(seed)
@@ -257,7 +257,7 @@ def _build(config: Config, tiny: TinyModelConfig, seed: int, output: Path, start
     model = build_model(tiny, tokenizer, max_positions)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model           Llama, {tiny.num_layers} layers x {tiny.hidden_size} hidden, {n_params / 1e6:.2f} M parameters")
-    history = pretrain(model, stream, tiny, seed, log)
+    history = pretrain(model, stream, tiny, seed, log, show_progress)
     seconds = round(time.perf_counter() - started, 1)
     tail = history[-min(20, len(history)) :]
     final_loss = sum(h["loss"] for h in tail) / len(tail)

@@ -4,8 +4,8 @@
     python -m eval.compare --config cpu --set retrieve.top_k=10 --set generator.batch_size=4
 
 A configuration is one `Config` made of one dataclass per section (data, index, retrieve,
-rerank, rewrite, generator, finetune, eval). Values come, in order, from the dataclass
-defaults, a YAML profile (`pipeline/configs/<name>.yaml`), and `--set section.key=value`
+rerank, rewrite, generator, agent, finetune, eval, ui, security). Values come, in order, from the
+dataclass defaults, a YAML profile (`pipeline/configs/<name>.yaml`), and `--set section.key=value`
 overrides. Every value is type-checked on the way in, and an unknown key fails with the list
 of valid keys of its section, so a typo never silently falls back to a default.
 
@@ -269,6 +269,13 @@ class UIConfig:
 
 
 @dataclass
+class SecurityConfig:
+    model_dirs: list[str] = option(["{run_dir}"], "Folders local model and adapter paths of this config may point into (generator.model, generator.adapter, rewrite.adapter, rerank.model, index.embed_model, the fine-tuning base models). A path outside them is refused; hub ids are always allowed (they load through the Hugging Face cache). The environment variable RAGFT_MODEL_DIRS (os.pathsep-separated) adds folders for a whole machine.")
+    allow_any_model_path: bool = option(False, "Load local model and adapter paths from anywhere, not only from security.model_dirs. Only for configs you wrote yourself.")
+    allow_pickle_weights: bool = option(False, "Also read PyTorch pickle weights (pytorch_model.bin, adapter_model.bin) when a model ships no safetensors. Pickle files can run code when loaded: only for sources you trust. Remote code stays governed by generator.trust_remote_code.")
+
+
+@dataclass
 class Config:
     profile: str = option("custom", "Name of the profile this config came from.")
     run_dir: str = option("runs/default", "Root folder of every artifact of this profile ({run_dir} in other values).")
@@ -282,6 +289,7 @@ class Config:
     finetune: FinetuneConfig = option(FinetuneConfig, "Training of every trainable part.")
     eval: EvalConfig = option(EvalConfig, "Evaluation.")
     ui: UIConfig = option(UIConfig, "The Streamlit chat app (ui/app.py): uploads, feedback.")
+    security: SecurityConfig = option(SecurityConfig, "Where model weights may be loaded from, and in which formats.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -465,10 +473,17 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         raise ConfigError(f"config file {profile_path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {profile_path} is not UTF-8 text") from None
+    overrides = list(overrides)
     try:
         return config_from_dict(raw, overrides)
     except ConfigError as exc:
-        raise ConfigError(f"{profile_path}: {exc}") from None
+        message = str(exc)
+        if message.startswith("override "):  # a malformed override: the message quotes it already
+            raise
+        # Name where the bad value came from: the last override of the key the message names (its
+        # value is the one in force), else the profile file.
+        culprits = [o for o in overrides if re.search(rf"(?<![\w.]){re.escape(o.partition('=')[0].strip())}(?![\w.])", message)]
+        raise ConfigError(f"{f'override {culprits[-1]}' if culprits else profile_path}: {message}") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,20 +61,27 @@ def _check_record(obj: Any, path: str, line: int) -> dict[str, str] | InvalidRow
     return record
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    # some messages end in "at" already ("Unterminated string starting at")
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
 def _jsonl_rows(raw: bytes, path: str) -> list[tuple[int, Any] | InvalidRow]:
     rows: list[tuple[int, Any] | InvalidRow] = []
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        if number == 1 and line_bytes.startswith(b"\xef\xbb\xbf"):
+            line_bytes = line_bytes[3:]  # a UTF-8 byte-order mark (Windows editors), as .json and .csv accept
         if not line_bytes.strip():
             continue
         try:
             line = line_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
-            rows.append(InvalidRow(path, number, f"not UTF-8 (byte {line_bytes[exc.start]:#04x} at column {exc.start + 1})"))
+            rows.append(InvalidRow(path, number, f"not UTF-8 (byte {line_bytes[exc.start]:#04x} at column {exc.start + 1}; re-save the file as UTF-8)"))
             continue
         try:
             rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            rows.append(InvalidRow(path, number, f"bad JSON ({exc.msg} at column {exc.colno})"))
+            rows.append(InvalidRow(path, number, f"bad JSON ({_json_problem(exc)})"))
     return rows
 
 
@@ -91,7 +98,7 @@ def _json_rows(raw: bytes, path: str) -> list[tuple[int, Any] | InvalidRow]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: bad JSON ({exc.msg} at column {exc.colno}); a .json file must hold one list of objects") from None
+        raise DataError(f"{path}:{exc.lineno}: bad JSON ({_json_problem(exc)}); a .json file must hold one list of objects") from None
     if not isinstance(data, list):
         raise DataError(f"{path}:1: a .json file must hold a list of objects, got {type(data).__name__}; use .jsonl for one object per line")
     # A JSON list has no line per item; report the item's position (1-based) as its line.
@@ -117,11 +124,12 @@ def _csv_rows(raw: bytes, path: str) -> list[tuple[int, Any] | InvalidRow]:
 READERS: dict[str, Callable[[bytes, str], list]] = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows}
 
 
-def load_records(path: str | Path, *, skip_invalid: bool = False) -> LoadResult:
+def load_records(path: str | Path, *, skip_invalid: bool = False, fix: str = "fix the row or pass --skip-invalid to skip invalid rows") -> LoadResult:
     """Read question/answer records from .jsonl, .json (a list) or .csv and validate each row.
 
     By default the first invalid row raises `DataError` naming the file, line and problem; with
-    `skip_invalid=True` invalid rows are collected in `LoadResult.skipped` instead.
+    `skip_invalid=True` invalid rows are collected in `LoadResult.skipped` instead. `fix` ends the
+    message of an invalid row (what the calling command lets the user do about it).
     """
     path = Path(path)
     if not path.exists():
@@ -133,14 +141,14 @@ def load_records(path: str | Path, *, skip_invalid: bool = False) -> LoadResult:
         raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}")
     raw = path.read_bytes()
     if b"\x00" in raw[:8192]:
-        raise DataError(f"{path}: looks binary (NUL bytes), not {path.suffix} text")
+        raise DataError(f"{path}: looks binary (NUL bytes), not {path.suffix} text; pass a UTF-8 text file of question/answer rows")
     records: list[dict[str, str]] = []
     skipped: list[InvalidRow] = []
     for item in reader(raw, str(path)):
         checked = item if isinstance(item, InvalidRow) else _check_record(item[1], str(path), item[0])
         if isinstance(checked, InvalidRow):
             if not skip_invalid:
-                raise DataError(f"{checked}; fix the row or pass --skip-invalid to skip invalid rows")
+                raise DataError(f"{checked}; {fix}")
             skipped.append(checked)
         else:
             records.append(checked)
@@ -216,4 +224,6 @@ def load_split(data_dir: str | Path, split: str) -> list[dict[str, str]]:
     path = Path(data_dir) / f"{split}.jsonl"
     if not path.is_file():
         raise DataError(f"{path}: missing; prepare the data first: python -m pipeline.prepare --input RAW --out {data_dir}")
-    return load_records(path).records
+    # --skip-invalid is pipeline.prepare's flag: commands reading a prepared split point there
+    fix = f"fix the row, or prepare the data again: python -m pipeline.prepare --input RAW --out {data_dir} (--skip-invalid drops bad rows)"
+    return load_records(path, fix=fix).records

@@ -23,6 +23,14 @@ retrieved ids with retrieval scores, reranked ids with scores before and after r
 decision); `not_found`; `timings` (seconds per stage: rewrite, retrieve, rerank, generate, total).
 Components (index, retrievers, reranker, LMs, rewriter) are built lazily, once, by a `Components`
 object that engines of different systems share.
+
+Bad questions: an empty or whitespace-only question, or one that is not text, raises
+`QuestionError` before anything loads. A very long one (a pasted document) is answered as far as it
+can be without unbounded work: retrieval reads its first `retrieve.max_query_chars` characters (with
+a warning), the reranker truncates pairs to `rerank.max_length` tokens, and a language model
+(rewriter or generator) refuses a prompt that with its new tokens exceeds the model's context window
+with `PromptTooLongError`, naming both numbers, before generating; `nn_answer`, which uses no
+language model, still answers. Questions in any language or script are searched and answered as is.
 """
 
 from __future__ import annotations
@@ -52,6 +60,10 @@ if TYPE_CHECKING:
 NOT_FOUND_ANSWER = "I could not find this in the knowledge base, so I cannot answer it from there."
 
 
+class QuestionError(UserFacingError, ValueError):
+    """The question cannot be asked (empty, only whitespace, or not text)."""
+
+
 class ArtifactMissingError(UserFacingError, FileNotFoundError):
     """A trained part a system needs has not been built yet; the message gives the command."""
 
@@ -61,13 +73,23 @@ class ArtifactMissingError(UserFacingError, FileNotFoundError):
 # ------------------------------------------------------------------------------------------------
 
 
-class Components:
-    """Lazily built, shared parts of every system. Thread-safe: the UI asks from several threads."""
+LLM_KINDS = ("base", "plain", "raft", "rewriter")
 
-    def __init__(self, config: Config, *, kb: Any = None) -> None:
+
+class Components:
+    """Lazily built, shared parts of every system. Thread-safe: the UI asks from several threads.
+
+    `kb`: an open knowledge base to use instead of opening `index.dir`. `llms`: LlamaIndex LLMs to
+    use instead of loading the configured ones, by kind ('base', 'plain', 'raft', 'rewriter'): a
+    model already in memory, a hosted client, or a recording double in tests."""
+
+    def __init__(self, config: Config, *, kb: Any = None, llms: Optional[dict[str, Any]] = None) -> None:
+        unknown = sorted(set(llms or {}) - set(LLM_KINDS))
+        if unknown:
+            raise ConfigError(f"Components(llms=...): unknown kind(s) {', '.join(map(repr, unknown))}; use {', '.join(LLM_KINDS)}")
         self.config = config
         self._kb = kb
-        self._cache: dict[Any, Any] = {}
+        self._cache: dict[Any, Any] = {("llm", kind): llm for kind, llm in (llms or {}).items()}
         self._lock = threading.RLock()
 
     def _once(self, key: Any, build):
@@ -425,11 +447,21 @@ class RagftQueryEngine(BaseQueryEngine):
     # ---- validation ------------------------------------------------------------------------------
 
     @staticmethod
-    def _question(query_bundle: QueryBundle) -> str:
-        question = query_bundle.query_str
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("the question is empty; ask a question with some text in it")
+    def _question(query_bundle: Any) -> str:
+        question = query_bundle.query_str if isinstance(query_bundle, QueryBundle) else query_bundle
+        if not isinstance(question, str):
+            raise QuestionError(f"the question must be text (a str or a QueryBundle); got {type(question).__name__}")
+        if not question.strip():
+            raise QuestionError("the question is empty; ask a question with some text in it")
         return question.strip()
+
+    def query(self, str_or_query_bundle: Any) -> RESPONSE_TYPE:
+        self._question(str_or_query_bundle)  # before LlamaIndex's events, which fail on non-text with a pydantic dump
+        return super().query(str_or_query_bundle)
+
+    async def aquery(self, str_or_query_bundle: Any) -> RESPONSE_TYPE:
+        self._question(str_or_query_bundle)
+        return await super().aquery(str_or_query_bundle)
 
     def _workflow(self) -> RagftWorkflow:
         # a fresh workflow per run: runs never share state, so threads may query concurrently

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -27,10 +27,36 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
+    """One JSON object per line (non-ASCII text kept as is)."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write one JSON object per line, atomically."""
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return atomic_write_text(path, text)
+    return atomic_write_text(path, jsonl_text(rows))
+
+
+def atomic_write_many(texts: Mapping[str | Path, str]) -> None:
+    """Write files that belong together (the splits of one run): each is written and synced under a
+    temporary name first, and the renames follow only when every one is written, so a run that
+    fails or is interrupted while writing leaves the previous set whole, never a mix of old and new."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for target, text in texts.items():
+            target = Path(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            staged.append((tmp, target))
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

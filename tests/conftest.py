@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Fixture models live under pytest's temporary folders, outside every test config's run_dir: trust
+# that root machine-wide, as an operator would trust a shared model folder (security.model_dirs).
+# tests/pipeline/test_safe_loading.py removes it to prove that other paths are refused.
+os.environ.setdefault("RAGFT_MODEL_DIRS", tempfile.gettempdir())
 
 import pipeline  # noqa: E402,F401  (hides bitsandbytes on machines without CUDA)
 
@@ -129,6 +134,12 @@ def make_adapter(base_dir, out_dir):
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False))
     peft_model.save_pretrained(out_dir, safe_serialization=True)
+
+
+@pytest.fixture(scope="session")
+def adapter_maker():
+    """`make_adapter(base_dir, out_dir)` for tests (conftest is not importable under importlib mode)."""
+    return make_adapter
 
 
 @pytest.fixture(scope="session")

@@ -281,8 +281,9 @@ def upload_box(config, runner: IngestionRunner) -> None:
     accepted: list[tuple[str, bytes]] = []
     for f in new:
         try:
-            check_upload(f.name, f.size, max_mb)
-            accepted.append((f.name, f.getvalue()))
+            data = f.getvalue()
+            check_upload(f.name, f.size, max_mb, data=data)
+            accepted.append((f.name, data))
         except UploadRefused as exc:
             notes.append(("error", f"Refused {exc}"))
     if accepted:
@@ -353,6 +354,8 @@ def main() -> None:
             show_answer(turn, st.empty())
             show_details(turn, config.ui.feedback_file, config.profile)
 
+    if question is not None and not question.strip():  # a blank submission: say so rather than ignore it
+        st.warning("The question is empty; type a question with some text in it.", icon=":material/edit_note:")
     if question and question.strip():
         turn_id = st.session_state.get("next_turn", 0)
         st.session_state.next_turn = turn_id + 1

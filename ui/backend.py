@@ -171,8 +171,13 @@ def safe_filename(name: str) -> str:
     return cleaned or "upload"
 
 
-def check_upload(name: str, size: int, max_mb: int) -> str:
-    """The name the file is saved under, or UploadRefused naming the file and the rule."""
+def check_upload(name: str, size: int, max_mb: int, data: Optional[bytes] = None) -> str:
+    """The name the file is saved under, or UploadRefused naming the file and the rule.
+
+    With `data`, the content is checked too, so that a file ingestion could not read is refused
+    now, with a message, rather than saved, skipped in the background and removed again: a text
+    file (.md, .markdown, .txt) must be UTF-8 text without NUL bytes and not only whitespace, a
+    .pdf must start like one."""
     suffix = Path(str(name)).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         raise UploadRefused(f"{name}: unsupported file type {suffix or '(no extension)'!r}; upload {', '.join(UPLOAD_SUFFIXES)} files")
@@ -180,6 +185,18 @@ def check_upload(name: str, size: int, max_mb: int) -> str:
         raise UploadRefused(f"{name}: {size / 1024 / 1024:.1f} MB is over the upload limit of {max_mb} MB (ui.upload_max_mb)")
     if size == 0:
         raise UploadRefused(f"{name}: the file is empty")
+    if data is not None and suffix == ".pdf":
+        if b"%PDF-" not in data[:1024]:  # the header may follow a few bytes of junk; readers accept that
+            raise UploadRefused(f"{name}: not a PDF (no %PDF- header); upload the document itself, or save text as .txt")
+    elif data is not None:
+        if b"\x00" in data[:8192]:  # the same test as ingestion's (pipeline.index.read_document)
+            raise UploadRefused(f"{name}: binary content (NUL bytes), not {suffix} text; upload a UTF-8 text file")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UploadRefused(f"{name}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); re-save it as UTF-8 and upload it again") from None
+        if not text.strip():
+            raise UploadRefused(f"{name}: the file holds only whitespace, no text")
     return safe_filename(name)
 
 

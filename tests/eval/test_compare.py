@@ -191,7 +191,9 @@ def test_reference_rows_appear_beside_ours_scored_by_the_same_code(tmp_path, see
     assert "content hash" in report
 
 
-def test_data_flag_moves_data_dependent_artifacts_but_shares_the_base_model(tmp_path, demo_dir):
+def test_data_flag_moves_data_dependent_artifacts_but_shares_the_base_model(tmp_path, demo_dir, monkeypatch):
+    from pipeline.models import MODEL_DIRS_ENV, check_model_source
+
     args = cmp.build_parser().parse_args(["--data", str(tmp_path / "other"), "--systems", "vanilla, nn_answer", "--limit", "3"])
     config = cmp.resolve_config(args)
     base = load_config("tiny")
@@ -199,6 +201,10 @@ def test_data_flag_moves_data_dependent_artifacts_but_shares_the_base_model(tmp_
     assert config.run_dir.startswith(f"{base.run_dir}/data/other-")
     assert config.index.dir.startswith(config.run_dir) and config.eval.out.startswith(config.run_dir)
     assert config.generator.model == base.generator.model == config.finetune.tiny.output
+    # the shared base LM lies outside the new run folder and must stay loadable under the user's policy
+    monkeypatch.delenv(MODEL_DIRS_ENV, raising=False)
+    assert check_model_source(config, config.generator.model, "generator.model") == base.generator.model
+    assert check_model_source(config, config.rerank.model, "rerank.model") == config.rerank.model
     assert config.eval.systems == ["vanilla", "nn_answer"] and config.eval.limit == 3
     same = cmp.resolve_config(cmp.build_parser().parse_args(["--data", base.data.dir]))
     assert same.run_dir == base.run_dir

@@ -25,11 +25,16 @@ def test_atomic_directory_replaces_only_on_success(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary leftovers
 
 
-def test_last_checkpoint_is_the_highest_step(tmp_path):
+def test_last_checkpoint_is_the_highest_complete_step(tmp_path):
     assert last_checkpoint(tmp_path / "missing") is None
     assert last_checkpoint(tmp_path) is None
     for name in ("checkpoint-9", "checkpoint-12", "checkpoint-x", "other"):
         (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-12")
+    # a kill while the Trainer wrote checkpoint-15 (trainer_state.json comes last): skipped
+    (tmp_path / "checkpoint-15").mkdir()
+    (tmp_path / "checkpoint-15" / "adapter_model.safetensors").write_bytes(b"half")
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-12")
 
 

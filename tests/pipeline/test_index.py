@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.chroma_server import ChromaServer, chroma_executable, free_port
 from pipeline.config import load_config, read_resolved_config
 from pipeline.fileio import write_jsonl
 from pipeline.index import (
@@ -182,41 +183,87 @@ KILLER = r"""
 import os, sys
 sys.path.insert(0, {root!r})
 import pipeline
+import pipeline.index as ix
 from pipeline.config import load_config
-from pipeline.index import ingest
 from llama_index.core.embeddings import MockEmbedding
 
-class Killer(MockEmbedding):
+POINT, ARG = {point!r}, {arg!r}
+
+def die():
+    os.kill(os.getpid(), 9)   # like a killed process: no cleanup, no finally, no atexit
+
+class Embedder(MockEmbedding):
     seen: int = 0
     def _get_text_embeddings(self, texts):
         self.seen += len(texts)
-        if self.seen > {kill_after}:
-            os.kill(os.getpid(), 9)   # die like a killed process: no cleanup, no finally
+        if POINT == "embedding" and self.seen > ARG:
+            die()
         return super()._get_text_embeddings(texts)
 
+if POINT == "docstore":  # vectors of a checkpoint are in Chroma, its docstore is not written yet
+    real_persist, calls = ix._persist_docstore, []
+    def persist(store, path):
+        calls.append(path)
+        if len(calls) == ARG:
+            die()
+        real_persist(store, path)
+    ix._persist_docstore = persist
+elif POINT == "bm25":  # the BM25 folder is written under its temporary name, not yet swapped in
+    real_replace = os.replace
+    def replace(src, dst):
+        if os.path.basename(str(dst)) == ix.BM25_DIRNAME:
+            die()
+        real_replace(src, dst)
+    ix.os.replace = replace
+elif POINT == "manifest":  # everything is written but the manifest still says "ingesting"
+    real_write = ix._write_manifest
+    def write(index_dir, manifest):
+        if manifest.get("state") == "complete":
+            die()
+        real_write(index_dir, manifest)
+    ix._write_manifest = write
+
 config = load_config("tiny", {overrides!r})
-ingest(config, embed_model=Killer(embed_dim=64), show_progress=False)
+ix.ingest(config, embed_model=Embedder(embed_dim=64), show_progress=False)
 """
 
+LARGE = 300  # records; 6 checkpoints of 50
 
-def test_killed_run_is_completed_without_duplicates(tmp_path, data_dir, repo_root, hash_embedding_cls):
-    overrides = [f"run_dir={tmp_path / 'run'}", f"data.dir={data_dir}", f"index.dir={tmp_path / 'index'}", "index.checkpoint_every=8"]
+
+@pytest.mark.parametrize(
+    "point,arg",
+    [("embedding", 20), ("embedding", 170), ("docstore", 5), ("bm25", None), ("manifest", None)],
+    ids=["first-checkpoint", "mid-ingestion", "chroma-written-docstore-not", "bm25-swap", "final-manifest"],
+)
+def test_killed_run_is_completed_without_duplicates(tmp_path, repo_root, hash_embedding_cls, point, arg):
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", _records(LARGE))
+    write_jsonl(data / "val.jsonl", _records(5, offset=1000))
+    write_jsonl(data / "test.jsonl", _records(5, offset=2000))
+    overrides = [f"run_dir={tmp_path / 'run'}", f"data.dir={data}", f"index.dir={tmp_path / 'index'}", "index.checkpoint_every=50"]
     script = tmp_path / "killer.py"
-    script.write_text(KILLER.format(root=str(repo_root), kill_after=20, overrides=overrides), encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env={**os.environ, "TQDM_DISABLE": "1"})
+    script.write_text(KILLER.format(root=str(repo_root), point=point, arg=arg, overrides=overrides), encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, env={**os.environ, "TQDM_DISABLE": "1"})
     assert proc.returncode == -9, proc.stderr[-2000:]
     config = load_config("tiny", overrides)
-    manifest = json.loads((Path(config.index.dir) / "manifest.json").read_text())
-    assert manifest["state"] == "ingesting"
-    # the lock died with its holder: the next writer is not blocked
+    index_dir = Path(config.index.dir)
+    assert json.loads((index_dir / "manifest.json").read_text())["state"] == "ingesting"
+    with pytest.warns(UserWarning, match="interrupted; re-run python -m pipeline.index"):
+        open_index(config, embed_model=hash_embedding_cls()).manifest  # readers are told it is not complete
+    # the lock died with its holder: the next writer is not blocked, and finishes the job
     embed = hash_embedding_cls()
     report = ingest(config, embed_model=embed, show_progress=False, log=lambda *_: None)
-    assert 16 <= report.nodes_unchanged < 40 and report.nodes_added == 40 - report.nodes_unchanged
+    assert report.nodes_total == LARGE and report.nodes_added + report.nodes_unchanged == LARGE
     assert embed.calls == report.nodes_added, "finished checkpoints must not be embedded again"
+    if point == "embedding":
+        assert report.nodes_unchanged == 50 * (arg // 50)
     kb = open_index(config, embed_model=embed)
-    assert kb.counts() == {"chroma": 40, "bm25": 40, "nodes": 40}
+    assert kb.counts() == {"chroma": LARGE, "bm25": LARGE, "nodes": LARGE}  # what a clean run holds
     ids = kb.vector_store._collection.get()["ids"]
-    assert len(ids) == len(set(ids)) == 40
+    assert len(ids) == len(set(ids)) == LARGE
+    assert len({row["node_id"] for row in kb.bm25.corpus}) == LARGE
+    assert not [p.name for p in index_dir.iterdir() if p.name.endswith((".tmp", ".old"))], "a killed writer's debris must be cleaned"
+    assert json.loads((index_dir / "manifest.json").read_text())["state"] == "complete"
 
 
 def test_second_writer_fails_at_once_naming_the_holder_and_readers_still_read(tmp_path, data_dir, hash_embedding_cls):
@@ -322,12 +369,6 @@ def test_reader_reloads_after_an_ingestion(tmp_path, data_dir, hash_embedding_cl
     assert top.metadata["split"] == "val" and kb.size == 45
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _overrides(config, extra):
     keep = ("run_dir", "data.dir", "index.dir", "index.chroma_host", "index.chroma_port")
     values = {"run_dir": config.run_dir, "data.dir": config.data.dir, "index.dir": config.index.dir, "index.chroma_host": config.index.chroma_host, "index.chroma_port": config.index.chroma_port}
@@ -348,25 +389,10 @@ def _assert_same_ranking(a, b):
 
 
 def test_chroma_server_returns_what_the_embedded_store_returns(tmp_path, demo_dir, hash_embedding_cls):
-    chroma = Path(sys.executable).parent / "chroma"
-    if not chroma.exists():
-        pytest.skip("the chroma CLI is not installed beside this Python")
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("chroma server did not start")
-                time.sleep(0.2)
+    if chroma_executable() is None:
+        pytest.skip("the chroma CLI is not installed")
+    with ChromaServer(tmp_path / "server-data") as server:
+        port = server.port
         embed = hash_embedding_cls()
         embedded = _config(tmp_path / "a", demo_dir)  # real, varied text: few exact ties
         served = _config(tmp_path / "b", demo_dir, "index.chroma_host=127.0.0.1", f"index.chroma_port={port}")
@@ -389,13 +415,10 @@ def test_chroma_server_returns_what_the_embedded_store_returns(tmp_path, demo_di
                 a = build_retriever(load_config("tiny", _overrides(embedded, overrides)), mode, 5, embed_model=embed).retrieve(question)
                 b = build_retriever(load_config("tiny", _overrides(served, overrides)), mode, 5, embed_model=embed).retrieve(question)
                 _assert_same_ranking(a, b)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path, data_dir, hash_embedding_cls):
-    config = _config(tmp_path, data_dir, "index.chroma_host=127.0.0.1", f"index.chroma_port={_free_port()}")
+    config = _config(tmp_path, data_dir, "index.chroma_host=127.0.0.1", f"index.chroma_port={free_port()}")
     with pytest.raises(KnowledgeBaseError, match=r"cannot reach the Chroma server.*chroma run"):
         ingest(config, embed_model=hash_embedding_cls(), show_progress=False, log=lambda *_: None)
 
