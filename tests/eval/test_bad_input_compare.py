@@ -11,29 +11,17 @@ Runs call `main(argv)` in-process with the `nn_answer` system (no language model
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 
 from eval import compare as cmp
 from pipeline.fileio import write_jsonl
+from bad_input import png_bytes, row
 
 RECORDS = [{"question": f"What is concept number {i}?", "answer": f"Concept {i} is a technique with property p{i}."} for i in range(12)]
 
 
-def png_bytes() -> bytes:
-    """A real 1x1 PNG image: signature, IHDR (with its NUL bytes), IDAT, IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
-
-
-def row(**fields) -> str:
-    return json.dumps(fields, ensure_ascii=False) + "\n"
 
 
 @pytest.fixture()

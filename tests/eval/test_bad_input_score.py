@@ -10,30 +10,18 @@ BERTScore model."""
 from __future__ import annotations
 
 import json
-import struct
 import time
-import zlib
 
 import pytest
 
 from eval.score import main
+from bad_input import png_bytes, row
 
 GOOD = [{"question": f"q{i}", "prediction": f"the answer is {i}", "reference": f"the answer is number {i}"} for i in range(5)]
 GOOD_TEXT = "".join(json.dumps(r) + "\n" for r in GOOD)
 FAST = ["--no-bertscore", "--no-progress", "--samples", "20"]
 
 
-def png_bytes() -> bytes:
-    """A real 1x1 PNG image: signature, IHDR (with its NUL bytes), IDAT, IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
-
-
-def row(**fields) -> str:
-    return json.dumps(fields, ensure_ascii=False) + "\n"
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

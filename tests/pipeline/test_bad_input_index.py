@@ -11,8 +11,6 @@ runs call `main(argv)` in-process with `pipeline.models.load_embedder` patched t
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -20,22 +18,12 @@ import pytest
 from pipeline.config import load_config
 from pipeline.fileio import write_jsonl
 from pipeline.index import ingest, main, open_index, qa_node_id, qa_text
+from bad_input import png_bytes, row
 
 GOOD = [{"question": f"What is concept number {i}?", "answer": f"Concept {i} is a technique with property p{i}."} for i in range(10)]
 GOOD_TEXT = "".join(json.dumps(r) + "\n" for r in GOOD)
 
 
-def png_bytes() -> bytes:
-    """A real 1x1 PNG image: signature, IHDR (with its NUL bytes), IDAT, IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
-
-
-def row(**fields) -> str:
-    return json.dumps(fields, ensure_ascii=False) + "\n"
 
 
 def _overrides(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:

@@ -9,8 +9,6 @@ case is about it, so no model loads except in the one real-weights case."""
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +16,13 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.prepare import main, prepare
+from bad_input import png_bytes, row
 
 OUTPUTS = ("train.jsonl", "val.jsonl", "test.jsonl", "prepare.json", "ragft_config.yaml")
 GOOD = [{"question": f"What is concept number {i}?", "answer": f"Concept {i} is explained here."} for i in range(10)]
 GOOD_TEXT = "".join(json.dumps(r) + "\n" for r in GOOD)
 
 
-def png_bytes() -> bytes:
-    """A real 1x1 PNG image: signature, IHDR (with its NUL bytes), IDAT, IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
-
-
-def row(**fields) -> str:
-    return json.dumps(fields, ensure_ascii=False) + "\n"
 
 
 def _run(capsys, raw: Path, out: Path, *flags: str) -> tuple[int, str, str]:

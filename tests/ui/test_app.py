@@ -17,31 +17,14 @@ from streamlit.testing.v1 import AppTest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.index import WriterLock
+from app_driver import APP, TIMEOUT, ask, open_app
 from ui import render
 
-APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
-TIMEOUT = 180  # seconds per script run: the first question loads the models
 
 
 def plain(markdown: str) -> str:
     """The characters an escaped markdown string shows (ui.render.escape_markdown undone)."""
     return re.sub(r"\\(.)", r"\1", markdown)
-
-
-def open_app(monkeypatch, profile: Path) -> AppTest:
-    monkeypatch.setenv("RAGFT_CONFIG", str(profile))
-    monkeypatch.delenv("RAGFT_SET", raising=False)
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def ask(at: AppTest, question: str, system: str) -> AppTest:
-    at.selectbox(key="system").set_value(system)
-    at.chat_input(key="question").set_value(question).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def wait_for_ingestion(at: AppTest, timeout: float = 120) -> str:

@@ -13,29 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
+from app_driver import ask, open_app
 from ui import render
 
-APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
-TIMEOUT = 180  # seconds per script run: the first question loads the models
 LONG_QUESTION = ("How does a hash table handle collisions when many keys share a bucket? " * 1500)[:100_000]
-
-
-def open_app(monkeypatch, profile: Path) -> AppTest:
-    monkeypatch.setenv("RAGFT_CONFIG", str(profile))
-    monkeypatch.delenv("RAGFT_SET", raising=False)
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def type_question(at: AppTest, question: str, system: str) -> AppTest:
-    at.selectbox(key="system").set_value(system)
-    at.chat_input(key="question").set_value(question).run()
-    assert not at.exception, at.exception
-    return at
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +36,13 @@ def app(ui_system):
 @pytest.mark.parametrize("question", ["", "   ", "\n\t "])
 def test_empty_or_blank_question_adds_no_turn_and_says_why(app, question):
     turns_before = len(app.session_state["turns"]) if "turns" in app.session_state else 0
-    type_question(app, question, "nn_answer")
+    ask(app, question, "nn_answer")
     assert len(app.session_state["turns"]) == turns_before  # nothing was asked
     assert [w.value for w in app.warning] == ["The question is empty; type a question with some text in it."]
 
 
 def test_100k_character_question_is_answered_by_nn_answer(app):
-    type_question(app, LONG_QUESTION, "nn_answer")
+    ask(app, LONG_QUESTION, "nn_answer")
     turn = app.session_state["turns"][-1]
     assert turn["error"] is None and turn["question"] == LONG_QUESTION.strip()
     assert len(turn["sources"]) == 1 and "collision" in turn["answer"].lower()
@@ -70,7 +52,7 @@ def test_100k_character_question_is_answered_by_nn_answer(app):
 
 @pytest.mark.parametrize("system", ["full", "rag_vanilla", "vanilla"])
 def test_100k_character_question_gets_a_clear_message_naming_the_context_window(app, system):
-    type_question(app, LONG_QUESTION, system)
+    ask(app, LONG_QUESTION, system)
     turn = app.session_state["turns"][-1]
     assert turn["system"] == system and turn["answer"] == "" and turn["sources"] == []
     (error,) = app.chat_message[-1].error
@@ -82,7 +64,7 @@ def test_100k_character_question_gets_a_clear_message_naming_the_context_window(
 @pytest.mark.parametrize("question", ["哈希表如何处理冲突？", "🙂🚀🔥", "Qu'est-ce qu'un B-arbre? 🌳 Как работает хеш-таблица?"])
 @pytest.mark.parametrize("system", ["nn_answer", "full"])
 def test_non_english_and_emoji_questions_are_answered_with_sources(app, system, question):
-    type_question(app, question, system)
+    ask(app, question, system)
     turn = app.session_state["turns"][-1]
     assert turn["error"] is None and turn["system"] == system and turn["question"] == question
     reply = app.chat_message[-1]
