@@ -17,7 +17,7 @@ import pytest
 
 from eval import compare as cmp
 from pipeline.fileio import write_jsonl
-from bad_input import png_bytes, row
+from helpers import png_bytes, row
 
 RECORDS = [{"question": f"What is concept number {i}?", "answer": f"Concept {i} is a technique with property p{i}."} for i in range(12)]
 
@@ -172,7 +172,7 @@ def test_missing_base_model_is_refused_by_the_plan(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 
 LONG_QUESTION = "Why does the cache " + "really " * 14_300 + "miss?"
-MULTILINGUAL = [
+UNUSUAL_QUESTIONS = [
     {"question": "什么是 B 树？", "answer": "B 树是一种自平衡的搜索树。"},
     {"question": "Что такое хеш-таблица?", "answer": "Структура данных для быстрого поиска по ключу."},
     {"question": "キャッシュとは何ですか 🚀?", "answer": "データの一時保存です 💾。"},
@@ -185,22 +185,22 @@ def test_any_script_emoji_separators_and_a_100k_question_run_end_to_end_and_are_
     """Open-book: the test questions are in the knowledge base, so nn_answer finds each one's own
     answer. Before, the second run crashed with a JSONDecodeError: the predictions file was split
     at U+2028 (str.splitlines) when it was read back."""
-    data = _data(tmp_path / "mydata", train=RECORDS[:8] + MULTILINGUAL, test=MULTILINGUAL)
+    data = _data(tmp_path / "mydata", train=RECORDS[:8] + UNUSUAL_QUESTIONS, test=UNUSUAL_QUESTIONS)
     args = ["--data", str(data), "--set", "data.knowledge_splits=[train]"]
     with pytest.warns(UserWarning, match=r"query of 100\d\d\d characters truncated to its first 2000"):
         code, stdout, err = _run(capsys, tmp_path, *args)
     assert code == 0, err
     predictions = tmp_path / "out" / "predictions" / "nn_answer.jsonl"
     rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").split("\n") if line]
-    assert [r["question"] for r in rows] == [r["question"] for r in MULTILINGUAL]
+    assert [r["question"] for r in rows] == [r["question"] for r in UNUSUAL_QUESTIONS]
     # the dense top-1 of a question is its own pair for the hashed embedder except in CJK, whose
     # characters it does not split into words: only the exact texts are checked there
-    for r, record in zip(rows, MULTILINGUAL):
+    for r, record in zip(rows, UNUSUAL_QUESTIONS):
         assert r["reference"] == record["answer"]
         if record["question"] != "什么是 B 树？":
             assert r["prediction"] == record["answer"], record["question"][:40]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["systems"]["nn_answer"]["status"] == "run" and metrics["systems"]["nn_answer"]["n"] == len(MULTILINGUAL)
+    assert metrics["systems"]["nn_answer"]["status"] == "run" and metrics["systems"]["nn_answer"]["n"] == len(UNUSUAL_QUESTIONS)
 
     from pipeline.engine import RagftQueryEngine
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from eval.score import main
-from bad_input import png_bytes, row
+from helpers import MULTILINGUAL, png_bytes, row
 
 GOOD = [{"question": f"q{i}", "prediction": f"the answer is {i}", "reference": f"the answer is number {i}"} for i in range(5)]
 GOOD_TEXT = "".join(json.dumps(r) + "\n" for r in GOOD)
@@ -128,15 +128,6 @@ def test_missing_bertscore_model_is_refused_before_scoring(tmp_path, capsys):
 # valid but unusual text
 # --------------------------------------------------------------------------------------------
 
-MULTILINGUAL = [
-    ("什么是 B 树？", "B 树是一种自平衡的搜索树。"),
-    ("Что такое хеш-таблица?", "Структура данных для быстрого поиска по ключу."),
-    ("ما هو التخزين المؤقت؟", "حفظ نسخة من البيانات قريبة من المستخدم."),
-    ("キャッシュとは何ですか 🚀?", "データの一時保存です 💾。"),
-    ("What is a mutex 🔒 ?", "A lock 🔐 that one thread holds at a time."),
-    # U+2028 / U+0085 / U+000B are line breaks to str.splitlines; json.dumps keeps them raw
-    ("Line\u2028separator and next\u0085line?", "Kept\u2028as\x0bis\u0085here."),
-]
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import threading
 import time
@@ -15,14 +14,8 @@ import pytest
 
 from eval.bench_scale import CONCEPTS, QUESTION_TEMPLATES, main, run_benchmark, run_clients, synthetic_queries, synthetic_records, to_markdown
 from pipeline.config import load_config
+from helpers import process_alive
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _work_folder(logged: list[str]) -> Path:
@@ -127,7 +120,7 @@ def test_tiny_run_measures_both_stores_at_every_level(tmp_path, hash_embedding_c
     assert result["ingestion"]["server"]["vectors_reused"] == 300
     assert embed.calls == 300
     # the server was stopped and the work folder removed
-    assert len(servers) == 1 and servers[0][0].process is None and not _alive(servers[0][1])
+    assert len(servers) == 1 and servers[0][0].process is None and not process_alive(servers[0][1])
     assert not work.exists()
 
     table = to_markdown(result)
@@ -157,7 +150,7 @@ def test_a_failure_after_the_server_started_stops_it_and_cleans_up(tmp_path, has
     logged: list[str] = []
     with pytest.raises(RuntimeError, match="disk full while ingesting into 127.0.0.1"):
         run_benchmark(_config(tmp_path, tiny_cross_encoder_dir), passages=50, seconds=1.0, clients=(1,), stores=("server",), queries=5, embed_model=hash_embedding_cls(), show_progress=False, log=logged.append)
-    assert len(pids) == 1 and not _alive(pids[0]), "the server is stopped (and reaped) before the error propagates"
+    assert len(pids) == 1 and not process_alive(pids[0]), "the server is stopped (and reaped) before the error propagates"
     assert not _work_folder(logged).exists()
 
     # a work folder the caller names is never deleted, also on errors

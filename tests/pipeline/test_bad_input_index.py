@@ -18,7 +18,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.fileio import write_jsonl
 from pipeline.index import ingest, main, open_index, qa_node_id, qa_text
-from bad_input import png_bytes, row
+from helpers import MULTILINGUAL, png_bytes, row
 
 GOOD = [{"question": f"What is concept number {i}?", "answer": f"Concept {i} is a technique with property p{i}."} for i in range(10)]
 GOOD_TEXT = "".join(json.dumps(r) + "\n" for r in GOOD)
@@ -231,14 +231,6 @@ def test_missing_or_unsupported_source_file_is_refused(tmp_path, capsys, data_di
 # valid but unusual text: indexed whole and found again
 # --------------------------------------------------------------------------------------------
 
-MULTILINGUAL = [
-    {"question": "什么是 B 树？", "answer": "B 树是一种自平衡的搜索树。"},
-    {"question": "Что такое хеш-таблица?", "answer": "Структура данных для быстрого поиска по ключу."},
-    {"question": "ما هو التخزين المؤقت؟", "answer": "حفظ نسخة من البيانات قريبة من المستخدم."},
-    {"question": "キャッシュとは何ですか 🚀?", "answer": "データの一時保存です 💾。"},
-    {"question": "What is a mutex 🔒 ?", "answer": "A lock 🔐 that one thread holds at a time."},
-    {"question": "Line\u2028separator and next\u0085line and\x0bvertical tab?", "answer": "Kept\u2029as is."},
-]
 
 
 def test_any_script_emoji_and_unicode_separators_are_indexed_and_found(tmp_path, hash_embedding_cls):
@@ -250,7 +242,7 @@ def test_any_script_emoji_and_unicode_separators_are_indexed_and_found(tmp_path,
     config = _config(tmp_path, data)
     embed = hash_embedding_cls()
     report = ingest(config, sources=[str(docs)], embed_model=embed, show_progress=False, log=lambda *_: None)
-    assert (report.qa_pairs, report.files, report.skipped_files) == (16, 1, [])
+    assert (report.qa_pairs, report.files, report.skipped_files) == (len(MULTILINGUAL) + len(GOOD), 1, [])
     kb = open_index(config, embed_model=embed)
     for record in MULTILINGUAL:
         node = kb.get_node(qa_node_id(record["question"], record["answer"]))

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.prepare import main, prepare
-from bad_input import png_bytes, row
+from helpers import MULTILINGUAL, png_bytes, row
 
 OUTPUTS = ("train.jsonl", "val.jsonl", "test.jsonl", "prepare.json", "ragft_config.yaml")
 GOOD = [{"question": f"What is concept number {i}?", "answer": f"Concept {i} is explained here."} for i in range(10)]
@@ -239,17 +239,6 @@ def test_skip_invalid_skips_every_kind_of_bad_row_and_reports_each(tmp_path, cap
     assert sorted(r["question"] for r in kept) == sorted(r["question"] for r in good)
 
 
-MULTILINGUAL = [
-    {"question": "什么是 B 树？", "answer": "B 树是一种自平衡的搜索树。"},
-    {"question": "Что такое хеш-таблица?", "answer": "Структура данных для быстрого поиска по ключу."},
-    {"question": "ما هو التخزين المؤقت؟", "answer": "حفظ نسخة من البيانات قريبة من المستخدم."},
-    {"question": "キャッシュとは何ですか 🚀?", "answer": "データの一時保存です 💾。"},
-    {"question": "What is a mutex 🔒 ?", "answer": "A lock 🔐 that one thread holds at a time."},
-    # U+2028 / U+0085 / U+000B are line breaks to str.splitlines; JSON keeps them raw in strings
-    {"question": "Line\u2028separator and next\u0085line and\x0bvertical tab?", "answer": "Kept\u2029as is."},
-    {"question": "Ünïcödé façade naïve coöperate?", "answer": "Diacritics stay."},
-    {"question": "עברית: מה זה תור?", "answer": "מבנה נתונים FIFO."},
-]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "jsonl-bom", "json", "csv"])

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
 
 import pipeline.chroma_server as chroma_server
 from pipeline.chroma_server import ChromaServer, ChromaServerError, chroma_executable, free_port
+from helpers import process_alive
 
 pytestmark = pytest.mark.skipif(chroma_executable() is None, reason="the chroma CLI is not installed")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_server_answers_on_loopback_and_is_stopped_on_exit_even_after_an_error(tmp_path):
@@ -28,12 +21,12 @@ def test_server_answers_on_loopback_and_is_stopped_on_exit_even_after_an_error(t
     with pytest.raises(ZeroDivisionError):
         with ChromaServer(tmp_path / "data") as server:
             pid = server.pid
-            assert server.host == "127.0.0.1" and server.heartbeat() and _alive(pid)
+            assert server.host == "127.0.0.1" and server.heartbeat() and process_alive(pid)
             client = chromadb.HttpClient(host=server.host, port=server.port, settings=Settings(anonymized_telemetry=False))
             client.create_collection("bench").add(ids=["a"], embeddings=[[1.0, 0.0]])
             assert client.get_collection("bench").count() == 1
             1 / 0
-    assert server.process is None and not _alive(pid) and not server.heartbeat()
+    assert server.process is None and not process_alive(pid) and not server.heartbeat()
     server.stop()  # stopping twice is harmless
     assert (tmp_path / "data").is_dir() and (tmp_path / "data.chroma.log").is_file()
 
