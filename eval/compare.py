@@ -104,6 +104,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
             f"run_dir={json.dumps(data_run_dir(config.run_dir, args.data))}",
             # the base LM never sees the data ("vanilla" stays vanilla): keep sharing it
             f"generator.model={json.dumps(config.generator.model)}",
+            f"generator.convert_dir={json.dumps(config.generator.convert_dir)}",
             f"finetune.tiny.output={json.dumps(config.finetune.tiny.output)}",
             # ... so the profile's model folders stay trusted beside the new run folder
             f"security.model_dirs={json.dumps(['{run_dir}', *config.security.model_dirs])}",
@@ -125,8 +126,8 @@ def chosen_systems(config: Config) -> list[str]:
 # digests: what a system's generations depend on
 # --------------------------------------------------------------------------------------------
 
-_GENERATOR_KEYS = ("backend", "model", "merge_adapter", "torch_dtype", "load_in_4bit", "max_new_tokens", "temperature", "context_top_k", "max_passage_chars", "trust_remote_code", "api_base")
-_INDEX_KEYS = ("embed_model", "collection", "sources", "chunk_size", "chunk_overlap", "chroma_host", "chroma_port")
+_GENERATOR_KEYS = ("backend", "model", "merge_adapter", "torch_dtype", "load_in_4bit", "quantize", "max_new_tokens", "temperature", "repetition_penalty", "context_top_k", "max_passage_chars", "trust_remote_code", "api_base")
+_INDEX_KEYS = ("embed_model", "backend", "collection", "sources", "chunk_size", "chunk_overlap", "chroma_host", "chroma_port")
 
 
 def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:

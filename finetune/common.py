@@ -12,16 +12,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import LoraTrainConfig
+from pipeline.fileio import atomic_directory  # noqa: F401  (re-exported: every trainer writes through it)
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -39,36 +38,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def atomic_directory(output: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `output`; on success it replaces `output` at once.
+def score_completion_tokens_only() -> bool:
+    """Make TRL's fused LM head score only the positions that have a label (the completion) on
+    every device, not just on Triton ones.
 
-    The temporary folder sits in the same parent (same file system), so the final step is two
-    renames: an older `output` is moved aside, the new folder takes its name, the old one is
-    deleted. On an exception the temporary folder is removed and `output` is left as it was.
-    """
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the final artifact is an ordinary folder
+    TRL projects hidden states through the LM head in tiles and, off Triton devices, does so for
+    EVERY position (to keep tile shapes fixed for compilers such as Neuron), then masks the prompt
+    positions out. On a CPU that is pure waste: SmolLM2's head is 49,152 x 576, and in a RAFT
+    example ~85% of the tokens are prompt (passages), so the head's forward and backward, and the
+    entropy/accuracy metrics, cost several times the useful work. The loss is identical either way
+    (tests/finetune/test_common.py checks it). Returns whether the switch was found (TRL >= 1.x)."""
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-        os.replace(output, old / "previous")
-    os.replace(tmp, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    if not hasattr(trl_utils, "_use_triton"):
+        return False
+    if not getattr(trl_utils._use_triton, "_ragft_compact", False):
+        original = trl_utils._use_triton
+
+        def compact_everywhere(device: Any) -> bool:
+            return True
+
+        compact_everywhere._ragft_compact = True  # type: ignore[attr-defined]
+        compact_everywhere._original = original  # type: ignore[attr-defined]
+        trl_utils._use_triton = compact_everywhere
+    return True
 
 
-def lora_config(train: LoraTrainConfig) -> "LoraConfig":
+def lora_config(train: LoraTrainConfig, num_layers: int | None = None) -> "LoraConfig":
+    """`num_layers` (the model's transformer layers) is needed with `train.top_layers`."""
     from peft import LoraConfig
 
+    layers = None
+    if train.top_layers is not None and num_layers:
+        layers = list(range(max(0, num_layers - train.top_layers), num_layers))
     return LoraConfig(
+        layers_to_transform=layers,
         r=train.lora_r,
         lora_alpha=train.lora_alpha,
         lora_dropout=train.lora_dropout,
@@ -100,11 +106,15 @@ def sft_config(train: LoraTrainConfig, *, work_dir: str | Path, seed: int, use_b
         completion_only_loss=True,
         packing=False,
         eval_strategy="epoch" if has_eval else "no",
+        prediction_loss_only=True,  # validation needs the loss only; gathering per-token outputs costs minutes on a CPU
         save_strategy="epoch",
         save_total_limit=1,
         logging_strategy="steps",
         logging_steps=5,
         logging_first_step=True,
+        # batches of similar lengths: RAFT prompts vary by a few hundred tokens, and padding
+        # to the longest example of a random batch wastes that much compute per row
+        train_sampling_strategy="group_by_length",
         report_to="none",
         seed=seed,
         data_seed=seed,
@@ -214,11 +224,12 @@ def train_lora_adapter(
     model, tokenizer = load_causal_lm(
         check_model_source(config, gen.model, "generator.model"),
         device=gen.device,
-        torch_dtype=gen.torch_dtype,
+        torch_dtype=gen.train_torch_dtype,
         load_in_4bit=gen.load_in_4bit,
         trust_remote_code=gen.trust_remote_code,
         for_training=True,
         allow_pickle=config.security.allow_pickle_weights,
+        convert_dir=gen.convert_dir,
     )
     device = resolve_device(gen.device)
     extra: dict[str, Any] = {"use_cpu": device == "cpu"}
@@ -254,7 +265,8 @@ def train_lora_adapter(
     if checkpoint:
         log(f"resuming        from {checkpoint}")
 
-    use_bf16 = bool(gen.load_in_4bit or (device.startswith("cuda") and gen.torch_dtype in ("auto", "bfloat16")))
+    score_completion_tokens_only()
+    use_bf16 = bool(gen.load_in_4bit or (device.startswith("cuda") and gen.train_torch_dtype in ("auto", "bfloat16")))
     args = sft_config(train_cfg, work_dir=work_dir, seed=seed, use_bf16=use_bf16, has_eval=bool(val_rows), disable_tqdm=not show_progress, **extra)
     trainer = SFTTrainer(
         model=model,
@@ -262,11 +274,12 @@ def train_lora_adapter(
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
         processing_class=tokenizer,
-        peft_config=lora_config(train_cfg),
+        peft_config=lora_config(train_cfg, getattr(model.config, "num_hidden_layers", None)),
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    log(f"LoRA            r={train_cfg.lora_r} on {', '.join(train_cfg.target_modules)}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%}); device {device}{', 4-bit NF4' if gen.load_in_4bit else ''}")
+    layers = f" of the last {train_cfg.top_layers} layers" if train_cfg.top_layers else ""
+    log(f"LoRA            r={train_cfg.lora_r} on {', '.join(train_cfg.target_modules)}{layers}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%}); device {device}{', 4-bit NF4' if gen.load_in_4bit else ''}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if after_training is not None:
         after_training(trainer)

@@ -6,9 +6,12 @@
     python -m finetune.generator --config tiny --mode plain --set finetune.generator.limit=64 --out /tmp/quick
 
 `plain` is the reference experiment's fine-tuned baseline: the no-context prompt of
-pipeline/generate.py -> the reference answer. `raft` trains on the with-context prompt over RAFT
-triples (finetune/raft.py: the oracle passage with probability finetune.raft.oracle_prob among
-distractors mined with the project's retriever; needs `python -m pipeline.index` first). Prompts
+pipeline/generate.py -> the reference answer. `raft` trains on the with-context prompt over
+retrieved contexts (finetune/raft.py; needs `python -m pipeline.index` first, and the reranker for
+leave-one-out): with `finetune.raft.context: loo` (default) the question's top passages from
+`full`'s own retriever and reranker with its own pair left out, as a closed-book test question
+sees them; with `oracle`, RAFT's mix of the oracle passage (probability finetune.raft.oracle_prob)
+among distractors mined with `finetune.raft.retriever`. Prompts
 come from `pipeline.generate.training_example`, the same functions the engine uses at inference.
 
 Training: TRL SFTTrainer + PEFT LoRA on `finetune.generator.target_modules`, hyperparameters from
@@ -58,16 +61,17 @@ def build_examples(
     limit = config.finetune.generator.limit
     max_chars = config.generator.max_passage_chars
     train_records = load_split(config.data.dir, "train")[:limit]
-    val_records = load_split(config.data.dir, "val")
+    val_records = load_split(config.data.dir, "val")[: config.finetune.generator.eval_limit]
     if mode == "plain":
         rows = lambda records: [training_example(r["question"], r["answer"], None, tokenizer) for r in records]  # noqa: E731
         return rows(train_records), rows(val_records), {}
-    from finetune.raft import build_split, raft_retriever
+    from finetune.raft import build_split, raft_reranker, raft_retriever
 
     retriever = retriever or raft_retriever(config)
+    reranker = raft_reranker(config)  # one cross-encoder for both splits
     raft = {
-        "train": build_split(config, "train", retriever=retriever, limit=limit, show_progress=show_progress),
-        "val": build_split(config, "val", retriever=retriever, show_progress=show_progress),
+        "train": build_split(config, "train", retriever=retriever, reranker=reranker, limit=limit, show_progress=show_progress),
+        "val": build_split(config, "val", retriever=retriever, reranker=reranker, limit=config.finetune.generator.eval_limit, show_progress=show_progress),
     }
     budget = config.finetune.generator.max_seq_length
     rows = lambda examples: [fitted_example(e.question, e.target, list(e.passages), tokenizer, max_chars, budget) for e in examples]  # noqa: E731
@@ -112,9 +116,13 @@ def train_generator(
         train_rows, val_rows, made = build_examples(config, mode, tokenizer, retriever=retriever, show_progress=show_progress)
         raft.update(made)
         if raft:
-            from finetune.raft import oracle_fraction
+            from finetune.raft import context_size, oracle_fraction
 
-            log(f"RAFT            oracle in {oracle_fraction(raft['train']):.1%} of train contexts (target {config.finetune.raft.oracle_prob:.0%}), {config.finetune.raft.num_passages} passages each, retriever {config.finetune.raft.retriever}")
+            if config.finetune.raft.context == "loo":
+                reranked = " + the cross-encoder" if config.rerank.enabled else ""
+                log(f"RAFT            leave-one-out contexts: the top {context_size(config)} passages of full's retriever ({config.retrieve.mode}){reranked}, the question's own pair left out")
+            else:
+                log(f"RAFT            oracle in {oracle_fraction(raft['train']):.1%} of train contexts (target {config.finetune.raft.oracle_prob:.0%}), {config.finetune.raft.num_passages} passages each, retriever {config.finetune.raft.retriever}")
         return train_rows, val_rows
 
     def report_extra() -> dict[str, Any]:

@@ -90,8 +90,16 @@ def build_raft_examples(
     allowed_splits: Optional[Sequence[str]] = ("train",),
     fill_pool: Sequence[dict[str, str]] = (),
     show_progress: bool = True,
+    context: str = "oracle",
+    reranker: Any = None,
 ) -> list[RaftExample]:
     """One RAFT example per record (records are not modified).
+
+    `context="loo"` (leave-one-out) builds the context the way inference does in the closed-book
+    setting: the retriever's candidates minus the question's own pair (and anything forbidden),
+    reranked against the question by `reranker` (any LlamaIndex node postprocessor; None keeps the
+    retriever's order), the best `num_passages` kept. There is never an oracle; the target is the
+    answer. `context="oracle"` is RAFT's mix, described below.
 
     `retriever` is any LlamaIndex BaseRetriever over the knowledge base; it should return at
     least `num_passages + 1` nodes so that enough distractors remain after the oracle is removed.
@@ -107,6 +115,8 @@ def build_raft_examples(
         raise ValueError(f"num_passages must be >= 1; got {num_passages}")
     if not 0.0 <= oracle_prob <= 1.0:
         raise ValueError(f"oracle_prob must be between 0 and 1; got {oracle_prob}")
+    if context not in ("loo", "oracle"):
+        raise ValueError(f"context must be 'loo' or 'oracle'; got {context!r}")
     forbidden = set(forbidden_ids)
     pool = [(_qa_id(r["question"], r["answer"]), _qa_text(r["question"], r["answer"])) for r in fill_pool]
     pool = [(i, t) for i, t in pool if i not in forbidden]
@@ -119,6 +129,7 @@ def build_raft_examples(
         if oracle_id in forbidden:
             raise LeakError(f"the question {question[:60]!r} belongs to a held-out split; RAFT triples are built from training questions only")
         distractors: list[tuple[str, str]] = []
+        kept_hits = []
         seen_texts = {oracle_text.strip()}
         for hit in retriever.retrieve(question):
             node = hit.node
@@ -131,6 +142,16 @@ def build_raft_examples(
                 continue
             seen_texts.add(text)
             distractors.append((node_id, text))
+            kept_hits.append(hit)
+        if context == "loo":
+            if reranker is not None and kept_hits:
+                kept_hits = reranker.postprocess_nodes(kept_hits, query_str=question)
+                distractors = [((h.node.metadata or {}).get("id") or h.node.node_id, h.node.get_content().strip()) for h in kept_hits]
+            chosen = distractors[:num_passages]
+            if len(chosen) < num_passages:
+                short += 1
+            examples.append(RaftExample(question, answer, tuple(t for _, t in chosen), tuple(i for i, _ in chosen), None, answer.strip()))
+            continue
         # one draw per record, always, so that the oracle decisions do not depend on retrieval
         with_oracle = rng.random() < oracle_prob
         need = num_passages - 1 if with_oracle else num_passages
@@ -167,16 +188,39 @@ def build_raft_examples(
     return examples
 
 
+def context_size(config: Config) -> int:
+    """Passages per training context: for leave-one-out, what `full` gives its generator at
+    inference (the reranker's top_n, or generator.context_top_k without reranking)."""
+    raft = config.finetune.raft
+    if raft.context == "oracle":
+        return raft.num_passages
+    return config.rerank.top_n if config.rerank.enabled else config.generator.context_top_k
+
+
 def raft_retriever(config: Config, *, kb: Any = None) -> "BaseRetriever":
-    """The project's retriever (`finetune.raft.retriever`) over the knowledge base, returning a
-    few more nodes than needed so that the oracle and duplicates can be dropped."""
+    """The retriever of the training contexts, returning one node more than inference needs so
+    that the question's own pair can be dropped. Leave-one-out uses `full`'s retriever
+    (retrieve.mode, rerank.candidates candidates when reranking); oracle mode
+    `finetune.raft.retriever` with a few spare nodes for the oracle and duplicates."""
     from pipeline.retrieve import build_retriever
 
     raft = config.finetune.raft
+    if raft.context == "loo":
+        candidates = max(config.rerank.candidates, context_size(config)) if config.rerank.enabled else context_size(config)
+        return build_retriever(config, mode=config.retrieve.mode, top_k=candidates + 1, kb=kb)
     return build_retriever(config, mode=raft.retriever, top_k=raft.num_passages + 5, kb=kb)
 
 
-def build_split(config: Config, split: str = "train", *, retriever: "BaseRetriever | None" = None, limit: Optional[int] = None, show_progress: bool = True) -> list[RaftExample]:
+def raft_reranker(config: Config) -> Any:
+    """`full`'s cross-encoder for leave-one-out contexts (None in oracle mode or without reranking)."""
+    if config.finetune.raft.context != "loo" or not config.rerank.enabled:
+        return None
+    from rerank import CrossEncoderReranker
+
+    return CrossEncoderReranker.from_config(config, top_n=context_size(config))
+
+
+def build_split(config: Config, split: str = "train", *, retriever: "BaseRetriever | None" = None, reranker: Any = "config", limit: Optional[int] = None, show_progress: bool = True) -> list[RaftExample]:
     """RAFT examples for one split of `data.dir`. Training triples only come from the knowledge
     splits; a held-out split (val) gets triples for validation loss, built the same way (its
     oracle is not in the knowledge base, which holds train only, so it never leaks back)."""
@@ -193,7 +237,7 @@ def build_split(config: Config, split: str = "train", *, retriever: "BaseRetriev
     return build_raft_examples(
         records,
         retriever or raft_retriever(config),
-        num_passages=raft.num_passages,
+        num_passages=context_size(config),
         oracle_prob=raft.oracle_prob,
         cite_oracle=raft.cite,
         seed=config.finetune.seed + SPLITS.index(split),  # different draws per split, fixed per seed
@@ -201,6 +245,8 @@ def build_split(config: Config, split: str = "train", *, retriever: "BaseRetriev
         allowed_splits=knowledge,
         fill_pool=pool,
         show_progress=show_progress,
+        context=raft.context,
+        reranker=raft_reranker(config) if reranker == "config" else reranker,
     )
 
 

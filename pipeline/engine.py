@@ -12,7 +12,9 @@ steps' parts on or off (pipeline/systems.py):
     StartEvent -> [route] -> RoundEvent -> rewrite, retrieve, rerank -> RankedEvent -> grade
         grade: best rerank score >= agent.grade_threshold -> AnswerEvent -> generate -> StopEvent
                weak and rounds left -> RoundEvent with the next agent.retry_modes mode
-               weak after agent.max_rounds -> AnswerEvent(not found): a grounded refusal, no sources
+               weak after agent.max_rounds -> AnswerEvent with the best round's passages, marked
+                   `low_confidence` in the metadata (agent.on_weak=answer, the default), or a grounded
+                   refusal with no sources (agent.on_weak=not_found)
 
 A question with several asks ("Compare X and Y and explain Z") is routed to `decompose` in its
 first round; each sub-question is retrieved on its own and the lists are interleaved before the
@@ -20,7 +22,7 @@ reranker judges every candidate against the ORIGINAL question.
 
 `Response.metadata` holds: `system`; `rewrites` (one per round); `rounds` (each round's mode,
 retrieved ids with retrieval scores, reranked ids with scores before and after reranking, grade
-decision); `not_found`; `timings` (seconds per stage: rewrite, retrieve, rerank, generate, total).
+decision); `not_found`; `low_confidence`; `timings` (seconds per stage: rewrite, retrieve, rerank, generate, total).
 Components (index, retrievers, reranker, LMs, rewriter) are built lazily, once, by a `Components`
 object that engines of different systems share.
 
@@ -91,6 +93,7 @@ class Components:
         self._kb = kb
         self._cache: dict[Any, Any] = {("llm", kind): llm for kind, llm in (llms or {}).items()}
         self._lock = threading.RLock()
+        self._bank: Any = None  # pipeline.models.AdapterBank: the base LM shared by every adapter
 
     def _once(self, key: Any, build):
         with self._lock:
@@ -144,7 +147,12 @@ class Components:
         def build():
             from pipeline.models import load_llm
 
-            return load_llm(self.config, adapter=self.adapter_path(kind), verbose=False)
+            llm = load_llm(self.config, adapter=self.adapter_path(kind), verbose=False)
+            if hasattr(llm, "share_base") and not self.config.generator.merge_adapter:
+                # one base model in memory; each kind is a PEFT adapter switched on per call (with
+                # int8 every adapter on disk is loaded first: quantized layers take no new adapter)
+                self._bank = llm.share_base(self._bank, preload=self._built_adapters())
+            return llm
 
         return self._once(("llm", kind), build)
 
@@ -163,6 +171,11 @@ class Components:
             )
 
         return self._once(("rewriter", with_adapter), build)
+
+    def _built_adapters(self) -> list[str]:
+        """The adapters of every kind that exist on disk now."""
+        paths = [self.config.finetune.generator.output, self.config.finetune.raft.output, self.config.rewrite.adapter]
+        return [p for p in paths if p and (Path(p) / "adapter_config.json").is_file()]
 
     @staticmethod
     def _require(path: str, command: str, what: str) -> None:
@@ -188,6 +201,7 @@ class QueryState:
     best_nodes: list[NodeWithScore] = field(default_factory=list)
     best_score: float = float("-inf")
     route: str = ""  # why the first round used its rewrite mode
+    low_confidence: bool = False  # every round graded weak; answered from the best one (agent.on_weak)
     started: float = field(default_factory=time.perf_counter)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -336,6 +350,12 @@ class RagftWorkflow(Workflow):
             next_mode = modes[(state.round - 1) % len(modes)]
             record["grade"] = {"decision": "retry", "best": round(best, 6), "threshold": threshold, "next_mode": next_mode}
             return RoundEvent(state=state, mode=next_mode)
+        if self.config.agent.on_weak == "answer":
+            # a bare refusal scores 0 against every reference: answer from the best round's
+            # passages instead, flagged so that a caller can show or filter the low confidence
+            state.low_confidence = True
+            record["grade"] = {"decision": "low_confidence", "best": round(best, 6), "threshold": threshold, "best_score": round(state.best_score, 6)}
+            return AnswerEvent(state=state, nodes=state.best_nodes)
         record["grade"] = {"decision": "not_found", "best": round(best, 6), "threshold": threshold}
         return AnswerEvent(state=state, nodes=[], grounded=False)
 
@@ -519,6 +539,7 @@ class RagftQueryEngine(BaseQueryEngine):
             "rewrites": [r["rewrite"] for r in state.rounds if "rewrite" in r],
             "rounds": state.rounds,
             "not_found": not result["grounded"],
+            "low_confidence": state.low_confidence,
             "timings": timings,
         }
 

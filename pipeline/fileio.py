@@ -3,11 +3,13 @@ so an interrupted command never leaves a file that a later run would mistake for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -61,3 +63,29 @@ def atomic_write_many(texts: Mapping[str | Path, str]) -> None:
 
 def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(output: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `output`; on success it replaces `output` at once.
+
+    The temporary folder sits in the same parent (same file system), so the final step is two
+    renames: an older `output` is moved aside, the new folder takes its name, the old one is
+    deleted. On an exception the temporary folder is removed and `output` is left as it was.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the final artifact is an ordinary folder
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+        os.replace(output, old / "previous")
+    os.replace(tmp, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -652,16 +652,23 @@ class IngestReport:
 
 def _embedder_facts(config: Config, embed_model: "BaseEmbedding | None", previous: dict[str, Any] | None) -> dict[str, Any]:
     embed_class = type(embed_model).__name__ if embed_model is not None else (previous or {}).get("embed_class")
-    return {"embed_model": config.index.embed_model, "embed_class": embed_class}
+    return {"embed_model": config.index.embed_model, "embed_backend": config.index.backend, "embed_class": embed_class}
 
 
 def check_embedder(manifest: dict[str, Any], config: Config, index_dir: Path | str) -> None:
-    """The index must be queried with the embedder it was built with."""
+    """The index must be queried with the embedder it was built with: the same model and the same
+    inference backend (int8 vectors are close to fp32 ones, cos ~0.994, not equal)."""
     built = manifest.get("embed_model")
     if built and built != config.index.embed_model:
         raise KnowledgeBaseError(
             f"index {index_dir} was built with embedder {built!r} but the config asks for {config.index.embed_model!r}; "
             f"set index.embed_model={built} or rebuild the index: python -m pipeline.index --config ... --rebuild"
+        )
+    backend = manifest.get("embed_backend", "torch")  # indexes written before the key existed were torch
+    if backend != config.index.backend:
+        raise KnowledgeBaseError(
+            f"index {index_dir} was embedded with index.backend={backend} but the config asks for index.backend={config.index.backend}; "
+            f"set index.backend={backend} or rebuild the index: python -m pipeline.index --config ... --set index.backend={config.index.backend} --rebuild"
         )
 
 
@@ -916,7 +923,7 @@ class KnowledgeBase:
             raise KnowledgeBaseError("from_nodes needs at least one node")
         kb = cls(config, embed_model=embed_model, _in_memory={})
         copies = [n.model_copy() for n in nodes]
-        kb._manifest = {"format": INDEX_FORMAT, "state": "complete", "generation": 0, "embed_model": config.index.embed_model, "in_memory": True}
+        kb._manifest = {"format": INDEX_FORMAT, "state": "complete", "generation": 0, "embed_model": config.index.embed_model, "embed_backend": config.index.backend, "in_memory": True}
         if not with_vectors:
             kb._nodes = {n.node_id: n for n in copies}
             kb._size = len(copies)

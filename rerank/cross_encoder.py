@@ -59,7 +59,8 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     batch_size: int = Field(default=32, gt=0, description="(question, passage) pairs scored per forward pass.")
     max_length: int = Field(default=256, gt=0, description="Maximum tokens of a (question, passage) pair; longer pairs are truncated.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
-    backend: Literal["torch", "onnx"] = Field(default="torch", description="Inference backend of sentence-transformers; onnx needs optimum + onnxruntime.")
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(default="torch", description="torch or onnx: sentence-transformers' backends (onnx needs optimum + onnxruntime); onnx-int8: pipeline.int8.Int8CrossEncoder, quantized int8 weights on the CPU (device is ignored).")
+    int8_cache_dir: Optional[str] = Field(default=None, description="With backend=onnx-int8: where the export goes when the model folder is read-only ({run_dir}/int8-cache from from_config).")
     show_progress: bool = Field(default=False, description="Show a progress bar while scoring (useful for long candidate lists).")
     allow_pickle_weights: bool = Field(default=False, description="Read pickle weights when the model ships no safetensors (security.allow_pickle_weights).")
     cache_size: int = Field(default=50_000, ge=0, description="(question, passage) logits kept, least recently used dropped; systems that rerank the same candidates (ablations, retries) score each pair once.")
@@ -85,6 +86,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
             "max_length": config.rerank.max_length,
             "device": "cpu" if config.generator.device == "cpu" else "auto",
             "backend": config.rerank.backend,
+            "int8_cache_dir": f"{config.run_dir}/int8-cache",
             "allow_pickle_weights": config.security.allow_pickle_weights,
         }
         settings.update(overrides)
@@ -112,7 +114,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
                 if self._model is None:
                     from pipeline.models import load_cross_encoder
 
-                    self._model = load_cross_encoder(self.model, device=self.device, max_length=self.max_length, backend=self.backend, allow_pickle=self.allow_pickle_weights)
+                    self._model = load_cross_encoder(self.model, device=self.device, max_length=self.max_length, backend=self.backend, allow_pickle=self.allow_pickle_weights, int8_cache_dir=self.int8_cache_dir)
         return self._model
 
     def score_pairs(self, question: str, passages: Sequence[str]) -> "np.ndarray":

@@ -1,6 +1,6 @@
 """ragft chat: ask any named system and see why it answered.
 
-    streamlit run ui/app.py                                   # the tiny profile, http://127.0.0.1:8501
+    streamlit run ui/app.py                                   # the default profile (smollm2), http://127.0.0.1:8501
     streamlit run ui/app.py -- --config cpu                    # a profile name or a YAML file
     streamlit run ui/app.py -- --config tiny --set generator.max_new_tokens=32 --set ui.upload_max_mb=5
     RAGFT_CONFIG=cpu RAGFT_SET="retrieve.top_k=10" streamlit run ui/app.py   # the same through the environment

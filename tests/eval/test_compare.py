@@ -194,7 +194,7 @@ def test_reference_rows_appear_beside_ours_scored_by_the_same_code(tmp_path, see
 def test_data_flag_moves_data_dependent_artifacts_but_shares_the_base_model(tmp_path, demo_dir, monkeypatch):
     from pipeline.models import MODEL_DIRS_ENV, check_model_source
 
-    args = cmp.build_parser().parse_args(["--data", str(tmp_path / "other"), "--systems", "vanilla, nn_answer", "--limit", "3"])
+    args = cmp.build_parser().parse_args(["--config", "tiny", "--data", str(tmp_path / "other"), "--systems", "vanilla, nn_answer", "--limit", "3"])
     config = cmp.resolve_config(args)
     base = load_config("tiny")
     assert config.data.dir == str(tmp_path / "other")
@@ -206,8 +206,12 @@ def test_data_flag_moves_data_dependent_artifacts_but_shares_the_base_model(tmp_
     assert check_model_source(config, config.generator.model, "generator.model") == base.generator.model
     assert check_model_source(config, config.rerank.model, "rerank.model") == config.rerank.model
     assert config.eval.systems == ["vanilla", "nn_answer"] and config.eval.limit == 3
-    same = cmp.resolve_config(cmp.build_parser().parse_args(["--data", base.data.dir]))
+    same = cmp.resolve_config(cmp.build_parser().parse_args(["--config", "tiny", "--data", base.data.dir]))
     assert same.run_dir == base.run_dir
+    # the default profile: SmolLM2's one safetensors conversion is shared too
+    smol = cmp.resolve_config(cmp.build_parser().parse_args(["--data", str(tmp_path / "other")]))
+    assert smol.profile == "smollm2" and smol.run_dir.startswith("runs/smollm2/data/other-")
+    assert smol.generator.model == "HuggingFaceTB/SmolLM2-135M-Instruct" and smol.generator.convert_dir == load_config().generator.convert_dir == "runs/smollm2/models"
     with pytest.raises(ValueError, match="unknown system 'nope'"):
         cmp.chosen_systems(load_config("tiny", ["eval.systems=[vanilla, nope]"]))
 

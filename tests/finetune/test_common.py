@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from finetune.common import atomic_directory, last_checkpoint, lora_config, loss_history, plot_loss_curve, sft_config
@@ -54,3 +56,42 @@ def test_trainer_settings_follow_the_config(tmp_path):
     assert (args.num_train_epochs, args.learning_rate, args.max_length, args.seed) == (3.0, 1e-4, 1024, 3)
     assert args.completion_only_loss is True and args.eval_strategy == "epoch" and args.save_strategy == "epoch"
     assert args.activation_checkpointing is False and args.disable_tqdm is False
+
+
+def test_top_layers_puts_lora_on_the_last_layers_only():
+    train = load_config("smollm2").finetune.generator
+    assert train.top_layers == 12
+    assert lora_config(train, 30).layers_to_transform == list(range(18, 30))
+    assert lora_config(dataclasses.replace(train, top_layers=None), 30).layers_to_transform is None
+
+
+def test_scoring_only_completion_positions_gives_the_same_loss_and_gradients(tiny_lm_dir):
+    """The compact fused LM head (finetune.common.score_completion_tokens_only) is a speed-up only."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from finetune.common import score_completion_tokens_only
+
+    torch.manual_seed(0)
+    ids = torch.randint(5, 200, (2, 24))
+    labels = ids.clone()
+    labels[:, :17] = -100  # a prompt of 17 tokens, a completion of 7
+
+    def loss_and_grad():
+        model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+        trl_utils.add_fused_lm_head(model)
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.detach(), model.get_output_embeddings().weight.grad.clone()
+
+    patched = trl_utils._use_triton
+    try:
+        trl_utils._use_triton = getattr(patched, "_original", patched)
+        full_loss, full_grad = loss_and_grad()
+        assert score_completion_tokens_only()
+        compact_loss, compact_grad = loss_and_grad()
+    finally:
+        trl_utils._use_triton = patched
+    assert torch.allclose(full_loss, compact_loss, atol=1e-5)
+    assert torch.allclose(full_grad, compact_grad, atol=1e-5)

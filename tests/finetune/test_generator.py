@@ -137,7 +137,7 @@ def test_artifacts_are_saved_together(plain_run):
 def test_raft_mode_trains_on_retrieved_contexts(tiny_lm_dir, small_data_dir, tmp_path, make_kb):
     from pipeline.data import load_split
 
-    config = _config(tiny_lm_dir, small_data_dir, tmp_path, "finetune.generator.limit=8", "finetune.raft.oracle_prob=0.5", "finetune.generator.max_seq_length=700")
+    config = _config(tiny_lm_dir, small_data_dir, tmp_path, "finetune.generator.limit=8", "finetune.raft.context=oracle", "finetune.raft.oracle_prob=0.5", "finetune.generator.max_seq_length=700")
     retriever = build_retriever(config, mode="bm25", top_k=7, kb=make_kb(config, load_split(small_data_dir, "train")))
     report = train_generator(config, "raft", retriever=retriever, log=lambda *_: None, show_progress=False)
     out = tmp_path / "adapters" / "generator-raft"
@@ -149,11 +149,28 @@ def test_raft_mode_trains_on_retrieved_contexts(tiny_lm_dir, small_data_dir, tmp
     assert not test_questions & {r["question"] for r in rows}
 
 
+def test_leave_one_out_mode_trains_on_reranked_contexts_without_the_own_pair(tiny_lm_dir, tiny_cross_encoder_dir, small_data_dir, tmp_path, make_kb):
+    from pipeline.data import load_split
+    from pipeline.index import qa_text
+
+    config = _config(tiny_lm_dir, small_data_dir, tmp_path, "finetune.generator.limit=6", "finetune.generator.eval_limit=3", "finetune.raft.context=loo", f"rerank.model={tiny_cross_encoder_dir}", "rerank.top_n=2", "finetune.generator.max_seq_length=700")
+    train = load_split(small_data_dir, "train")
+    retriever = build_retriever(config, mode="bm25", top_k=7, kb=make_kb(config, train))
+    report = train_generator(config, "raft", retriever=retriever, log=lambda *_: None, show_progress=False)
+    out = tmp_path / "adapters" / "generator-raft"
+    rows = [json.loads(line) for line in (out / "raft_train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r["passages"]) == 2 for r in rows)  # rerank.top_n: what full gives its generator
+    for record, row in zip(train, rows):
+        assert qa_text(record["question"], record["answer"]) not in row["passages"]
+        assert row["oracle"] is None and row["target"] == record["answer"].strip()
+    assert report["val_examples"] == 3 and report["raft_oracle_fraction"] == 0.0
+
+
 def test_prompts_longer_than_the_budget_fail_with_the_setting(tiny_lm_dir, small_data_dir, tmp_path, make_kb):
     from pipeline.config import ConfigError
     from pipeline.data import load_split
 
-    config = _config(tiny_lm_dir, small_data_dir, tmp_path, "finetune.generator.limit=4", "finetune.generator.max_seq_length=64")
+    config = _config(tiny_lm_dir, small_data_dir, tmp_path, "finetune.generator.limit=4", "finetune.raft.context=oracle", "finetune.generator.max_seq_length=64")
     retriever = build_retriever(config, mode="bm25", top_k=7, kb=make_kb(config, load_split(small_data_dir, "train")))
     with pytest.raises(ConfigError, match="finetune.generator.max_seq_length=64"):
         train_generator(config, "raft", retriever=retriever, log=lambda *_: None, show_progress=False)

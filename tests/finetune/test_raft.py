@@ -16,7 +16,7 @@ from pipeline.retrieve import build_retriever
 @pytest.fixture(scope="module")
 def config(small_data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("raft-run")
-    return load_config("tiny", [f"run_dir={run_dir}", f"data.dir={small_data_dir}", "finetune.raft.num_passages=4"])
+    return load_config("tiny", [f"run_dir={run_dir}", f"data.dir={small_data_dir}", "finetune.raft.num_passages=4", "finetune.raft.context=oracle"])
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,41 @@ def test_jsonl_is_inspectable(config, train, retriever, tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [set(r) for r in rows] == [{"question", "answer", "passages", "passage_ids", "oracle", "target"}] * 3
     assert rows[0]["passages"] == list(examples[0].passages)
+
+
+class ReversingReranker:
+    """A node postprocessor that puts the retriever's last candidate first: shows which order wins."""
+
+    def __init__(self):
+        self.questions = []
+
+    def postprocess_nodes(self, nodes, query_str):
+        self.questions.append(query_str)
+        return list(reversed(nodes))
+
+
+def test_leave_one_out_contexts_are_the_reranked_candidates_without_the_own_pair(train, retriever):
+    reranker = ReversingReranker()
+    examples = build_raft_examples(train, retriever, num_passages=3, context="loo", reranker=reranker, oracle_prob=1.0, show_progress=False)
+    assert reranker.questions == [r["question"] for r in train]  # judged against the trained question itself
+    for record, example in zip(train, examples):
+        own = qa_node_id(record["question"], record["answer"])
+        assert own not in example.passage_ids and qa_text(record["question"], record["answer"]) not in example.passages
+        assert example.oracle is None and example.target == record["answer"].strip()  # no oracle, no citation, whatever oracle_prob says
+        candidates = [h.node.node_id for h in retriever.retrieve(record["question"]) if h.node.node_id != own]
+        assert list(example.passage_ids) == list(reversed(candidates))[:3]  # the reranker's order, cut to the context size
+    plain = build_raft_examples(train[:4], retriever, num_passages=3, context="loo", show_progress=False)
+    for record, example in zip(train[:4], plain):  # without a reranker: the retriever's order
+        own = qa_node_id(record["question"], record["answer"])
+        assert list(example.passage_ids) == [h.node.node_id for h in retriever.retrieve(record["question"]) if h.node.node_id != own][:3]
+
+
+def test_leave_one_out_context_size_is_what_full_gives_its_generator(config):
+    from finetune.raft import context_size
+
+    loo = load_config("tiny", [f"run_dir={config.run_dir}", "finetune.raft.context=loo", "rerank.top_n=4", "generator.context_top_k=2"])
+    assert context_size(loo) == 4  # full reranks and keeps rerank.top_n
+    assert context_size(load_config("tiny", ["finetune.raft.context=loo", "rerank.enabled=false", "generator.context_top_k=2"])) == 2
+    assert context_size(config) == 4  # oracle mode: finetune.raft.num_passages
+    with pytest.raises(ValueError, match="context must be 'loo' or 'oracle'"):
+        build_raft_examples([], None, context="gold")

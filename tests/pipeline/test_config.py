@@ -22,7 +22,7 @@ from pipeline.config import (
 )
 
 
-@pytest.mark.parametrize("profile", ["tiny", "cpu", "mistral-7b"])
+@pytest.mark.parametrize("profile", ["smollm2", "tiny", "cpu", "mistral-7b"])
 def test_every_profile_loads_and_expands_run_dir(profile):
     config = load_config(profile)
     assert config.profile == profile
@@ -31,12 +31,15 @@ def test_every_profile_loads_and_expands_run_dir(profile):
     assert "{run_dir}" not in config.to_yaml()
 
 
-def test_default_profile_is_tiny_and_offline():
+def test_default_profile_is_smollm2_and_offline():
     config = load_config()
-    assert config.profile == "tiny"
-    assert config.generator.model == "runs/tiny/models/tiny-lm"
+    assert config.profile == "smollm2"
+    assert config.generator.model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert config.generator.convert_dir == "runs/smollm2/models"
     assert config.generator.load_in_4bit is False
     assert config.index.embed_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert config.finetune.raft.context == "loo"  # training contexts as closed-book inference sees them
+    assert config.agent.on_weak == "answer"
 
 
 def test_mistral_profile_carries_the_reference_recipe():
@@ -124,7 +127,7 @@ def test_bad_overrides_fail_clearly(override, fragment):
 
 
 def test_missing_profile_lists_available_ones(tmp_path):
-    with pytest.raises(ConfigError, match="cpu, mistral-7b, tiny"):
+    with pytest.raises(ConfigError, match="cpu, mistral-7b, smollm2, tiny"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -123,7 +123,7 @@ def test_multi_part_question_is_decomposed_and_covers_both_parts(tiny_config, co
 
 
 def test_weak_retrieval_retries_up_to_max_rounds_then_says_not_found(tiny_config):
-    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0, max_rounds=3))
+    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0, max_rounds=3, on_weak="not_found"))
     response = build_query_engine(config, "full").query("What is the airspeed velocity of an unladen swallow?")
     rounds = response.metadata["rounds"]
     assert [r["grade"]["decision"] for r in rounds] == ["retry", "retry", "not_found"]
@@ -133,10 +133,23 @@ def test_weak_retrieval_retries_up_to_max_rounds_then_says_not_found(tiny_config
 
 
 def test_without_the_rewriter_a_weak_round_is_not_retried(tiny_config):
-    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0))
+    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0, on_weak="not_found"))
     response = build_query_engine(config, "full-no-rewrite").query("What is a B-tree?")
     assert [r["grade"]["decision"] for r in response.metadata["rounds"]] == ["not_found"]
     assert response.response == NOT_FOUND_ANSWER and response.metadata["rewrites"] == []
+
+
+def test_weak_rounds_answer_from_the_best_round_marked_low_confidence_by_default(tiny_config):
+    assert tiny_config.agent.on_weak == "answer"
+    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0, max_rounds=2, retry_modes=["multi"]))
+    response = build_query_engine(config, "full").query("What is a B-tree?")
+    rounds = response.metadata["rounds"]
+    assert [r["grade"]["decision"] for r in rounds] == ["retry", "low_confidence"]
+    assert response.metadata["low_confidence"] is True and response.metadata["not_found"] is False
+    assert response.response != NOT_FOUND_ANSWER
+    best = max(rounds, key=lambda r: max(h["score"] for h in r["reranked"]))
+    assert [n.node.node_id for n in response.source_nodes] == [h["id"] for h in best["reranked"]][: len(response.source_nodes)]
+    assert len(response.source_nodes) == config.rerank.top_n
 
 
 def test_without_the_agent_a_weak_round_is_accepted(tiny_config):

@@ -68,16 +68,33 @@ def test_batched_generation_equals_unbatched_greedy(llm, capsys):
         answer_prompt("What is TCP?", ["TCP is reliable.", "UDP is not.", "IP routes packets between networks."]),
         answer_prompt("Define latency."),
     ]
+    llm.clear_memo()
     batched = llm.generate_batch(prompts, batch_size=3, show_progress=False)
-    single = [llm.generate_batch([p], batch_size=1, show_progress=False)[0] for p in prompts]
+    single = []
+    for p in prompts:
+        llm.clear_memo()  # generate each one again, alone, rather than answer from the memo
+        single.append(llm.generate_batch([p], batch_size=1, show_progress=False)[0])
     assert batched == single
     assert any(batched)
+    llm.clear_memo()
     llm.verbose = True
     try:
         llm.generate_batch(prompts[:2], show_progress=False)
     finally:
         llm.verbose = False
     assert "tokens/s" in capsys.readouterr().out
+
+
+def test_repeated_greedy_prompts_are_answered_from_the_memo(llm, monkeypatch):
+    prompts = [answer_prompt("What is a B-tree?"), answer_prompt("Define latency."), answer_prompt("What is a B-tree?")]
+    llm.clear_memo()
+    calls = []
+    original = type(llm)._generate
+    monkeypatch.setattr(type(llm), "_generate", lambda self, **kw: calls.append(kw["input_ids"].shape[0]) or original(self, **kw))
+    first = llm.generate_batch(prompts, show_progress=False)
+    assert calls == [2] and first[0] == first[2]  # the repeat inside the call is generated once
+    assert llm.generate_batch(prompts[:2], show_progress=False) == first[:2] and calls == [2]  # and never again
+    assert llm.generate_batch(prompts[:1], temperature=0.7, max_new_tokens=3, show_progress=False) and calls == [2, 1]  # sampling is never memoized
 
 
 def test_tokenizer_pads_left_for_generation(llm):

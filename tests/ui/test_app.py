@@ -208,7 +208,7 @@ def test_no_ui_module_renders_raw_html():
 
 def test_agent_retries_then_declines_and_the_trace_shows_each_round(monkeypatch, tiny_config, ui_system, profile_writer):
     _, config = ui_system
-    strict = dataclasses.replace(tiny_config.agent, grade_threshold=1.0, max_rounds=2, retry_modes=["multi"])  # no passage can pass
+    strict = dataclasses.replace(tiny_config.agent, grade_threshold=1.0, max_rounds=2, retry_modes=["multi"], on_weak="not_found")  # no passage can pass
     profile, _ = profile_writer(tiny_config, Path(config.run_dir), "strict.yaml", agent=strict)
     at = open_app(monkeypatch, profile)
     ask(at, "What is a B-tree?", "full")

@@ -193,7 +193,7 @@ def test_safe_filename_drops_folders_and_odd_characters():
 # ------------------------------------------------------------------ config resolution
 
 
-def test_flags_win_over_environment_and_default_is_tiny():
+def test_flags_win_over_environment_and_default_is_smollm2():
     settings = resolve_settings(["--config", "cpu", "--set", "retrieve.top_k=9"], {"RAGFT_CONFIG": "tiny", "RAGFT_SET": "rerank.top_n=3 'generator.max_new_tokens=7'"})
     assert (settings.profile, settings.origin) == ("cpu", "--config")
     assert settings.overrides == ("rerank.top_n=3", "generator.max_new_tokens=7", "retrieve.top_k=9")
@@ -202,7 +202,7 @@ def test_flags_win_over_environment_and_default_is_tiny():
     assert env_only.load().ui.upload_max_mb == 5
     default = resolve_settings([], {})
     assert (default.profile, default.origin, default.overrides) == (None, "default", ())
-    assert default.load().profile == "tiny"
+    assert default.load().profile == "smollm2"
     assert resolve_settings(["--help"], {}).show_help
 
 

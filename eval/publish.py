@@ -1,0 +1,164 @@
+"""Publish an `eval.compare` run under results/ and regenerate the README's results table from it.
+
+    python -m eval.publish runs/smollm2/data/splits-567263a4/compare --out results/seed \\
+        --command "python -m eval.compare --data ../shared/data/seed-technical-qa/splits --split test"
+    python -m eval.publish --readme-only --out results/seed       # only regenerate README.md's table
+
+Copies what a reader needs and nothing that is a cache or a model: metrics.json, report.md, the
+plots (metrics.png, latency.png) and predictions/<system>.jsonl with their .done.json markers. It
+writes `<out>/README.md` with the exact command, the git revision, the wall time of every build and
+every system (from the build plan, the artifacts' train reports and the done markers), and the
+table. The project README's block between `<!-- results:<name>:start -->` and
+`<!-- results:<name>:end -->` (name = the folder's name) is replaced by the same table, so the
+README's numbers are always the committed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.errors import UserFacingError, run_cli
+from pipeline.fileio import atomic_write_text
+
+COPIED = ("metrics.json", "report.md", "metrics.png", "latency.png")
+
+
+class PublishError(UserFacingError, ValueError):
+    """The folder to publish is not a finished eval.compare run."""
+
+
+def git_revision(repo: Path) -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + (" (with uncommitted changes)" if dirty else "")
+
+
+def results_table(metrics: dict[str, Any]) -> str:
+    """The comparison table of a metrics.json, as eval.compare prints it."""
+    from eval.compare import render_report
+
+    _, summary = render_report(metrics)
+    return summary.split("\n\n")[0].strip() + "\n" if "\n\n" in summary else summary
+
+
+def build_times(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(artifact, action, seconds) per build step: measured in this run, else the artifact's own
+    train report (a resumed run reuses what an earlier invocation built)."""
+    rows = []
+    for step in metrics.get("plan", []):
+        seconds = step.get("seconds")
+        how = step["action"]
+        if seconds is None:
+            report = Path(step["path"]) / "train_report.json"
+            if report.is_file():
+                seconds = json.loads(report.read_text(encoding="utf-8")).get("seconds")
+                how += " (built earlier; seconds from its train_report.json)"
+        rows.append((step["artifact"], how, "–" if seconds is None else f"{float(seconds):.0f}"))
+    return rows
+
+
+def system_times(compare_dir: Path, systems: Sequence[str]) -> list[tuple[str, str, str]]:
+    rows = []
+    for name in systems:
+        marker = compare_dir / "predictions" / f"{name}.done.json"
+        done = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+        rows.append((name, str(done.get("n", "–")), f"{done['seconds']:.0f}" if "seconds" in done else "–"))
+    return rows
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+    if start not in text or end not in text:
+        raise PublishError(f"README has no block {start} ... {end}; add those two lines where the table belongs")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body.rstrip()}\n{end}{tail}"
+
+
+def publish(compare_dir: Path | None, out: Path, *, command: str, readme: Path | None, repo: Path) -> Path:
+    if compare_dir is not None:
+        metrics_path = compare_dir / "metrics.json"
+        if not metrics_path.is_file():
+            raise PublishError(f"{compare_dir} has no metrics.json: it is not a finished eval.compare run (run eval.compare to the end first)")
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        systems = list(metrics["systems"])
+        missing = [s for s in systems if not (compare_dir / "predictions" / f"{s}.jsonl").is_file()]
+        if missing:
+            raise PublishError(f"{compare_dir} lacks predictions for {', '.join(missing)}")
+        (out / "predictions").mkdir(parents=True, exist_ok=True)
+        for name in COPIED:
+            if (compare_dir / name).is_file():
+                shutil.copy2(compare_dir / name, out / name)
+        for name in systems:
+            for suffix in (".jsonl", ".done.json"):
+                source = compare_dir / "predictions" / f"{name}{suffix}"
+                if source.is_file():
+                    shutil.copy2(source, out / "predictions" / source.name)
+        table = results_table(metrics)
+        lines = [
+            f"# {out.name}: `eval.compare` on the {metrics['data']['split']} split ({metrics['data']['n']} questions)",
+            "",
+            "Generated by `python -m eval.publish` from the run's own files; do not edit by hand.",
+            "",
+            "```bash",
+            command,
+            f"python -m eval.publish {compare_dir} --out {out} --command {json.dumps(command)}",
+            "```",
+            "",
+            f"- git revision: `{git_revision(repo)}`",
+            f"- profile: `{metrics['profile']}`; data: `{metrics['data']['dir']}` (content hash {metrics['data']['sha'][:12]}); finished {metrics['finished']}",
+            f"- BERTScore model: {metrics.get('model_for_bertscore')}",
+            "",
+            table,
+            "Full report with the paired tests and what each system is: [report.md](report.md). Plots: `metrics.png`, `latency.png`.",
+            "",
+            "## Wall times (2 CPU cores)",
+            "",
+            "| build step | action | seconds |",
+            "|---|---|---:|",
+            *(f"| {a} | {b} | {c} |" for a, b, c in build_times(metrics)),
+            "",
+            "| system | questions | seconds (generation + retrieval, this run's share) |",
+            "|---|---:|---:|",
+            *(f"| {a} | {b} | {c} |" for a, b, c in system_times(compare_dir, systems)),
+            "",
+        ]
+        atomic_write_text(out / "README.md", "\n".join(lines))
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    if readme is not None:
+        atomic_write_text(readme, replace_block(readme.read_text(encoding="utf-8"), out.name, results_table(metrics)))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.publish", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("compare_dir", nargs="?", type=Path, help="The eval.compare output folder (its --out, default {run_dir}/compare).")
+    parser.add_argument("--out", type=Path, required=True, help="Folder under results/ to write, e.g. results/seed.")
+    parser.add_argument("--command", default="python -m eval.compare", help="The exact eval.compare command of the run, recorded in the README.")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="Project README whose results block is regenerated (default README.md).")
+    parser.add_argument("--readme-only", action="store_true", help="Only regenerate the README's table from <out>/metrics.json.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> None:
+        if not args.readme_only and args.compare_dir is None:
+            raise PublishError("name the eval.compare output folder to publish, or pass --readme-only")
+        out = publish(None if args.readme_only else args.compare_dir, args.out, command=args.command, readme=args.readme, repo=Path.cwd())
+        print(f"wrote {out} and the table in {args.readme}")
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

