@@ -107,7 +107,8 @@ def sft_config(train: LoraTrainConfig, *, work_dir: str | Path, seed: int, use_b
         packing=False,
         eval_strategy="epoch" if has_eval else "no",
         prediction_loss_only=True,  # validation needs the loss only; gathering per-token outputs costs minutes on a CPU
-        save_strategy="epoch",
+        save_strategy="steps" if train.save_steps else "epoch",
+        save_steps=train.save_steps or 500,  # read only with the "steps" strategy
         save_total_limit=1,
         logging_strategy="steps",
         logging_steps=5,

@@ -518,9 +518,12 @@ class RagftQueryEngine(BaseQueryEngine):
             contexts = [[passage_text(n) for n in results[i]["nodes"]] or None for i in todo]
             generated = answer_batch(llm, [results[i]["state"].question for i in todo], contexts, max_passage_chars=self.config.generator.max_passage_chars, show_progress=show_progress)
             per_question = (time.perf_counter() - started) / len(todo)
-            for i, text in zip(todo, generated):
+            costs = list(getattr(llm, "last_costs", None) or [])
+            if len(costs) != len(todo):  # an LLM without per-prompt costs: an even share of the pass
+                costs = [per_question] * len(todo)
+            for i, text, cost in zip(todo, generated, costs):
                 answers[i] = keep_valid_citations(text, len(results[i]["nodes"]))
-                results[i]["state"].timed("generate", per_question)
+                results[i]["state"].timed("generate", cost)
         responses = []
         for result, answer in zip(results, answers):
             result["answer"] = answer

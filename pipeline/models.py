@@ -545,6 +545,17 @@ def _make_local_llm_class():
         _context_window: Optional[int] = PrivateAttr(default=None)
         _bank: Any = PrivateAttr(default=None)
         _memo: dict = PrivateAttr(default_factory=dict)
+        _last_costs: list = PrivateAttr(default_factory=list)
+
+        @property
+        def last_costs(self) -> list[float]:
+            """Seconds of generation per prompt of the last generate_batch call (its share of its
+            batch; a memoized answer is charged what it cost when it was generated)."""
+            return self._last_costs
+
+        @last_costs.setter
+        def last_costs(self, value: list[float]) -> None:
+            self._last_costs = value
 
         def __init__(self, **data: Any) -> None:
             super().__init__(**data)
@@ -686,9 +697,12 @@ def _make_local_llm_class():
             settings = tuple(sorted((k, v) for k, v in kwargs.items() if k != "pad_token_id"))
             keys = [(self.model_ref, self.adapter, prompt, settings) for prompt in prompts]
             todo: dict[tuple, int] = {}
+            # what each answer cost to generate: a memoized one is charged what it cost the first
+            # time, so the latency a system reports does not depend on which systems ran before it
+            costs: list[float] = [0.0] * len(prompts)
             for i, key in enumerate(keys):
                 if greedy and key in self._memo:
-                    outputs[i] = self._memo[key]
+                    outputs[i], costs[i] = self._memo[key]
                 elif not greedy or key not in todo:
                     todo[key if greedy else (key, i)] = i
             first = set(todo.values())
@@ -698,8 +712,10 @@ def _make_local_llm_class():
             bar = tqdm(total=len(order), desc="generate", unit="q", disable=not show_progress or not order, dynamic_ncols=True)
             for start in range(0, len(order), size):
                 chunk = order[start : start + size]
+                chunk_started = _time.perf_counter()
                 encoded = self._encode([prompts[i] for i in chunk])
                 out = self._generate(**encoded, **kwargs)
+                share = (_time.perf_counter() - chunk_started) / len(chunk)
                 new = out[:, encoded["input_ids"].shape[1] :]
                 stops = torch.tensor(sorted({self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}), device=new.device)
                 for row, index in zip(new, chunk):
@@ -707,14 +723,15 @@ def _make_local_llm_class():
                     ends = torch.isin(row, stops).nonzero()
                     keep = row[: int(ends[0])] if len(ends) else row
                     generated_tokens += int(keep.numel())
-                    outputs[index] = self.tokenizer.decode(keep, skip_special_tokens=True)
+                    outputs[index], costs[index] = self.tokenizer.decode(keep, skip_special_tokens=True), share
                     if greedy:
-                        self._memo[keys[index]] = outputs[index]
+                        self._memo[keys[index]] = (outputs[index], share)
                 bar.update(len(chunk))
             bar.close()
             for i, key in enumerate(keys):  # repeats of a prompt inside this call
                 if i not in first and greedy:
-                    outputs[i] = self._memo[key]
+                    outputs[i], costs[i] = self._memo[key]
+            self.last_costs = costs
             seconds = _time.perf_counter() - started
             if self.verbose and order:
                 print(f"generated {generated_tokens} tokens for {len(order)} prompts ({len(prompts) - len(order)} more from the memo) in {seconds:.1f} s: {generated_tokens / max(seconds, 1e-9):.1f} tokens/s (batch {size})")

@@ -58,6 +58,13 @@ def test_trainer_settings_follow_the_config(tmp_path):
     assert args.activation_checkpointing is False and args.disable_tqdm is False
 
 
+def test_save_steps_adds_checkpoints_between_epochs(tmp_path):
+    train = load_config("smollm2").finetune.generator
+    args = sft_config(train, work_dir=tmp_path, seed=1)
+    assert (args.save_strategy, args.save_steps, args.eval_strategy) == ("steps", train.save_steps, "epoch")
+    assert sft_config(dataclasses.replace(train, save_steps=None), work_dir=tmp_path, seed=1).save_strategy == "epoch"
+
+
 def test_top_layers_puts_lora_on_the_last_layers_only():
     train = load_config("smollm2").finetune.generator
     assert train.top_layers == 12

@@ -93,7 +93,10 @@ def test_repeated_greedy_prompts_are_answered_from_the_memo(llm, monkeypatch):
     monkeypatch.setattr(type(llm), "_generate", lambda self, **kw: calls.append(kw["input_ids"].shape[0]) or original(self, **kw))
     first = llm.generate_batch(prompts, show_progress=False)
     assert calls == [2] and first[0] == first[2]  # the repeat inside the call is generated once
+    costs = list(llm.last_costs)
+    assert len(costs) == 3 and costs[0] == costs[2] > 0
     assert llm.generate_batch(prompts[:2], show_progress=False) == first[:2] and calls == [2]  # and never again
+    assert llm.last_costs == costs[:2]  # charged what they cost when generated, not ~0
     assert llm.generate_batch(prompts[:1], temperature=0.7, max_new_tokens=3, show_progress=False) and calls == [2, 1]  # sampling is never memoized
 
 
