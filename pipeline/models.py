@@ -594,16 +594,7 @@ def _make_local_llm_class():
             if self._model is None and self._bank is not None:
                 self._model, self._tokenizer = self._bank.acquire(self.adapter, allow_pickle=self.allow_pickle_weights)
             if self._model is None:
-                apply_cpu_threads(self.cpu_threads, self.device)
-                model, tokenizer = load_causal_lm(
-                    self.model_ref,
-                    device=self.device,
-                    torch_dtype=self.torch_dtype,
-                    load_in_4bit=self.load_in_4bit,
-                    trust_remote_code=self.trust_remote_code,
-                    allow_pickle=self.allow_pickle_weights,
-                    convert_dir=self.convert_dir,
-                )
+                model, tokenizer = self._load_base()
                 if self.adapter:
                     model = attach_adapter(model, self.adapter, merge=self.merge_adapter, allow_pickle=self.allow_pickle_weights)
                     model.eval()

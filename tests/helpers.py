@@ -45,3 +45,15 @@ def process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# Short technical passages on distinct topics: candidates for reranking and embedding tests.
+TECH_PASSAGES = [
+    "A B-tree keeps keys sorted so range scans and point lookups take logarithmic time.",
+    "TCP slow start doubles the congestion window every round trip until loss occurs.",
+    "Garbage collection reclaims memory that is no longer reachable from the roots.",
+    "An index on a column lets the database avoid a full table scan for selective queries.",
+    "Kubernetes schedules pods onto nodes according to resource requests.",
+    "Hash tables give constant expected-time lookups but no ordering of keys.",
+    "The CAP theorem says a partitioned system must choose consistency or availability.",
+]

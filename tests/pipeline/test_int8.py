@@ -13,21 +13,13 @@ import numpy as np
 import pytest
 
 import pipeline.int8 as int8
+from helpers import TECH_PASSAGES
 from pipeline.config import MINILM, ConfigError, load_config
 from pipeline.int8 import CACHE_DIRNAME, META_NAME, ONNX_NAME, Int8CacheError, Int8CrossEncoder, Int8Embedding, Int8Settings, cache_folder
 from pipeline.models import resolve_model
 
 QUESTIONS = ["What does a B-tree index speed up?", "How does TCP slow start grow the window?", "What is garbage collection?"]
-PASSAGES = [
-    "A B-tree keeps keys sorted so range scans and point lookups take logarithmic time.",
-    "TCP slow start doubles the congestion window every round trip until loss occurs.",
-    "Garbage collection reclaims memory that is no longer reachable from the roots.",
-    "An index on a column lets the database avoid a full table scan for selective queries.",
-    "Kubernetes schedules pods onto nodes according to resource requests.",
-    "Hash tables give constant expected-time lookups but no ordering of keys.",
-    "The CAP theorem says a partitioned system must choose consistency or availability.",
-    "A context switch saves the state of a process so that another one can run on the CPU.",
-]
+PASSAGES = [*TECH_PASSAGES, "A context switch saves the state of a process so that another one can run on the CPU."]
 
 
 @pytest.fixture

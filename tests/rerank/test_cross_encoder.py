@@ -13,18 +13,11 @@ import numpy as np
 import pytest
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
+from helpers import TECH_PASSAGES
 from rerank import RERANK_METADATA_KEYS, CrossEncoderReranker
 
 QUESTION = "What does a B-tree index speed up in a relational database?"
-PASSAGES = [
-    "A B-tree keeps keys sorted so range scans and point lookups take logarithmic time.",
-    "TCP slow start doubles the congestion window every round trip until loss occurs.",
-    "Garbage collection reclaims memory that is no longer reachable from the roots.",
-    "An index on a column lets the database avoid a full table scan for selective queries.",
-    "Kubernetes schedules pods onto nodes according to resource requests.",
-    "Hash tables give constant expected-time lookups but no ordering of keys.",
-    "The CAP theorem says a partitioned system must choose consistency or availability.",
-]
+PASSAGES = TECH_PASSAGES
 
 
 def make_nodes(scores=(0.9, 0.8, 0.7, 0.6, 0.5, 0.4, None)) -> list[NodeWithScore]:
