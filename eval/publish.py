@@ -46,7 +46,9 @@ def results_table(metrics: dict[str, Any]) -> str:
     from eval.compare import render_report
 
     _, summary = render_report(metrics)
-    return summary.split("\n\n")[0].strip() + "\n" if "\n\n" in summary else summary
+    # the summary is: a header line, the table, then the paired tests; keep the first two
+    blocks = summary.split("\n\n")
+    return "\n\n".join(blocks[:2]).strip() + "\n"
 
 
 def build_times(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:

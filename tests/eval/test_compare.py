@@ -335,3 +335,32 @@ def test_nn_answer_reproduces_the_reference_retrieval_baseline(tmp_path, seed_di
     assert row["n"] == 272
     assert abs(row["bleu4"] - 0.0995) <= 0.002 and abs(row["rougeL"] - 0.1975) <= 0.002
     assert set(result["reference"]["systems"]) == set(cmp.REFERENCE_SYSTEMS)
+
+
+def test_publish_copies_the_run_without_caches_and_regenerates_the_readme_table(compare_config, tmp_path):
+    """eval.publish: results/<name>/ gets the metrics, report, plots and predictions (never the
+    cache), a README with the command and wall times, and the project README's block its table."""
+    import dataclasses
+
+    from eval.publish import PublishError, main as publish_main, replace_block
+
+    settings = dataclasses.replace(compare_config.eval, systems=["nn_answer", "vanilla"], limit=2, out=str(tmp_path / "out"))
+    cmp.compare(dataclasses.replace(compare_config, eval=settings), show_progress=False, log=lambda *_: None)
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n\n<!-- results:demo:start -->\nold table\n<!-- results:demo:end -->\n\nmore text\n")
+    out = tmp_path / "results" / "demo"
+    assert publish_main([str(tmp_path / "out"), "--out", str(out), "--readme", str(readme), "--command", "python -m eval.compare --limit 2"]) == 0
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["nn_answer.done.json", "nn_answer.jsonl", "vanilla.done.json", "vanilla.jsonl"]
+    assert {"metrics.json", "report.md", "metrics.png", "latency.png", "README.md"} <= {p.name for p in out.iterdir()}
+    assert not (out / "cache").exists()
+    page = (out / "README.md").read_text()
+    assert "python -m eval.compare --limit 2" in page and "git revision" in page and "| nn_answer | 2 |" in page
+    text = readme.read_text()
+    assert "old table" not in text and "| nn_answer |" in text and text.endswith("<!-- results:demo:end -->\n\nmore text\n")
+    # --readme-only regenerates the table from the committed metrics.json alone
+    readme.write_text("<!-- results:demo:start -->\n<!-- results:demo:end -->\n")
+    assert publish_main(["--readme-only", "--out", str(out), "--readme", str(readme)]) == 0
+    assert "| vanilla |" in readme.read_text()
+    with pytest.raises(PublishError, match="has no block <!-- results:seed:start -->"):
+        replace_block("no markers", "seed", "table")
+    assert publish_main([str(tmp_path / "nothing"), "--out", str(out), "--readme", str(readme)]) == 2
