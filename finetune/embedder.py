@@ -133,7 +133,8 @@ class EmbedderRun:
 
 
 def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None] = print) -> EmbedderRun:
-    from finetune.common import atomic_directory, seed_everything
+    from finetune.common import seed_everything
+    from pipeline.fileio import atomic_directory
     from pipeline.models import check_model_source, load_sentence_transformer, resolve_model
     from pipeline.retrieve import build_retriever
 

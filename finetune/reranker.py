@@ -431,7 +431,8 @@ class RerankerRun:
 
 def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None] = print) -> RerankerRun:
     """The whole command: mine, build examples, evaluate base, train, evaluate, save."""
-    from finetune.common import atomic_directory, seed_everything
+    from finetune.common import seed_everything
+    from pipeline.fileio import atomic_directory
     from pipeline.models import check_model_source, resolve_model
     from pipeline.retrieve import build_retriever
 

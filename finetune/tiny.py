@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from finetune.common import atomic_directory, seed_everything
+from finetune.common import seed_everything
+from pipeline.fileio import atomic_directory
 from pipeline.config import Config, ConfigError, TinyModelConfig, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json

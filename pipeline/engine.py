@@ -125,17 +125,21 @@ class Components:
 
         return self._once("reranker", build)
 
+    def _adapter_source(self, kind: str) -> tuple[Optional[str], str]:
+        """(configured folder, the command that builds it) of an adapter kind."""
+        sources = {
+            "plain": (self.config.finetune.generator.output, "python -m finetune.generator --mode plain"),
+            "raft": (self.config.finetune.raft.output, "python -m finetune.generator --mode raft"),
+            "rewriter": (self.config.rewrite.adapter, "python -m finetune.rewriter"),
+        }
+        if kind not in sources:
+            raise ValueError(f"unknown generator kind {kind!r}")
+        return sources[kind]
+
     def adapter_path(self, kind: str) -> Optional[str]:
         if kind == "base":
             return None
-        if kind == "plain":
-            path, command = self.config.finetune.generator.output, "python -m finetune.generator --mode plain"
-        elif kind == "raft":
-            path, command = self.config.finetune.raft.output, "python -m finetune.generator --mode raft"
-        elif kind == "rewriter":
-            path, command = self.config.rewrite.adapter, "python -m finetune.rewriter"
-        else:
-            raise ValueError(f"unknown generator kind {kind!r}")
+        path, command = self._adapter_source(kind)
         if path is None:
             return None
         self._require(path, f"{command} --config {self.config.profile}", f"the {kind} adapter")
@@ -174,7 +178,7 @@ class Components:
 
     def _built_adapters(self) -> list[str]:
         """The adapters of every kind that exist on disk now."""
-        paths = [self.config.finetune.generator.output, self.config.finetune.raft.output, self.config.rewrite.adapter]
+        paths = [self._adapter_source(kind)[0] for kind in ("plain", "raft", "rewriter")]
         return [p for p in paths if p and (Path(p) / "adapter_config.json").is_file()]
 
     @staticmethod

@@ -553,10 +553,6 @@ def _make_local_llm_class():
             batch; a memoized answer is charged what it cost when it was generated)."""
             return self._last_costs
 
-        @last_costs.setter
-        def last_costs(self, value: list[float]) -> None:
-            self._last_costs = value
-
         def __init__(self, **data: Any) -> None:
             super().__init__(**data)
             check_four_bit(self.load_in_4bit)
@@ -722,7 +718,7 @@ def _make_local_llm_class():
             for i, key in enumerate(keys):  # repeats of a prompt inside this call
                 if i not in first and greedy:
                     outputs[i], costs[i] = self._memo[key]
-            self.last_costs = costs
+            self._last_costs = costs
             seconds = _time.perf_counter() - started
             if self.verbose and order:
                 print(f"generated {generated_tokens} tokens for {len(order)} prompts ({len(prompts) - len(order)} more from the memo) in {seconds:.1f} s: {generated_tokens / max(seconds, 1e-9):.1f} tokens/s (batch {size})")

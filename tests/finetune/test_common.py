@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from finetune.common import atomic_directory, last_checkpoint, lora_config, loss_history, plot_loss_curve, sft_config
+from finetune.common import last_checkpoint, lora_config, loss_history, plot_loss_curve, sft_config
+from pipeline.fileio import atomic_directory
 from pipeline.config import load_config
 
 
