@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, str] = {
     "rerank": "eval.bench_rerank",
     "generate": "eval.bench_generate",
     "scale": "eval.bench_scale",
+    "int8": "eval.bench_int8",
+    "speed": "eval.bench_speed",
 }
 
 

@@ -31,14 +31,16 @@ from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text
 
 
-def build_prompts(config: Config, llm: Any, questions: Sequence[str], *, context: bool) -> list[str]:
+def build_prompts(config: Config, llm: Any, questions: Sequence[str], *, context: bool, kb: Any = None) -> list[str]:
+    """The answer prompts of `questions`; with `context`, each with its dense top-k passages from
+    `kb` (default: the persisted index of `config`)."""
     from pipeline.generate import answer_messages, render_prompt
 
     passages: list[Any] = [None] * len(questions)
     if context:
         from pipeline.retrieve import build_retriever
 
-        retriever = build_retriever(config, mode="dense", top_k=config.generator.context_top_k)
+        retriever = build_retriever(config, mode="dense", top_k=config.generator.context_top_k, kb=kb)
         passages = [[hit.node.get_content() for hit in retriever.retrieve(q)] for q in questions]
     return [render_prompt(answer_messages(q, p, max_passage_chars=config.generator.max_passage_chars), llm.tokenizer) for q, p in zip(questions, passages)]
 

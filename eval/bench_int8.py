@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import MINILM
@@ -49,14 +49,18 @@ def _read(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def best_rate(work: Callable[[], Any], items: int, rounds: int) -> float:
-    """items/s of the fastest of `rounds` runs (after the caller's warm-up)."""
-    best = float("inf")
+def interleaved_rates(works: Mapping[str, Callable[[], Any]], items: int, rounds: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Best items/s of each work over `rounds` rounds that run every work once in turn (a
+    neighbour's load hits all alike), and what each work returned in its last round (after the
+    caller's warm-up)."""
+    rates: dict[str, float] = {name: 0.0 for name in works}
+    outputs: dict[str, Any] = {}
     for _ in range(rounds):
-        started = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - started)
-    return items / best
+        for name, work in works.items():
+            started = time.perf_counter()
+            outputs[name] = work()
+            rates[name] = max(rates[name], items / (time.perf_counter() - started))
+    return rates, outputs
 
 
 def mrr_hit(corpus: "Any", queries: "Any", gold: Sequence[int], k: int = 10) -> dict[str, float]:
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             int8 = Int8Embedding(model_path=path, embed_batch_size=64, threads=args.threads, cache_dir=str(Path(work) / "int8-cache"))
             int8.load()  # the export (seconds) is not part of the timing
             if "embedder" in parts:
-                result["embedder"] = _embedder_speed(fp32, int8, [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in train[: args.passages]], args.rounds)
+                result["embedder"] = embedder_speed(fp32, int8, [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in train[: args.passages]], args.rounds)
                 log(f"embedder: {result['embedder']}")
             if "retrieval" in parts:
                 result["retrieval"] = _retrieval(fp32, int8, train, val, picked)
@@ -127,20 +131,19 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     return result
 
 
-def _embedder_speed(fp32: Any, int8: Any, texts: list[str], rounds: int) -> dict[str, Any]:
+def embedder_speed(fp32: Any, int8: Any, texts: list[str], rounds: int) -> dict[str, Any]:
+    """texts/s of two LlamaIndex embedders on the same texts (their own embed_batch_size), best of
+    `rounds` interleaved rounds after a one-batch warm-up, and cos(fp32, int8) of the vectors."""
     import numpy as np
+
     warm = texts[:64]
     fp32.get_text_embedding_batch(warm), int8.get_text_embedding_batch(warm)
-    rates = {"torch": [], "int8": []}
-    for _ in range(rounds):  # interleaved: a neighbour's load hits both alike
-        rates["torch"].append(best_rate(lambda: fp32.get_text_embedding_batch(texts), len(texts), 1))
-        rates["int8"].append(best_rate(lambda: int8.get_text_embedding_batch(texts), len(texts), 1))
-    a, b = np.asarray(fp32.get_text_embedding_batch(texts)), np.asarray(int8.get_text_embedding_batch(texts))
-    cos = (a * b).sum(axis=1)
+    rates, vectors = interleaved_rates({"torch": lambda: fp32.get_text_embedding_batch(texts), "int8": lambda: int8.get_text_embedding_batch(texts)}, len(texts), rounds)
+    cos = (np.asarray(vectors["torch"]) * np.asarray(vectors["int8"])).sum(axis=1)
     return {
-        "texts": len(texts), "batch": 64,
-        "torch_texts_per_s": max(rates["torch"]), "int8_texts_per_s": max(rates["int8"]),
-        "speedup": max(rates["int8"]) / max(rates["torch"]),
+        "texts": len(texts), "batch": int(fp32.embed_batch_size),
+        "torch_texts_per_s": rates["torch"], "int8_texts_per_s": rates["int8"],
+        "speedup": rates["int8"] / rates["torch"],
         "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
     }
 
@@ -178,11 +181,7 @@ def _cross_encoder(args: argparse.Namespace, path: str, work: Path, val: list[di
     int8_ce.load()
     identity = torch.nn.Identity()
     pairs = [(val[i % len(val)]["question"], passages[rng.randrange(len(passages))]) for i in range(args.pairs)]
-    torch_ce.predict(pairs[:32], batch_size=32, activation_fn=identity, show_progress_bar=False), int8_ce.predict(pairs[:32], batch_size=32, activation_fn=identity)
-    rates = {"torch": [], "int8": []}
-    for _ in range(args.rounds):
-        rates["torch"].append(best_rate(lambda: torch_ce.predict(pairs, batch_size=32, activation_fn=identity, show_progress_bar=False), len(pairs), 1))
-        rates["int8"].append(best_rate(lambda: int8_ce.predict(pairs, batch_size=32, activation_fn=identity), len(pairs), 1))
+    result.update(cross_encoder_speed(torch_ce, int8_ce, pairs, batch_size=32, rounds=args.rounds))
     lists = [(val[i]["question"], rng.sample(passages, 19) + [val[i]["answer"]]) for i in picked[: args.latency_queries]]
     latency: dict[str, list[float]] = {"torch": [], "int8": []}
     rho, top1 = [], []
@@ -200,15 +199,32 @@ def _cross_encoder(args: argparse.Namespace, path: str, work: Path, val: list[di
         for name in gold_first:  # the question's own answer is the last candidate
             gold_first[name].append(int(np.argmax(outputs[name]) == len(candidates) - 1))
     result.update(
-        pairs=len(pairs), batch=32,
-        torch_pairs_per_s=max(rates["torch"]), int8_pairs_per_s=max(rates["int8"]),
-        speedup=max(rates["int8"]) / max(rates["torch"]),
         latency_queries=len(lists), candidates=20,
         torch_p50_ms=1000 * float(np.median(latency["torch"])), int8_p50_ms=1000 * float(np.median(latency["int8"])),
         spearman_mean=float(np.mean(rho)), top1_agreement=float(np.mean(top1)),
         torch_answer_first=float(np.mean(gold_first["torch"])), int8_answer_first=float(np.mean(gold_first["int8"])),
     )
     return result
+
+
+def cross_encoder_speed(torch_ce: Any, int8_ce: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int, rounds: int) -> dict[str, Any]:
+    """(question, passage) pairs/s of a sentence-transformers CrossEncoder and an Int8CrossEncoder
+    on the same pairs (logits, `batch_size` per pass), best of `rounds` interleaved rounds after a
+    one-batch warm-up."""
+    import torch
+
+    identity = torch.nn.Identity()
+    pairs = list(pairs)
+    torch_ce.predict(pairs[:batch_size], batch_size=batch_size, activation_fn=identity, show_progress_bar=False), int8_ce.predict(pairs[:batch_size], batch_size=batch_size, activation_fn=identity)
+    rates, _ = interleaved_rates(
+        {
+            "torch": lambda: torch_ce.predict(pairs, batch_size=batch_size, activation_fn=identity, show_progress_bar=False),
+            "int8": lambda: int8_ce.predict(pairs, batch_size=batch_size, activation_fn=identity),
+        },
+        len(pairs),
+        rounds,
+    )
+    return {"pairs": len(pairs), "batch": batch_size, "torch_pairs_per_s": rates["torch"], "int8_pairs_per_s": rates["int8"], "speedup": rates["int8"] / rates["torch"]}
 
 
 def to_markdown(result: dict[str, Any]) -> str:

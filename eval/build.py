@@ -62,7 +62,7 @@ ARTIFACT_KEYS: dict[str, tuple[str, ...]] = {
     "index": _INDEX_KEYS,
     "reranker": ("finetune.reranker.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS),
     "generator-plain": (*_LM_KEYS, "finetune.generator.*"),
-    "generator-raft": (*_LM_KEYS, "finetune.generator.*", "finetune.raft.*", "generator.max_passage_chars", "generator.context_top_k", "retrieve.*", "rerank.enabled", "rerank.candidates", "rerank.top_n", "rerank.max_length", *_INDEX_KEYS),
+    "generator-raft": (*_LM_KEYS, "finetune.generator.*", "finetune.raft.*", "generator.max_passage_chars", "generator.context_top_k", "retrieve.*", "rerank.enabled", "rerank.candidates", "rerank.top_n", "rerank.max_length", "rerank.retrieval_weight", *_INDEX_KEYS),
     "rewriter": (*_LM_KEYS, "finetune.rewriter.*"),
 }
 _IGNORED_SUBKEYS = {"output", "torch_threads"}

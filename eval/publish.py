@@ -8,7 +8,8 @@ Copies what a reader needs and nothing that is a cache or a model: metrics.json,
 plots (metrics.png, latency.png) and predictions/<system>.jsonl with their .done.json markers. It
 writes `<out>/README.md` with the exact command, the git revision, the wall time of every build and
 every system (from the build plan, the artifacts' train reports and the done markers), and the
-table. The project README's block between `<!-- results:<name>:start -->` and
+table, followed by every `eval.retrieval --out <out>/retrieval-*.json` run kept there (its
+command, revision and wall time are recorded in the JSON). The project README's block between `<!-- results:<name>:start -->` and
 `<!-- results:<name>:end -->` (name = the folder's name) is replaced by the same table, so the
 README's numbers are always the committed ones.
 """
@@ -76,6 +77,30 @@ def system_times(compare_dir: Path, systems: Sequence[str]) -> list[tuple[str, s
     return rows
 
 
+def retrieval_sections(out: Path) -> list[str]:
+    """README lines for the `eval.retrieval --out <out>/retrieval-*.json` runs kept beside the
+    comparison: each one's command, revision, wall time and table (from the JSON itself)."""
+    from eval.retrieval import to_markdown
+
+    lines: list[str] = []
+    for path in sorted(out.glob("retrieval-*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        run = result.get("run", {})
+        lines += [
+            f"## {path.name}: `eval.retrieval`, {result['protocol']}, {result['split']} split",
+            "",
+            "```bash",
+            run.get("command", "(command not recorded: written before eval.retrieval recorded it)"),
+            "```",
+            "",
+            f"- git revision: `{run.get('git_revision', 'unknown')}`; wall time {run.get('seconds', '–')} s",
+            "",
+            to_markdown(result).replace("### ", "#### ", 1),
+            "",
+        ]
+    return lines
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
     if start not in text or end not in text:
@@ -133,6 +158,7 @@ def publish(compare_dir: Path | None, out: Path, *, command: str, readme: Path |
             *(f"| {a} | {b} | {c} |" for a, b, c in system_times(compare_dir, systems)),
             "",
         ]
+        lines += retrieval_sections(out)
         atomic_write_text(out / "README.md", "\n".join(lines))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     if readme is not None:

@@ -3,6 +3,8 @@
     python -m eval.retrieval --data ../shared/data/seed-technical-qa/splits --protocol open-book --split test
     python -m eval.retrieval --data data/demo --protocol closed-book --split test --retrievers dense,bm25 --format json
     python -m eval.retrieval --data ../shared/data/seed-technical-qa/splits --protocol open-book --split test --tune
+    python -m eval.retrieval --data ../shared/data/seed-technical-qa/splits --protocol open-book --split val \
+        --retrievers full,full-no-rewrite,full-base-embedder,full-dense,full-no-rerank --format json
 
 Protocols:
   open-book    the corpus is every answer of train+val+test, one passage each; the queries are the
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -154,6 +157,32 @@ def tune_fusion(
 # --------------------------------------------------------------------------------------------
 
 
+# `full`'s retrieval stack and its one-part-off variants, named as eval.compare's systems
+FULL_STACK = ("full", "full-no-rewrite", "full-base-embedder", "full-dense", "full-no-rerank")
+
+
+def full_stack_variants(config: Config, names: Sequence[str]) -> dict[str, str]:
+    """The retriever variant ([ft-]BASE[+rerank], rerank/evaluate.py) that runs exactly what `full`
+    runs before generation under `config`, for each FULL_STACK name: `full` retrieves with
+    retrieve.mode over index.embed_model's vectors and reranks when rerank.enabled (interpolated by
+    rerank.retrieval_weight); each variant switches one part off. A part `full` does not use gives
+    the same variant as `full` (the table says so)."""
+    if config.rewrite.mode != "none":
+        raise ConfigError(
+            f"--retrievers {','.join(names)}: full's rewriter (rewrite.mode={config.rewrite.mode}) is not run by eval.retrieval yet, "
+            f"so its retrieval stack cannot be measured here; add --set rewrite.mode=none to measure the stack without it"
+        )
+    base, rerank = config.retrieve.mode, config.rerank.enabled
+    stack = {
+        "full": (base, rerank),
+        "full-no-rewrite": (base, rerank),  # rewrite.mode is none: the question alone, as in full
+        "full-base-embedder": (base, rerank),  # full searches index.embed_model's vectors already
+        "full-dense": ("dense", rerank),
+        "full-no-rerank": (base, False),
+    }
+    return {name: stack[name][0] + ("+rerank" if stack[name][1] else "") for name in names}
+
+
 def _copy_with(config: Config, **retrieve_values: Any) -> Config:
     from pipeline.config import config_from_dict
 
@@ -186,17 +215,29 @@ def evaluate_open_book(
     per_query: dict[str, dict[str, list[float]]] = {}
     try:
         vectors = {s: query_embeddings(kb, config, questions[s]) for s in ([split, "val"] if tune else [split])} if needs_vectors else {}
+        ranked: dict[str, list[list[str]]] = {}
         for name in [n for n in retrievers if n in RETRIEVERS]:
             retriever = build_retriever(config, name, DEPTH, kb=kb)
             hits, seconds = run_retriever(retriever, questions[split], embeddings=vectors.get(split), desc=name, show_progress=show_progress)
-            result["retrievers"][name], per_query[name] = _retrieval_summary(_ids(hits), relevant[split], config)
-        variants = [n for n in retrievers if n not in RETRIEVERS]
-        if variants:  # hybrid+rerank, ft-dense, ft-hybrid+rerank, ...: see rerank/evaluate.py
+            ranked[name] = _ids(hits)
+            result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[name], relevant[split], config)
+        stack = full_stack_variants(config, [n for n in retrievers if n in FULL_STACK])
+        variants = [n for n in retrievers if n not in RETRIEVERS and n not in FULL_STACK]
+        needed = list(dict.fromkeys([*variants, *(v for v in stack.values() if v not in RETRIEVERS)]))
+        if needed:  # hybrid+rerank, ft-dense, ft-hybrid+rerank, ...: see rerank/evaluate.py
             from rerank.evaluate import evaluate_variants
 
-            ranked = evaluate_variants(config, nodes, questions[split], variants, kb=kb, depth=DEPTH, embeddings=vectors.get(split), show_progress=show_progress, log=log)
-            for name in variants:
-                result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[name], relevant[split], config)
+            ranked |= evaluate_variants(config, nodes, questions[split], needed, kb=kb, depth=DEPTH, embeddings=vectors.get(split), show_progress=show_progress, log=log)
+        for name in variants:
+            result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[name], relevant[split], config)
+        for name, variant in stack.items():
+            if variant not in ranked:  # a plain retriever not asked for by name
+                hits, _ = run_retriever(build_retriever(config, variant, DEPTH, kb=kb), questions[split], embeddings=vectors.get(split), desc=name, show_progress=show_progress)
+                ranked[variant] = _ids(hits)
+            result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[variant], relevant[split], config)
+        if stack:
+            result["full_stack"] = {name: {"runs": variant, "same_as_full": variant == stack.get("full")} for name, variant in stack.items()}
+            result["settings"]["full"] = {"retrieve.mode": config.retrieve.mode, "rerank.enabled": config.rerank.enabled, "rerank.model": config.rerank.model, "rerank.candidates": config.rerank.candidates, "rerank.retrieval_weight": config.rerank.retrieval_weight, "index.embed_model": config.index.embed_model, "rewrite.mode": config.rewrite.mode}
         r = config.retrieve
         result["settings"]["hybrid"] = {"fusion": r.fusion, "rrf_k": r.rrf_k, "dense_weight": r.dense_weight, "bm25_weight": r.bm25_weight, "candidates": max(r.candidates, DEPTH)}
         if tune:
@@ -219,13 +260,16 @@ def evaluate_open_book(
                 "dense_val_mrr@10": sum(dense_only_val["mrr@10"]) / len(dense_only_val["mrr@10"]),
                 "top5": rows[:5],
             }
-        if "dense" in per_query:
-            result["paired_vs_dense"] = {}
+        for anchor in ("dense", "full"):  # paired_vs_dense; paired_vs_full: each part's Delta (full minus the variant)
+            if anchor not in per_query:
+                continue
+            tests = result[f"paired_vs_{anchor}"] = {}
             for name in per_query:
-                if name == "dense":
+                if name == anchor or (anchor == "full" and name not in FULL_STACK):
                     continue
-                a, b = per_query[name]["mrr@10"], per_query["dense"]["mrr@10"]
-                result["paired_vs_dense"][name] = {
+                # vs dense: the retriever minus dense; vs full: full minus the variant (> 0: the part helps)
+                a, b = (per_query[name]["mrr@10"], per_query[anchor]["mrr@10"]) if anchor == "dense" else (per_query[anchor]["mrr@10"], per_query[name]["mrr@10"])
+                tests[name] = {
                     "metric": "mrr@10",
                     **paired_bootstrap_test(len(a), lambda idx, a=a: float(sum(a[i] for i in idx) / len(idx)), lambda idx, b=b: float(sum(b[i] for i in idx) / len(idx)), samples=config.eval.bootstrap_samples, seed=config.eval.seed),
                 }
@@ -300,6 +344,10 @@ def to_markdown(result: dict[str, Any]) -> str:
     for name, test in result.get("paired_vs_dense", {}).items():
         lines.append("")
         lines.append(f"{name} - dense, MRR@10: {test['diff']:+.3f} (95% CI [{test['ci95_low']:+.3f}, {test['ci95_high']:+.3f}], paired bootstrap p={test['p_value']:.3f})")
+    for name, test in result.get("paired_vs_full", {}).items():
+        same = " (the same retrieval as full: a part full does not use)" if result.get("full_stack", {}).get(name, {}).get("same_as_full") else ""
+        lines.append("")
+        lines.append(f"full - {name}, MRR@10: {test['diff']:+.3f} (95% CI [{test['ci95_low']:+.3f}, {test['ci95_high']:+.3f}], paired bootstrap p={test['p_value']:.3f}){same}")
     if "settings" in result and result["settings"]:
         lines.append("")
         for name, settings in result["settings"].items():
@@ -331,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", metavar="DIR", help="Folder with train/val/test.jsonl. Default: data.dir of the profile.")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="open-book", help="open-book: all answers are the corpus, gold = own answer; closed-book: the train pairs are the knowledge base, answers are compared with the reference. Default: open-book.")
     parser.add_argument("--split", choices=["val", "test"], default="test", help="Split whose questions are the queries. Default: test.")
-    parser.add_argument("--retrievers", default=",".join(RETRIEVERS), metavar="LIST", help="Comma-separated retrievers among dense, bm25, hybrid (hybrid uses the profile's fusion settings); open-book also takes [ft-]BASE[+rerank] variants: ft- embeds the corpus with the fine-tuned embedder (finetune.embedder.output), +rerank reranks rerank.candidates passages with the cross-encoder at rerank.model, e.g. hybrid+rerank,ft-dense,ft-hybrid+rerank. Default: dense, bm25, hybrid.")
+    parser.add_argument("--retrievers", default=",".join(RETRIEVERS), metavar="LIST", help="Comma-separated retrievers among dense, bm25, hybrid (hybrid uses the profile's fusion settings); open-book also takes [ft-]BASE[+rerank] variants: ft- embeds the corpus with the fine-tuned embedder (finetune.embedder.output), +rerank reranks rerank.candidates passages with the cross-encoder at rerank.model, e.g. hybrid+rerank,ft-dense,ft-hybrid+rerank; and full's retrieval stack (what `full` runs before generation: rewrite, retrieve.mode, rerank with rerank.retrieval_weight) with its one-part-off variants full-no-rewrite, full-base-embedder, full-dense (no BM25), full-no-rerank, each with its paired Delta against full. Default: dense, bm25, hybrid.")
     parser.add_argument("--tune", action="store_true", help="open-book only: choose the hybrid's fusion (mode, k, weights) on val and report it once on --split as hybrid-tuned.")
     parser.add_argument("--sim-threshold", type=float, default=0.8, metavar="T", help="closed-book: cosine (MiniLM) between a retrieved answer and the reference that counts as a hit. Default: 0.8.")
     parser.add_argument("--format", choices=["md", "json"], default="md", help="Output: a Markdown table with 95%% intervals, or the JSON document. Default: md.")
@@ -343,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started = time.perf_counter()
 
     def body() -> None:
         extra = [f"data.dir={json.dumps(args.data)}"] if args.data else []
@@ -350,9 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [n.strip() for n in args.retrievers.split(",") if n.strip()]
         from rerank.evaluate import VARIANTS
 
-        bad = [n for n in names if n not in RETRIEVERS and (n not in VARIANTS or args.protocol != "open-book")]
+        bad = [n for n in names if n not in RETRIEVERS and (n not in (*VARIANTS, *FULL_STACK) or args.protocol != "open-book")]
         if bad or not names:
-            raise ConfigError(f"--retrievers {args.retrievers!r}: unknown {bad}; choose among {', '.join(RETRIEVERS)} (open-book also: {', '.join(VARIANTS)})")
+            raise ConfigError(f"--retrievers {args.retrievers!r}: unknown {bad}; choose among {', '.join(RETRIEVERS)} (open-book also: {', '.join(VARIANTS)}, and full's stack: {', '.join(FULL_STACK)})")
         if args.tune and args.protocol != "open-book":
             raise ConfigError("--tune needs --protocol open-book (the closed-book protocol has no gold passage to tune on)")
         log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
@@ -360,6 +409,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate_open_book(config, config.data.dir, args.split, names, tune=args.tune, show_progress=not args.quiet, log=log)
         else:
             result = evaluate_closed_book(config, config.data.dir, args.split, names, sim_threshold=args.sim_threshold, show_progress=not args.quiet, log=log)
+        # what eval.publish needs to document a committed run: how it was made, at which revision, how long it took
+        from eval.publish import git_revision
+
+        result["run"] = {"command": "python -m eval.retrieval " + shlex.join(sys.argv[1:] if argv is None else list(argv)), "git_revision": git_revision(Path.cwd()), "seconds": round(time.perf_counter() - started, 1)}
         if args.out:
             write_json(args.out, result)
             save_resolved_config(config, Path(args.out).parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split})

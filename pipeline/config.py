@@ -118,6 +118,7 @@ class RerankConfig:
     top_n: int = option(5, "Passages kept after reranking.", POSITIVE)
     batch_size: int = option(32, "(question, passage) pairs scored per batch.", POSITIVE)
     max_length: int = option(256, "Maximum tokens of a (question, passage) pair.", POSITIVE)
+    retrieval_weight: float = option(0.0, "Interpolation of the two stages: candidates are ordered by (1 - w) * minmax(cross-encoder logit) + w * minmax(retriever score) per question; 0 orders by the cross-encoder alone, 1 keeps the retriever's order (choose it on val: python -m eval.retrieval --protocol open-book --split val --retrievers hybrid,hybrid+rerank --set rerank.retrieval_weight=W).", FRACTION)
     backend: Literal["torch", "onnx", "onnx-int8"] = option("torch", "Inference backend of the cross-encoder: torch; onnx (sentence-transformers' ONNX backend, needs `pip install optimum onnxruntime`; see `python -m eval.bench rerank`); or onnx-int8 (pipeline/int8.py, needs only onnxruntime + onnx: exported and quantized once, cached in <rerank.model>/.ragft-int8 or {run_dir}/int8-cache; 4.1x the pairs/s of torch on one core, top-1 agreement 0.95; CPU only; see `python -m eval.bench int8`).")
 
 

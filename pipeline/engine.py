@@ -309,7 +309,7 @@ class RagftWorkflow(Workflow):
             started = time.perf_counter()
             hits = self.components.reranker().postprocess_nodes(hits, query_str=state.question)
             state.timed("rerank", time.perf_counter() - started)
-            record["reranked"] = [_node_summary(h, ("retrieval_rank", "retrieval_score", "rerank_score", "rerank_rank")) for h in hits]
+            record["reranked"] = [_node_summary(h, ("retrieval_rank", "retrieval_score", "rerank_score", "rerank_rank", "rerank_combined")) for h in hits]
         hits = hits[: self._context_k()]
         state.rounds.append(record)
         return hits

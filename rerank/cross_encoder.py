@@ -19,6 +19,13 @@ value the agent loop compares with its threshold), `rerank_logit` (the raw logit
 nodes: sigmoid saturates to exactly 1.0 for confident pairs and would leave ties) and
 `rerank_rank` (1-based). The returned `NodeWithScore.score` is `rerank_score`. These keys are
 excluded from the embedding and LLM metadata modes so they never leak into prompts.
+
+With `retrieval_weight` w > 0 the order is an interpolation of the two stages (Nogueira et al.'s
+and most production rerankers' practice when the cross-encoder is weak or out of domain):
+`rerank_combined` = (1 - w) * minmax(logit) + w * minmax(retrieval score), both min-max normalized
+over the query's candidates. A small cross-encoder trained on ~1k questions carries signal the
+retriever lacks but is noisy on its own; interpolation keeps the retriever's strong agreements.
+w = 0 orders by the cross-encoder alone, w = 1 keeps the retriever's order.
 """
 
 from __future__ import annotations
@@ -43,12 +50,38 @@ RETRIEVAL_SCORE = "retrieval_score"
 RERANK_SCORE = "rerank_score"
 RERANK_LOGIT = "rerank_logit"
 RERANK_RANK = "rerank_rank"
-RERANK_METADATA_KEYS = (RETRIEVAL_RANK, RETRIEVAL_SCORE, RERANK_SCORE, RERANK_LOGIT, RERANK_RANK)
+RERANK_COMBINED = "rerank_combined"
+RERANK_METADATA_KEYS = (RETRIEVAL_RANK, RETRIEVAL_SCORE, RERANK_SCORE, RERANK_LOGIT, RERANK_RANK, RERANK_COMBINED)
 
 
 def sigmoid(x: float) -> float:
     # math.exp overflows for x < -709; both branches are exact where they are used
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _minmax(values: Sequence[float]) -> list[float]:
+    low, high = min(values), max(values)
+    # all equal: every candidate is as good as the best (the convention of pipeline.retrieve's fusion)
+    return [(v - low) / (high - low) if high > low else 1.0 for v in values]
+
+
+def interpolated_order(logits: Sequence[float], retrieval_scores: Sequence[Optional[float]], retrieval_weight: float) -> tuple[list[int], list[float]]:
+    """Candidate indices best first, and each candidate's combined score:
+    (1 - w) * minmax(logit) + w * minmax(retrieval score). A list with a missing retrieval score
+    (a retriever that gives none) uses its positions instead: 1 for the first, 0 for the last.
+    Stable: ties keep the retriever's order. Pure, shared with rerank.evaluate."""
+    if not 0.0 <= retrieval_weight <= 1.0:
+        raise ValueError(f"retrieval_weight={retrieval_weight!r} must lie in [0, 1] (0: cross-encoder order, 1: retriever order)")
+    n = len(logits)
+    if n == 0:
+        return [], []
+    if retrieval_weight == 0.0:
+        combined = [float(x) for x in logits]  # the cross-encoder alone: order by the raw logit
+    else:
+        first = [float(s) for s in retrieval_scores] if all(s is not None for s in retrieval_scores) else [float(n - i) for i in range(n)]
+        combined = [(1.0 - retrieval_weight) * c + retrieval_weight * r for c, r in zip(_minmax([float(x) for x in logits]), _minmax(first))]
+    order = sorted(range(n), key=lambda i: -combined[i])
+    return order, combined
 
 
 class CrossEncoderReranker(BaseNodePostprocessor):
@@ -58,6 +91,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     top_n: int = Field(default=5, gt=0, description="Nodes kept after reranking.")
     batch_size: int = Field(default=32, gt=0, description="(question, passage) pairs scored per forward pass.")
     max_length: int = Field(default=256, gt=0, description="Maximum tokens of a (question, passage) pair; longer pairs are truncated.")
+    retrieval_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="Weight of the retriever's (min-max normalized) score in the order; 0: the cross-encoder alone (see the module doc).")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     backend: Literal["torch", "onnx", "onnx-int8"] = Field(default="torch", description="torch or onnx: sentence-transformers' backends (onnx needs optimum + onnxruntime); onnx-int8: pipeline.int8.Int8CrossEncoder, quantized int8 weights on the CPU (device is ignored).")
     int8_cache_dir: Optional[str] = Field(default=None, description="With backend=onnx-int8: where the export goes when the model folder is read-only ({run_dir}/int8-cache from from_config).")
@@ -84,6 +118,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
             "top_n": config.rerank.top_n,
             "batch_size": config.rerank.batch_size,
             "max_length": config.rerank.max_length,
+            "retrieval_weight": config.rerank.retrieval_weight,
             "device": "cpu" if config.generator.device == "cpu" else "auto",
             "backend": config.rerank.backend,
             "int8_cache_dir": f"{config.run_dir}/int8-cache",
@@ -166,10 +201,9 @@ class CrossEncoderReranker(BaseNodePostprocessor):
             return []
         passages = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         logits = self.score_pairs(question, passages)
-        # stable sort: equal logits keep the retriever's order
-        order = sorted(range(len(nodes)), key=lambda i: -float(logits[i]))[: self.top_n]
+        order, combined = interpolated_order(logits, [n.score for n in nodes], self.retrieval_weight)
         out: list[NodeWithScore] = []
-        for new_rank, i in enumerate(order, start=1):
+        for new_rank, i in enumerate(order[: self.top_n], start=1):
             original = nodes[i]
             logit = float(logits[i])
             probability = sigmoid(logit)
@@ -181,6 +215,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
                     RERANK_SCORE: probability,
                     RERANK_LOGIT: logit,
                     RERANK_RANK: new_rank,
+                    RERANK_COMBINED: combined[i],
                 }
             )
             # a copy with fresh metadata and exclusion lists: the caller's node is untouched

@@ -80,16 +80,20 @@ class ScoreCache:
         self.scores: dict[tuple[str, str], float] = {}
 
     def order(self, question: str, hits: Sequence[Any]) -> list[str]:
-        """Node ids of `hits` by descending logit (stable: ties keep the retriever's order)."""
+        """Node ids of `hits` in the reranker's order: by logit, or interpolated with the hits'
+        scores when its `retrieval_weight` > 0 (stable: ties keep the retriever's order)."""
         from llama_index.core.schema import MetadataMode
+
+        from rerank.cross_encoder import interpolated_order
 
         missing = [h for h in hits if (question, h.node.node_id) not in self.scores]
         if missing:
             logits = self.reranker.score_pairs(question, [h.node.get_content(metadata_mode=MetadataMode.NONE) for h in missing])
             for hit, logit in zip(missing, logits):
                 self.scores[(question, hit.node.node_id)] = float(logit)
-        ids = [h.node.node_id for h in hits]
-        return sorted(ids, key=lambda i: -self.scores[(question, i)])
+        logits = [self.scores[(question, h.node.node_id)] for h in hits]
+        order, _ = interpolated_order(logits, [h.score for h in hits], self.reranker.retrieval_weight)
+        return [hits[i].node.node_id for i in order]
 
 
 def evaluate_variants(

@@ -158,8 +158,8 @@ def show_details(turn: dict[str, Any], feedback_file: str, profile: str) -> None
         return
     metadata = turn["metadata"]
     timings = metadata.get("timings", {})
-    cited = render.citations(turn["answer"])
-    st.caption(render.escape_markdown(render.join_nonempty([f"system {turn['system']}", f"cites {', '.join(f'[{n}]' for n in cited)}" if cited else "", render.timing_text(timings, turn.get("wall"))])))
+    cited = render.citation_caption(turn["answer"], [row["text"] for row in turn["sources"]])
+    st.caption(render.escape_markdown(render.join_nonempty([f"system {turn['system']}", cited, render.timing_text(timings, turn.get("wall"))])))
     if turn.get("not_found"):
         st.info("No passage of the knowledge base was good enough, so the system declined to answer from it.", icon=":material/search_off:")
 
@@ -346,7 +346,7 @@ def main() -> None:
     if not turns and not (question and question.strip()):
         with intro.container():
             st.markdown("#### Ask a technical question")
-            st.caption("Answers cite their sources as [n]; open **Sources** under an answer to see each passage, its retrieval and rerank scores, and the candidates before reranking.")
+            st.caption("Answers cite their sources as [n] (an answer without marks shows the passages it shares most words with, as \"supported by\"); open **Sources** under an answer to see each passage, its retrieval and rerank scores, and the candidates before reranking.")
     for turn in turns:
         with st.chat_message("user"):
             st.markdown(render.escape_markdown(turn["question"]))

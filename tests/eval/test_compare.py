@@ -349,12 +349,20 @@ def test_publish_copies_the_run_without_caches_and_regenerates_the_readme_table(
     readme = tmp_path / "README.md"
     readme.write_text("# project\n\n<!-- results:demo:start -->\nold table\n<!-- results:demo:end -->\n\nmore text\n")
     out = tmp_path / "results" / "demo"
+    # a retrieval run kept beside the comparison is documented in the same README, from its own JSON
+    from eval.retrieval import main as retrieval_main
+
+    retrieval_args = ["--data", compare_config.data.dir, "--split", "val", "--retrievers", "bm25", "--quiet", "--set", f"run_dir={tmp_path}", "--out", str(out / "retrieval-val.json")]
+    assert retrieval_main(retrieval_args) == 0
+    recorded = json.loads((out / "retrieval-val.json").read_text())["run"]
+    assert recorded["command"] == "python -m eval.retrieval " + " ".join(retrieval_args) and recorded["seconds"] > 0
     assert publish_main([str(tmp_path / "out"), "--out", str(out), "--readme", str(readme), "--command", "python -m eval.compare --limit 2"]) == 0
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["nn_answer.done.json", "nn_answer.jsonl", "vanilla.done.json", "vanilla.jsonl"]
     assert {"metrics.json", "report.md", "metrics.png", "latency.png", "README.md"} <= {p.name for p in out.iterdir()}
     assert not (out / "cache").exists()
     page = (out / "README.md").read_text()
     assert "python -m eval.compare --limit 2" in page and "git revision" in page and "| nn_answer | 2 |" in page
+    assert "## retrieval-val.json: `eval.retrieval`, open-book, val split" in page and recorded["command"] in page and "| bm25 | " in page
     text = readme.read_text()
     assert "old table" not in text and "| nn_answer |" in text and text.endswith("<!-- results:demo:end -->\n\nmore text\n")
     # --readme-only regenerates the table from the committed metrics.json alone

@@ -65,6 +65,35 @@ def test_cli_rejects_bad_arguments(demo_dir, capsys):
     assert all(flag in out for flag in ("--protocol", "--split", "--retrievers", "--format", "--tune", "--sim-threshold"))
 
 
+def test_full_stack_and_its_one_part_off_variants(demo_dir, tmp_path, tiny_cross_encoder_dir, capsys):
+    """`full` in eval.retrieval is the profile's own stack (hybrid + interpolated cross-encoder);
+    each variant switches one part off, and parts full does not use are reported as identical."""
+    from eval.retrieval import full_stack_variants
+    from pipeline.config import ConfigError
+
+    sets = [f"run_dir={tmp_path}", f"rerank.model={tiny_cross_encoder_dir}", "rerank.retrieval_weight=0.4", "rewrite.mode=none", "retrieve.mode=hybrid"]
+    config = load_config("tiny", sets)
+    names = ["full", "full-no-rewrite", "full-base-embedder", "full-dense", "full-no-rerank"]
+    assert full_stack_variants(config, names) == {"full": "hybrid+rerank", "full-no-rewrite": "hybrid+rerank", "full-base-embedder": "hybrid+rerank", "full-dense": "dense+rerank", "full-no-rerank": "hybrid"}
+    assert full_stack_variants(load_config("tiny", [*sets, "rerank.enabled=false"]), ["full"]) == {"full": "hybrid"}
+    with pytest.raises(ConfigError, match="rewrite.mode=hyde.*--set rewrite.mode=none"):
+        full_stack_variants(load_config("tiny", [*sets, "rewrite.mode=hyde"]), ["full"])
+
+    args = ["--data", str(demo_dir), "--split", "val", "--retrievers", "hybrid,full,full-dense,full-no-rerank,full-base-embedder", "--quiet", "--format", "json"]
+    assert main([*args, *(x for item in sets for x in ("--set", item))]) == 0
+    result = json.loads(capsys.readouterr().out)
+    retrievers = result["retrievers"]
+    # without its reranker full is exactly the hybrid; the base-embedder variant is full itself
+    assert retrievers["full-no-rerank"] == retrievers["hybrid"] and retrievers["full-base-embedder"] == retrievers["full"]
+    assert result["full_stack"]["full-base-embedder"] == {"runs": "hybrid+rerank", "same_as_full": True}
+    assert result["full_stack"]["full-dense"]["same_as_full"] is False
+    tests = result["paired_vs_full"]
+    assert set(tests) == {"full-dense", "full-no-rerank", "full-base-embedder"} and tests["full-base-embedder"]["diff"] == 0.0
+    assert tests["full-no-rerank"]["diff"] == pytest.approx(retrievers["full"]["mrr@10"] - retrievers["hybrid"]["mrr@10"])
+    assert result["settings"]["full"]["rerank.retrieval_weight"] == 0.4
+    assert "full - full-no-rerank, MRR@10" in to_markdown(result)
+
+
 def test_closed_book_scores_the_top1_answer(demo_dir, tmp_path, hash_embedding_cls):
     config = load_config("tiny", [f"run_dir={tmp_path}"])
     result = evaluate_closed_book(config, demo_dir, "val", ["dense", "bm25"], embed_model=hash_embedding_cls(), show_progress=False, log=lambda *_: None)

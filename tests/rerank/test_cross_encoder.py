@@ -181,3 +181,48 @@ def test_scores_are_cached_per_question_and_passage(tiny_cross_encoder_dir):
     assert calls == [2, 1, 1]  # duplicates and known pairs are not scored again
     assert first[0] == first[2] and again[0] == first[1]
     assert other.shape == (1,)
+
+
+# logits of _FakeModel below, min-max [0.5, 1, 0.5, 1, 0.75, 0.25, 0]; retrieval scores min-max = themselves
+INTERPOLATION_LOGITS = [1.0, 3.0, 1.0, 3.0, 2.0, 0.0, -1.0]
+INTERPOLATION_SCORES = (1.0, 0.5, 0.45, 0.4, 0.3, 0.2, 0.0)
+
+
+@pytest.mark.parametrize(
+    "weight, expected",
+    [
+        (0.0, ["n1", "n3", "n4", "n0", "n2"]),  # the cross-encoder alone
+        # 0.7 * logit + 0.3 * retrieval: n0 0.65 overtakes n4 0.615 (its retriever score is the best)
+        (0.3, ["n1", "n3", "n0", "n4", "n2"]),
+        (1.0, ["n0", "n1", "n2", "n3", "n4"]),  # the retriever's order
+    ],
+)
+def test_retrieval_weight_interpolates_the_two_stages(weight, expected):
+    reranker = CrossEncoderReranker.from_model(_FakeModel(INTERPOLATION_LOGITS), top_n=5, retrieval_weight=weight)
+    out = reranker.postprocess_nodes(make_nodes(INTERPOLATION_SCORES), query_str=QUESTION)
+    assert [n.node.node_id for n in out] == expected
+    by_id = {n.node.node_id: n for n in out}
+    # the agent's grade stays the cross-encoder's own probability, whatever orders the list
+    assert by_id["n1"].score == pytest.approx(1 / (1 + math.exp(-3.0)))
+    if weight == 0.3:
+        assert by_id["n0"].node.metadata["rerank_combined"] == pytest.approx(0.65)
+        assert by_id["n4"].node.metadata["rerank_combined"] == pytest.approx(0.615)
+
+
+def test_interpolation_without_retrieval_scores_uses_positions():
+    from rerank.cross_encoder import interpolated_order
+
+    # equal logits: the order is the positions', first to last
+    order, combined = interpolated_order([2.0, 2.0, 2.0], [None, 0.3, 0.1], 0.5)
+    assert order == [0, 1, 2] and combined == pytest.approx([1.0, 0.75, 0.5])
+    with pytest.raises(ValueError, match=r"retrieval_weight=1.5 must lie in \[0, 1\]"):
+        interpolated_order([1.0], [1.0], 1.5)
+
+
+def test_from_config_reads_the_retrieval_weight(tiny_cross_encoder_dir):
+    from pipeline.config import ConfigError, load_config
+
+    config = load_config("tiny", [f"rerank.model={tiny_cross_encoder_dir}", "rerank.retrieval_weight=0.3"])
+    assert CrossEncoderReranker.from_config(config).retrieval_weight == 0.3
+    with pytest.raises(ConfigError, match="retrieval_weight"):
+        load_config("tiny", ["rerank.retrieval_weight=2"])

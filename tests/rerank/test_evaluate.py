@@ -63,3 +63,21 @@ def test_rerank_variant_reorders_the_retrievers_candidates_by_logit(corpus, tiny
     # scores are cached per (question, passage): the bm25 variant only scored passages hybrid had not returned
     hybrid_pairs = sum(variant_calls[: len(questions)])
     assert hybrid_pairs == 12 * len(questions) and sum(variant_calls) < hybrid_pairs + 12 * len(questions)
+
+
+def test_rerank_variant_follows_the_retrieval_weight(corpus, tiny_cross_encoder_dir, tmp_path):
+    """With rerank.retrieval_weight=1 a +rerank variant is exactly its retriever's order; the
+    evaluation and the postprocessor share one interpolation."""
+    from pipeline.retrieve import build_retriever
+    from rerank.cross_encoder import CrossEncoderReranker
+
+    nodes, questions, kb = corpus
+    keep = load_config("tiny", [f"run_dir={tmp_path}", f"rerank.model={tiny_cross_encoder_dir}", "rerank.candidates=12", "rerank.retrieval_weight=1.0"])
+    ranked = evaluate_variants(keep, nodes, questions, ["hybrid+rerank"], kb=kb, depth=5, show_progress=False)
+    half = load_config("tiny", [f"run_dir={tmp_path}", f"rerank.model={tiny_cross_encoder_dir}", "rerank.candidates=12", "rerank.retrieval_weight=0.5", "rerank.top_n=12"])
+    mixed = evaluate_variants(half, nodes, questions, ["hybrid+rerank"], kb=kb, depth=5, show_progress=False)
+    postprocessor = CrossEncoderReranker.from_config(half)
+    for i, question in enumerate(questions):
+        hits = build_retriever(keep, "hybrid", 12, kb=kb).retrieve(question)
+        assert ranked["hybrid+rerank"][i] == [h.node.node_id for h in hits]
+        assert mixed["hybrid+rerank"][i] == [n.node.node_id for n in postprocessor.postprocess_nodes(hits, query_str=question)]

@@ -289,3 +289,21 @@ def test_streamlit_config_serves_loopback_with_xsrf_protection(repo_root):
     assert settings["server"]["enableXsrfProtection"] is True and settings["server"]["enableCORS"] is True
     assert settings["browser"]["gatherUsageStats"] is False
     assert settings["client"]["showErrorDetails"] in ("type", "none")  # no tracebacks in the page
+
+
+def test_an_answer_without_marks_points_at_the_passages_it_rests_on():
+    passages = [
+        "A B-tree keeps keys sorted in wide nodes, so lookups touch few disk pages.",
+        "A process has its own address space; threads of one process share memory and are cheaper to switch.",
+        "TCP retransmits lost segments after a timeout.",
+    ]
+    answer = "Threads share the memory of their process, while each process has its own address space."
+    assert render.supporting_sources(answer, passages) == [2]
+    assert render.citation_caption(answer, passages) == "supported by [2] (word overlap; the answer has no [n] marks)"
+    # the answer's own marks win, and nothing is attributed to an unrelated or empty answer
+    assert render.citation_caption("Threads share memory [2][3].", passages) == "cites [2], [3]"
+    assert render.supporting_sources("Quantum chromodynamics describes gluons.", passages) == []
+    assert render.citation_caption("", passages) == "" and render.supporting_sources(answer, []) == []
+    # best first, at most two
+    both = "A process has its own address space and a B-tree keeps keys sorted in nodes."
+    assert render.supporting_sources(both, passages, min_overlap=0.2) == [1, 2]  # 5 of its 9 content words, then 4

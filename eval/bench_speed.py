@@ -1,0 +1,659 @@
+"""Speed of ragft's parts beside their baselines, and what int8 costs in quality, in one run.
+
+    python -m eval.bench speed --quick                      # small samples: under 5 minutes on 2 cores
+    python -m eval.bench speed --quick --format json --out results/bench/speed-quick.json --readme results/bench/README.md
+    python -m eval.bench speed --from-json results/bench/speed-quick.json --readme results/bench/README.md  # render again
+    python -m eval.bench speed                              # larger samples + eval.compare's stages on the demo data
+
+Every figure below is measured in the same process, on the `--data` splits (default: the seed
+splits in ../shared) with the profile's settings (`--config`, default smollm2; `--set` works):
+
+- ingest: passages/s of the dense index's embedder with `index.backend=onnx-int8` (pipeline/int8.py)
+  and with torch fp32 (sentence-transformers, the `torch` backend), on the same "Question/Answer"
+  texts of the first `--passages` train pairs at `index.embed_batch_size`;
+- rerank: (question, passage) pairs/s of the cross-encoder with `rerank.backend=onnx-int8` and with
+  torch fp32, on the same pairs: full's retriever's (retrieve.mode) top-`rerank.candidates` for `--queries` val
+  questions, `rerank.batch_size` per pass. Both timings are best of `--rounds` interleaved rounds
+  (eval.bench_int8's timing), so a neighbour's load hits both alike;
+- retrieve + rerank: p50 latency of one val question through `pipeline.retrieve.build_retriever`
+  (retrieve.mode, over an in-memory KnowledgeBase of the train pairs embedded with the faster embedder)
+  plus `CrossEncoderReranker` on its top-`rerank.candidates` with the faster cross-encoder backend
+  (logit cache off, so every query is scored);
+- generate: tokens/s of `generator.model` through `LocalCausalLM.generate_batch` with the profile's
+  settings (smollm2: bf16, batch 16, greedy, repetition penalty, longest prompts first) and through
+  a plain `model.generate` in fp32 (prompts in the given order, same batch size, greedy, same
+  repetition penalty and max_new_tokens), on `--prompts` rag_vanilla-style prompts (a val question
+  with its dense top-`generator.context_top_k` passages); `generate_identical` is the share of
+  greedy answers that are identical in both, so the quality of the faster path is not assumed;
+- quality: open book (eval.retrieval's corpus: every answer of train + val + test; a val question's
+  gold is its own answer), MRR@10 of retrieve.mode + rerank with both encoders int8 minus both fp32, on
+  `--questions` val questions (a fixed sample, `eval.seed`), through rerank.evaluate and eval.metrics;
+- compare (not with --quick, nor with --no-compare): `python -m eval.compare` with the profile on
+  its bundled demo data in a fresh temporary run_dir: the seconds of each build step and each
+  system, read from the metrics.json and predictions/*.done.json it writes.
+
+The cross-encoder is `--reranker`, else the one eval.compare trained on `--data`
+({run_dir}/data/<folder>-<hash>/reranker), else `rerank.model`, else MiniLM with a random one-logit
+head (same architecture, so the same cost; the report says which). It is copied into a temporary
+folder first: its int8 export is written there, never into the model folder. The int8 export of
+the bundled MiniLM is cached in {run_dir}/int8-cache, as `index.backend=onnx-int8` does; exports
+and model loads happen before any clock starts. Progress goes to stderr, the result to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
+from eval.bench_int8 import SEED_SPLITS, cross_encoder_speed, embedder_speed
+from pipeline.config import MINILM, Config, ConfigError, add_config_arguments, config_from_args, config_from_dict
+from pipeline.data import SPLITS, DataError, load_split
+from pipeline.errors import UserFacingError, run_cli
+from pipeline.fileio import atomic_write_text, write_json
+
+FORMAT = "ragft-bench-speed/1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = {"torch": "torch", "int8": "onnx-int8"}  # short name -> index.backend / rerank.backend
+# Sample sizes: --quick finishes in under 5 minutes on 2 shared cores; the full run uses whole splits.
+SAMPLES: dict[str, dict[str, int]] = {
+    "quick": {"passages": 512, "queries": 20, "prompts": 16, "new_tokens": 48, "questions": 100, "rounds": 2},
+    "full": {"passages": 1264, "queries": 50, "prompts": 48, "new_tokens": 100, "questions": 270, "rounds": 3},
+}
+# The headline figures, flat at the top of the JSON (tests and the README read these).
+FIGURES = (
+    "ingest_per_s", "ingest_per_s_baseline", "ingest_speedup",
+    "rerank_pairs_per_s", "rerank_pairs_per_s_baseline", "rerank_speedup",
+    "retrieve_rerank_p50_ms", "retrieve_rerank_backend",
+    "generate_tok_s", "generate_tok_s_baseline", "generate_speedup", "generate_identical",
+    "first_token_p50_ms",
+    "mrr10_delta",
+)
+
+
+class BenchError(UserFacingError, RuntimeError):
+    """The benchmark cannot run as asked; the message names the flag or value and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# inputs: data, runtime, cross-encoder, the two backend configs
+# --------------------------------------------------------------------------------------------
+
+
+def check_data(data: Path) -> None:
+    missing = [f"{split}.jsonl" for split in SPLITS if not (data / f"{split}.jsonl").is_file()]
+    if missing:
+        raise DataError(
+            f"--data {data}: {', '.join(missing)} not found there. Fix: point --data at a folder of prepared splits "
+            f"(train/val/test.jsonl), e.g. --data {SEED_SPLITS}, or write one with python -m pipeline.prepare --input RAW --out DIR"
+        )
+
+
+def check_int8_runtime() -> None:
+    """The int8 figures need onnxruntime (runs and quantizes the graph) and onnx (the quantizer reads it)."""
+    missing = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BenchError(
+            f"the int8 figures (index.backend / rerank.backend = onnx-int8) need {' and '.join(missing)}, not installed here. "
+            "Fix: pip install 'onnxruntime>=1.17' 'onnx>=1.16' (both are in pyproject.toml's dependencies)"
+        )
+
+
+def _is_cross_encoder(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def reranker_sources(config: Config, data: Path, reranker: Optional[str]) -> list[tuple[Path, str]]:
+    """Where the cross-encoder may come from, in order (see the module doc); --reranker must exist."""
+    if reranker:
+        path = Path(reranker).expanduser()
+        if not _is_cross_encoder(path):
+            raise BenchError(f"--reranker {reranker}: no config.json and *.safetensors there. Fix: point --reranker at a cross-encoder folder (python -m finetune.reranker writes one), or leave it out")
+        return [(path, "--reranker")]
+    from eval.compare import data_run_dir
+
+    trained = Path(data_run_dir(config.run_dir, data)) / "reranker"
+    return [(p, how) for p, how in ((trained, "trained by eval.compare on --data"), (Path(config.rerank.model), "rerank.model")) if _is_cross_encoder(p)]
+
+
+def copy_reranker(config: Config, data: Path, reranker: Optional[str], work: Path, log: Callable[[str], None]) -> tuple[Path, str]:
+    """A private copy of the first usable cross-encoder (or MiniLM with a random head) and how it was chosen."""
+    from eval.bench_int8 import random_head_cross_encoder
+    from pipeline.models import resolve_model
+
+    target = work / "reranker"
+    for source, how in reranker_sources(config, data, reranker):
+        try:  # a folder being rewritten right now can vanish under the copy: try the next one
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
+        except OSError as exc:
+            log(f"reranker: cannot copy {source} ({exc}); trying the next one")
+            shutil.rmtree(target, ignore_errors=True)
+            continue
+        if _is_cross_encoder(target):
+            return target, f"{source} ({how})"
+        shutil.rmtree(target, ignore_errors=True)
+    random_head_cross_encoder(resolve_model(MINILM), target)
+    return target, f"{MINILM} with a random one-logit head (no trained cross-encoder found; same architecture, same cost)"
+
+
+def backend_configs(config: Config, reranker: Path, work: Path) -> dict[str, Config]:
+    """The profile with index.backend and rerank.backend set to each backend and rerank.model at
+    the private copy (its folder trusted: security.model_dirs)."""
+    out = {}
+    for name, backend in BACKENDS.items():
+        raw = config.to_dict()
+        raw["index"]["backend"] = raw["rerank"]["backend"] = backend
+        raw["rerank"]["model"] = str(reranker)
+        raw["security"]["model_dirs"] = [*raw["security"]["model_dirs"], str(work)]
+        out[name] = config_from_dict(raw)
+    return out
+
+
+@dataclass
+class Parts:
+    """What every section measures, loaded (and exported to int8) before any clock starts."""
+
+    configs: dict[str, Config]  # "torch" / "int8"
+    embedders: dict[str, Any]  # the dense index's embedder of each backend (pipeline.models.load_embedder)
+    cross_encoders: dict[str, Any]  # CrossEncoder / Int8CrossEncoder (pipeline.models.load_cross_encoder)
+    reranker: str  # where the cross-encoder came from
+
+
+def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, log: Callable[[str], None]) -> Parts:
+    from pipeline.models import load_cross_encoder, load_embedder
+
+    path, how = copy_reranker(config, data, reranker, work, log)
+    log(f"cross-encoder: {how}")
+    configs = backend_configs(config, path, work)
+    embedders = {name: load_embedder(cfg) for name, cfg in configs.items()}
+    embedders["int8"].load()  # export + quantize (seconds; cached in {run_dir}/int8-cache)
+    cross_encoders = {
+        name: load_cross_encoder(str(path), device="cpu", max_length=cfg.rerank.max_length, backend=cfg.rerank.backend, allow_pickle=cfg.security.allow_pickle_weights, int8_cache_dir=str(work / "int8-cache"))
+        for name, cfg in configs.items()
+    }
+    cross_encoders["int8"].load()
+    return Parts(configs=configs, embedders=embedders, cross_encoders=cross_encoders, reranker=how)
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+# --------------------------------------------------------------------------------------------
+
+
+def measure_ingest(parts: Parts, train: Sequence[dict[str, str]], *, passages: int, rounds: int) -> dict[str, Any]:
+    from pipeline.index import qa_text
+
+    texts = [qa_text(r["question"], r["answer"]) for r in train[:passages]]
+    return embedder_speed(parts.embedders["torch"], parts.embedders["int8"], texts, rounds)
+
+
+def faster(detail: Mapping[str, Any], unit: str) -> str:
+    """The backend with more `unit`/s in a section's detail ("int8" on a tie)."""
+    return "int8" if detail[f"int8_{unit}_per_s"] >= detail[f"torch_{unit}_per_s"] else "torch"
+
+
+def build_kb(parts: Parts, backend: str, train: Sequence[dict[str, str]]) -> Any:
+    """The in-memory knowledge base of the train pairs (nodes exactly as ingestion makes them)."""
+    from pipeline.index import KnowledgeBase, qa_nodes
+
+    return KnowledgeBase.from_nodes(parts.configs[backend], qa_nodes(train, split="train"), embed_model=parts.embedders[backend])
+
+
+def candidate_lists(config: Config, kb: Any, questions: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """Each question with full's retriever's (retrieve.mode) top-`rerank.candidates` hits."""
+    from pipeline.retrieve import build_retriever
+
+    retriever = build_retriever(config, config.retrieve.mode, config.rerank.candidates, kb=kb)
+    return [(q, retriever.retrieve(q)) for q in questions]
+
+
+def measure_rerank(parts: Parts, lists: Sequence[tuple[str, list[Any]]], *, rounds: int) -> dict[str, Any]:
+    from llama_index.core.schema import MetadataMode
+
+    pairs = [(q, hit.node.get_content(metadata_mode=MetadataMode.NONE)) for q, hits in lists for hit in hits]
+    config = parts.configs["torch"]
+    detail = cross_encoder_speed(parts.cross_encoders["torch"], parts.cross_encoders["int8"], pairs, batch_size=config.rerank.batch_size, rounds=rounds)
+    return {**detail, "queries": len(lists), "max_length": config.rerank.max_length}
+
+
+def measure_retrieve_rerank(parts: Parts, kb: Any, embed_backend: str, rerank_backend: str, questions: Sequence[str]) -> dict[str, Any]:
+    """Per-question latency of retrieval (retrieve.mode) + reranking (eval.metrics.latency_summary), one
+    warm-up query first."""
+    from eval.metrics import latency_summary
+    from pipeline.retrieve import build_retriever
+    from rerank.cross_encoder import CrossEncoderReranker
+
+    config = parts.configs[rerank_backend]
+    retriever = build_retriever(parts.configs[embed_backend], config.retrieve.mode, config.rerank.candidates, kb=kb)
+    reranker = CrossEncoderReranker.from_model(
+        parts.cross_encoders[rerank_backend], name=config.rerank.model, backend=config.rerank.backend,
+        top_n=config.rerank.top_n, batch_size=config.rerank.batch_size, max_length=config.rerank.max_length,
+        retrieval_weight=config.rerank.retrieval_weight, cache_size=0,  # no logit cache: every query is scored
+    )
+    timings = []
+    for i, question in enumerate([questions[0], *questions]):
+        started = time.perf_counter()
+        hits = retriever.retrieve(question)
+        retrieved = time.perf_counter()
+        reranker.postprocess_nodes(hits, query_str=question)
+        if i:  # the first is the warm-up
+            timings.append({"retrieve": retrieved - started, "rerank": time.perf_counter() - retrieved})
+    summary = latency_summary(timings)
+    return {
+        "queries": len(timings), "candidates": config.rerank.candidates, "retriever": config.retrieve.mode,
+        "embed_backend": BACKENDS[embed_backend], "rerank_backend": BACKENDS[rerank_backend],
+        "p50_ms": 1000 * summary["p50_s"], "p90_ms": 1000 * summary["p90_s"],
+        "retrieve_p50_ms": 1000 * summary["stages"]["retrieve"]["p50_s"], "rerank_p50_ms": 1000 * summary["stages"]["rerank"]["p50_s"],
+    }
+
+
+def plain_generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int, max_new_tokens: int, repetition_penalty: float) -> list[str]:
+    """transformers' `model.generate` as a script calls it: prompts in the given order, left-padded
+    batches, greedy; each answer ends at the first end-of-sequence or pad token."""
+    import torch
+
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        # add_special_tokens=False: the chat template already holds them (as LocalCausalLM encodes)
+        encoded = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=repetition_penalty, pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, encoded["input_ids"].shape[1] :].tolist():
+            end = next((i for i, token in enumerate(row) if token in stops), len(row))
+            answers.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+    return answers
+
+
+FIRST_TOKEN_PROMPTS = 5
+
+
+def first_token_latency(llm: Any, prompts: Sequence[str]) -> dict[str, Any]:
+    """How long the chat UI waits between the end of retrieval and the first streamed words: the
+    seconds from `stream_complete` (what a streaming query engine calls) to its first non-empty
+    delta, per prompt, at batch 1."""
+    import statistics
+
+    waits = []
+    for prompt in prompts:
+        started = time.perf_counter()
+        stream = llm.stream_complete(prompt, formatted=True, max_new_tokens=16)
+        for chunk in stream:
+            if chunk.delta:
+                waits.append(time.perf_counter() - started)
+                break
+        for _ in stream:  # let the generation thread finish before the next prompt is timed
+            pass
+    return {"prompts": len(waits), "p50_ms": 1000 * statistics.median(waits) if waits else float("nan"), "max_ms": 1000 * max(waits) if waits else float("nan")}
+
+
+def generation_rows(runs: Mapping[str, tuple[Sequence[str], float]], count_tokens: Callable[[Sequence[str]], int]) -> dict[str, Any]:
+    """Seconds, tokens and tokens/s of each run (`name -> (answers, seconds)`), and how many greedy
+    answers of the "project" run are identical to the "baseline" run's."""
+    rows = {}
+    for name, (texts, seconds) in runs.items():
+        tokens = count_tokens(texts)
+        rows[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+    same = sum(a == b for a, b in zip(runs["project"][0], runs["baseline"][0]))
+    return {**rows, "identical": same, "identical_share": same / len(runs["project"][0])}
+
+
+def measure_generate(parts: Parts, kb: Any, embed_backend: str, questions: Sequence[str], *, new_tokens: int, log: Callable[[str], None]) -> dict[str, Any]:
+    from eval.bench_generate import build_prompts
+    from pipeline.models import load_causal_lm, load_llm
+
+    config = parts.configs[embed_backend]
+    gen = config.generator
+    if gen.backend != "hf":
+        raise ConfigError(f"the generation figures time a local model; generator.backend={gen.backend!r}. Fix: --set generator.backend=hf")
+    llm = load_llm(config, adapter=None, verbose=False)
+    prompts = build_prompts(config, llm, questions, context=True, kb=kb)
+    model, tokenizer = load_causal_lm(gen.model, device=gen.device, torch_dtype="float32", trust_remote_code=gen.trust_remote_code, allow_pickle=config.security.allow_pickle_weights, convert_dir=gen.convert_dir)
+    # warm-up of both (first-call allocations); other settings than the timed runs: nothing memoized
+    llm.generate_batch(prompts[:2], max_new_tokens=2, batch_size=2, show_progress=False)
+    plain_generate(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=2, repetition_penalty=gen.repetition_penalty)
+    runs = {}
+    log(f"generate: {len(prompts)} prompts x {new_tokens} new tokens, LocalCausalLM {gen.torch_dtype}, batch {gen.batch_size}")
+    started = time.perf_counter()
+    runs["project"] = (llm.generate_batch(prompts, max_new_tokens=new_tokens, batch_size=gen.batch_size, show_progress=False), time.perf_counter() - started)
+    log("generate: the same prompts through plain model.generate in float32")
+    started = time.perf_counter()
+    runs["baseline"] = (plain_generate(model, tokenizer, prompts, batch_size=gen.batch_size, max_new_tokens=new_tokens, repetition_penalty=gen.repetition_penalty), time.perf_counter() - started)
+    rows = generation_rows(runs, lambda texts: sum(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]))
+    rows["project"]["dtype"], rows["baseline"]["dtype"] = gen.torch_dtype, "float32"
+    rows["first_token"] = first_token_latency(llm, prompts[:FIRST_TOKEN_PROMPTS])
+    prompt_tokens = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    return {
+        "model": gen.model, "prompts": len(prompts), "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens),
+        "context_top_k": gen.context_top_k, "batch_size": gen.batch_size, "max_new_tokens": new_tokens,
+        "repetition_penalty": gen.repetition_penalty, **rows,
+    }
+
+
+def measure_quality(parts: Parts, data: Path, picked: Sequence[int], *, log: Callable[[str], None]) -> dict[str, Any]:
+    """Open-book MRR@10 of full's first stage (retrieve.mode) alone and reranked, with each backend's embedder and cross-encoder
+    (rerank.evaluate.evaluate_variants, eval.metrics), and the paired bootstrap of int8 - fp32."""
+    import numpy as np
+
+    from eval.metrics import paired_bootstrap_test, retrieval_per_query
+    from eval.retrieval import DEPTH, open_book_corpus, run_retriever
+    from pipeline.index import KnowledgeBase
+    from pipeline.retrieve import build_retriever
+    from rerank.evaluate import evaluate_variants
+
+    mode = parts.configs["torch"].retrieve.mode  # full's first stage
+
+    nodes, questions, relevant = open_book_corpus(data)
+    asked, gold = [questions["val"][i] for i in picked], [relevant["val"][i] for i in picked]
+    mrr: dict[str, dict[str, list[float]]] = {}
+    for name, config in parts.configs.items():
+        log(f"quality: {BACKENDS[name]}: embedding {len(nodes)} passages, ranking {len(asked)} val questions")
+        kb = KnowledgeBase.from_nodes(config, nodes, embed_model=parts.embedders[name])
+        try:
+            ranked = evaluate_variants(config, nodes, asked, [f"{mode}+rerank"], kb=kb, depth=DEPTH, show_progress=False)
+            ranked[mode] = [[h.node.node_id for h in hits] for hits in run_retriever(build_retriever(config, mode, DEPTH, kb=kb), asked, show_progress=False)[0]]
+        finally:
+            kb.close()
+        mrr[name] = {variant: retrieval_per_query(lists, gold)["mrr@10"] for variant, lists in ranked.items()}
+    a, b = np.asarray(mrr["int8"][f"{mode}+rerank"]), np.asarray(mrr["torch"][f"{mode}+rerank"])
+    config = parts.configs["torch"]
+    test = paired_bootstrap_test(len(a), lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+    return {
+        "protocol": "open-book", "retriever": mode, "questions": len(asked), "corpus": len(nodes), "candidates": config.rerank.candidates,
+        "mrr@10": {BACKENDS[name]: {variant: float(np.mean(v)) for variant, v in rows.items()} for name, rows in mrr.items()},
+        "mrr10_delta": test["diff"], "delta_ci95": [test["ci95_low"], test["ci95_high"]], "delta_p_value": test["p_value"],
+    }
+
+
+def compare_timings(out: Path, wall_s: float) -> dict[str, Any]:
+    """Build steps' and systems' seconds from what eval.compare wrote to `out`."""
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    build = {step["artifact"]: {"action": step["action"], "seconds": step["seconds"]} for step in metrics.get("plan", [])}
+    systems = {}
+    for marker in sorted((out / "predictions").glob("*.done.json")):
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        latency = metrics.get("systems", {}).get(done["system"], {}).get("latency") or {}
+        systems[done["system"]] = {"seconds": done["seconds"], "questions": done["n"], "p50_s": latency.get("p50_s")}
+    return {
+        "wall_s": wall_s, "profile": metrics.get("profile"), "data": metrics.get("data", {}).get("dir"), "split": metrics.get("data", {}).get("split"),
+        "build": build, "build_s": sum(s["seconds"] or 0.0 for s in build.values()),
+        "systems": systems, "systems_s": sum(s["seconds"] for s in systems.values()),
+    }
+
+
+def measure_compare(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """`python -m eval.compare` with this command's --config/--set on the profile's own (demo)
+    data, in a fresh temporary run_dir (so everything is built), its log on stderr."""
+    with tempfile.TemporaryDirectory(prefix="ragft-bench-compare-") as run_dir:
+        out = Path(run_dir) / "compare"
+        command = [sys.executable, "-m", "eval.compare", "--no-progress", "--out", str(out), *(["--config", args.config] if args.config else [])]
+        for override in [*args.overrides, f"run_dir={run_dir}"]:
+            command += ["--set", override]
+        log(f"compare: {shlex.join(command)}")
+        started = time.perf_counter()
+        code = subprocess.run(command, cwd=REPO_ROOT, stdout=sys.__stderr__, stderr=sys.__stderr__).returncode
+        wall = time.perf_counter() - started
+        if code != 0:
+            raise BenchError(f"eval.compare exited with {code} after {wall:.0f} s (its log is above). Fix what it names, or leave it out with --no-compare. Command: {shlex.join(command)}")
+        return {**compare_timings(out, wall), "command": shlex.join(command)}
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+
+
+def ratio(a: float, b: float) -> Optional[float]:
+    return round(a / b, 3) if b else None
+
+
+def figures(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline figures (FIGURES) from the sections' details; each ratio from the two
+    figures it divides, as reported."""
+    ingest, rerank, latency, gen, quality = (detail[k] for k in ("ingest", "rerank", "retrieve_rerank", "generate", "quality"))
+    out = {
+        "ingest_per_s": round(ingest["int8_texts_per_s"], 2), "ingest_per_s_baseline": round(ingest["torch_texts_per_s"], 2),
+        "rerank_pairs_per_s": round(rerank["int8_pairs_per_s"], 2), "rerank_pairs_per_s_baseline": round(rerank["torch_pairs_per_s"], 2),
+        "retrieve_rerank_p50_ms": round(latency["p50_ms"], 2), "retrieve_rerank_backend": latency["rerank_backend"],
+        "generate_tok_s": round(gen["project"]["tokens_per_s"], 2), "generate_tok_s_baseline": round(gen["baseline"]["tokens_per_s"], 2),
+        "generate_identical": round(gen["identical_share"], 4),
+        "first_token_p50_ms": round(gen["first_token"]["p50_ms"], 1) if "first_token" in gen else None,
+        "mrr10_delta": round(quality["mrr10_delta"], 4),
+    }
+    out["ingest_speedup"] = ratio(out["ingest_per_s"], out["ingest_per_s_baseline"])
+    out["rerank_speedup"] = ratio(out["rerank_pairs_per_s"], out["rerank_pairs_per_s_baseline"])
+    out["generate_speedup"] = ratio(out["generate_tok_s"], out["generate_tok_s_baseline"])
+    return {key: out[key] for key in FIGURES}
+
+
+def git_revision() -> dict[str, Any]:
+    def git(*argv: str) -> Optional[str]:
+        try:
+            return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_revision": git("rev-parse", "--short", "HEAD"), "git_dirty": bool(status) if status is not None else None}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__, "load_avg_1m_start": round(os.getloadavg()[0], 2)}
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def resolve_samples(args: argparse.Namespace) -> dict[str, int]:
+    samples = dict(SAMPLES["quick" if args.quick else "full"])
+    for name in samples:
+        value = getattr(args, name)
+        if value is not None:
+            if value <= 0:
+                raise BenchError(f"--{name.replace('_', '-')} must be > 0; got {value}")
+            samples[name] = value
+    return samples
+
+
+@contextlib.contextmanager
+def _section(seconds: dict[str, float], name: str, log: Callable[[str], None]) -> Iterator[None]:
+    log(f"== {name}")
+    started = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - started, 1)
+    log(f"== {name}: {seconds[name]:.1f} s")
+
+
+def run(args: argparse.Namespace, config: Config, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.perf_counter()
+    data = Path(args.data).expanduser()
+    check_data(data)
+    check_int8_runtime()
+    samples = resolve_samples(args)
+    train, val = load_split(data, "train"), load_split(data, "val")
+    if not train or not val:
+        raise DataError(f"--data {data}: train ({len(train)} pairs) and val ({len(val)} questions) must both be non-empty")
+    # one fixed sample of val (eval.seed): the first N of it serve every section that asks questions
+    picked = random.Random(config.eval.seed).sample(range(len(val)), len(val))
+    questions = [val[i]["question"] for i in picked]
+    samples.update(passages=min(samples["passages"], len(train)), questions=min(samples["questions"], len(val)), queries=min(samples["queries"], len(val)), prompts=min(samples["prompts"], len(val)))
+    result: dict[str, Any] = {"format": FORMAT, "mode": "quick" if args.quick else "full", "command": args.command, **git_revision(), "machine": machine(), "data": str(data)}
+    seconds: dict[str, float] = {}
+    detail: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ragft-bench-speed-") as work:
+        with _section(seconds, "setup", log):
+            parts = load_parts(config, data, args.reranker, Path(work), log)
+        with _section(seconds, "ingest", log):
+            detail["ingest"] = measure_ingest(parts, train, passages=samples["passages"], rounds=samples["rounds"])
+        embed_backend = faster(detail["ingest"], "texts")
+        with _section(seconds, "index", log):
+            kb = build_kb(parts, embed_backend, train)
+        try:
+            with _section(seconds, "rerank", log):
+                lists = candidate_lists(parts.configs[embed_backend], kb, questions[: samples["queries"]])
+                detail["rerank"] = {**measure_rerank(parts, lists, rounds=samples["rounds"]), "model": parts.reranker}
+            with _section(seconds, "retrieve_rerank", log):
+                detail["retrieve_rerank"] = measure_retrieve_rerank(parts, kb, embed_backend, faster(detail["rerank"], "pairs"), questions[: samples["queries"]])
+            with _section(seconds, "generate", log):
+                detail["generate"] = measure_generate(parts, kb, embed_backend, questions[: samples["prompts"]], new_tokens=samples["new_tokens"], log=log)
+        finally:
+            kb.close()
+        with _section(seconds, "quality", log):
+            detail["quality"] = measure_quality(parts, data, picked[: samples["questions"]], log=log)
+    detail["compare"] = None
+    if not args.quick and not args.no_compare:
+        with _section(seconds, "compare", log):
+            detail["compare"] = measure_compare(args, log)
+    result["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    samples.update(candidates=config.rerank.candidates, kb_passages=len(train), corpus_passages=detail["quality"]["corpus"])
+    result.update(samples=samples, seconds=seconds, **figures(detail), detail=detail)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# reports
+# --------------------------------------------------------------------------------------------
+
+
+def to_markdown(result: Mapping[str, Any]) -> str:
+    m, s, d = result["machine"], result["samples"], result["detail"]
+    rev = f"{result['git_revision']}{' + uncommitted changes' if result.get('git_dirty') else ''}"
+    gen, lat, q = d["generate"], d["retrieve_rerank"], d["quality"]
+    first = q.get("retriever", "hybrid")  # full's first stage (results written before it was recorded: hybrid)
+    lines = [
+        f"{result['mode']} run, git {rev}: {m['cpus']} CPUs ({m['cpu']}), {m['torch_threads']} torch threads, "
+        f"load average {m['load_avg_1m_start']} at the start, {m.get('load_avg_1m_end', '?')} at the end; {result['wall_s']:.0f} s in all",
+        "",
+        "| part | ragft | baseline | speed-up | measured on |",
+        "|---|---:|---:|---:|---|",
+        f"| ingest: embedder passages/s | {result['ingest_per_s']:.1f} (int8 ONNX) | {result['ingest_per_s_baseline']:.1f} (torch fp32) | {result['ingest_speedup']:.2f}x | {s['passages']} train passages, batch {d['ingest']['batch']}, best of {s['rounds']} |",
+        f"| rerank: cross-encoder pairs/s | {result['rerank_pairs_per_s']:.1f} (int8 ONNX) | {result['rerank_pairs_per_s_baseline']:.1f} (torch fp32) | {result['rerank_speedup']:.2f}x | {d['rerank']['queries']} queries x {s['candidates']} {first} candidates, batch {d['rerank']['batch']}, best of {s['rounds']} |",
+        f"| generate: tokens/s | {result['generate_tok_s']:.1f} (LocalCausalLM {gen['project']['dtype']}) | {result['generate_tok_s_baseline']:.1f} (model.generate float32) | {result['generate_speedup']:.2f}x | {gen['prompts']} prompts (~{gen['prompt_tokens_mean']:.0f} tokens) x {gen['max_new_tokens']} new tokens, batch {gen['batch_size']}; identical answers {gen['identical']}/{gen['prompts']} |",
+        "",
+        f"- retrieve + rerank, one query ({lat['retriever']} top-{lat['candidates']}, {lat['embed_backend']} embedder, {lat['rerank_backend']} cross-encoder): "
+        f"p50 {result['retrieve_rerank_p50_ms']:.0f} ms (retrieve {lat['retrieve_p50_ms']:.0f} ms, rerank {lat['rerank_p50_ms']:.0f} ms), p90 {lat['p90_ms']:.0f} ms over {lat['queries']} val questions",
+        f"- quality, open book, {q['questions']} val questions, corpus of {q['corpus']} answers: MRR@10 of {first} + rerank "
+        f"{q['mrr@10']['torch'][first + '+rerank']:.4f} fp32, {q['mrr@10']['onnx-int8'][first + '+rerank']:.4f} int8: "
+        f"delta {result['mrr10_delta']:+.4f} (95% CI [{q['delta_ci95'][0]:+.4f}, {q['delta_ci95'][1]:+.4f}]); {first} alone "
+        f"{q['mrr@10']['torch'][first]:.4f} / {q['mrr@10']['onnx-int8'][first]:.4f}",
+        *([f"- streaming (what the chat UI waits for after retrieval): first words p50 {gen['first_token']['p50_ms']:.0f} ms, max {gen['first_token']['max_ms']:.0f} ms over {gen['first_token']['prompts']} with-context prompts at batch 1"] if "first_token" in gen else []),
+        f"- cross-encoder: {d['rerank']['model']}",
+        "- seconds per section: " + ", ".join(f"{name} {sec:.0f}" for name, sec in result["seconds"].items()),
+    ]
+    c = d.get("compare")
+    if c:
+        lines += ["", f"eval.compare, profile {c['profile']}, {c['data']} ({c['split']}), fresh run_dir: {c['wall_s']:.0f} s in all", "", "| stage | action | seconds |", "|---|---|---:|"]
+        lines += [f"| build {name} | {row['action']} | {row['seconds'] if row['seconds'] is not None else '-'} |" for name, row in c["build"].items()]
+        lines += [f"| system {name} ({row['questions']} questions) | run | {row['seconds']:.1f} |" for name, row in c["systems"].items()]
+    return "\n".join(lines)
+
+
+def readme_text(result: Mapping[str, Any], json_path: Optional[str] = None) -> str:
+    """results/bench/README.md: the command, revision, wall time and figures, all from `result`."""
+    flat = {key: result[key] for key in FIGURES}
+    source = f" from `{json_path}`" if json_path else ""
+    return "\n".join([
+        "# Benchmark results",
+        "",
+        f"Written by eval/bench_speed.py (`--readme`){source}; do not edit by hand: regenerate it with "
+        f"`python -m eval.bench speed --from-json {json_path or 'RESULT.json'} --readme README.md`.",
+        "",
+        f"## Speed ({result['mode']})",
+        "",
+        f"- command: `{result['command']}`",
+        f"- git revision: `{result['git_revision']}`{' (with uncommitted changes)' if result.get('git_dirty') else ''}",
+        f"- finished {result['finished']}; wall time {result['wall_s']:.0f} s",
+        "",
+        to_markdown(result),
+        "",
+        "Figures (the flat keys of the JSON):",
+        "",
+        "```json",
+        json.dumps(flat, indent=2),
+        "```",
+        "",
+    ])
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.bench speed",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser)
+    q, f = SAMPLES["quick"], SAMPLES["full"]
+    parser.add_argument("--quick", action="store_true", help="Small samples, no eval.compare: under 5 minutes on 2 cores.")
+    parser.add_argument("--data", default=str(SEED_SPLITS), metavar="DIR", help="Prepared splits (train/val/test.jsonl) the figures are measured on. Default: the seed splits in ../shared.")
+    parser.add_argument("--reranker", metavar="DIR", help="Cross-encoder folder. Default: the one eval.compare trained on --data, else rerank.model, else MiniLM with a random one-logit head.")
+    for name, unit in (("passages", "Train passages embedded for the ingest figure"), ("queries", "Val questions of the rerank and retrieve+rerank figures"), ("prompts", "Prompts of the generate figure"), ("new_tokens", "max_new_tokens of the generate figure"), ("questions", "Val questions of the MRR@10 delta"), ("rounds", "Interleaved timing rounds of ingest and rerank (the best is kept)")):
+        capped = " (at most the split's size)" if name in ("passages", "queries", "prompts", "questions") else ""
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, metavar="N", help=f"{unit}. Default: {q[name]} with --quick, else {f[name]}{capped}.")
+    parser.add_argument("--no-compare", action="store_true", help="Without --quick: skip timing eval.compare on the demo data.")
+    parser.add_argument("--format", choices=("md", "json"), default="md", help="Print a Markdown table (md) or the JSON object (json) on stdout.")
+    parser.add_argument("--out", metavar="FILE", help="Also write the JSON result to FILE (atomically).")
+    parser.add_argument("--readme", metavar="FILE", help="Also write a README (command, git revision, wall time, figures) made from the result to FILE.")
+    parser.add_argument("--from-json", metavar="FILE", help="Measure nothing: render a result written earlier with --out (with --format, --readme).")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command = shlex.join(["python", "-m", "eval.bench", "speed", *argv])
+
+    def body() -> None:
+        if args.from_json:
+            path = Path(args.from_json)
+            try:
+                result = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise BenchError(f"--from-json {path}: cannot read it ({exc}). Fix: pass a file written by --out") from None
+            missing = [key for key in FIGURES if key not in result]
+            if result.get("format") != FORMAT or missing:
+                raise BenchError(f"--from-json {path}: not a {FORMAT} result (missing {', '.join(missing) or 'format'}). Fix: pass a file written by python -m eval.bench speed --out")
+        else:
+            config = config_from_args(args)
+            with contextlib.redirect_stdout(sys.stderr):  # libraries' prints must not mix with the result
+                result = run(args, config, log=lambda m: print(m, file=sys.stderr))
+            if args.out:
+                write_json(args.out, result)
+        if args.readme:
+            atomic_write_text(args.readme, readme_text(result, args.out or args.from_json))
+        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,313 @@
+"""eval.bench_speed: the JSON's keys and ratios, the flags, clear errors, and each measuring section
+on tiny models (a hashed embedder, the random-weight cross-encoder: the numbers are not the point
+here, the measurement path is). SmolLM2 and the full run are not exercised."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from eval import bench, bench_speed
+from eval.bench_speed import (
+    FIGURES,
+    SAMPLES,
+    BenchError,
+    Parts,
+    backend_configs,
+    build_kb,
+    candidate_lists,
+    compare_timings,
+    copy_reranker,
+    figures,
+    generation_rows,
+    main,
+    measure_ingest,
+    measure_quality,
+    measure_rerank,
+    measure_retrieve_rerank,
+    plain_generate,
+    readme_text,
+    reranker_sources,
+)
+from pipeline.config import load_config
+from pipeline.data import load_split
+
+
+def _detail(int8_texts=300.0, torch_texts=100.0, int8_pairs=50.0, torch_pairs=200.0):
+    """Canned section details with every key the reports read."""
+    return {
+        "ingest": {"texts": 4, "batch": 64, "int8_texts_per_s": int8_texts, "torch_texts_per_s": torch_texts, "speedup": int8_texts / torch_texts, "cos_mean": 0.99, "cos_min": 0.98},
+        "rerank": {"pairs": 8, "batch": 32, "queries": 2, "max_length": 256, "int8_pairs_per_s": int8_pairs, "torch_pairs_per_s": torch_pairs, "speedup": int8_pairs / torch_pairs, "model": "fake"},
+        "retrieve_rerank": {"queries": 2, "candidates": 20, "retriever": "hybrid", "embed_backend": "onnx-int8", "rerank_backend": "torch", "p50_ms": 41.234, "p90_ms": 50.0, "retrieve_p50_ms": 11.0, "rerank_p50_ms": 30.0},
+        "generate": {
+            "model": "m", "prompts": 4, "prompt_tokens_mean": 300.0, "context_top_k": 5, "batch_size": 16, "max_new_tokens": 8, "repetition_penalty": 1.1,
+            "project": {"seconds": 2.0, "tokens": 210, "tokens_per_s": 105.0, "dtype": "bfloat16"},
+            "baseline": {"seconds": 7.0, "tokens": 210, "tokens_per_s": 30.0, "dtype": "float32"},
+            "identical": 3, "identical_share": 0.75,
+            "first_token": {"prompts": 2, "p50_ms": 412.34, "max_ms": 500.0},
+        },
+        "quality": {"protocol": "open-book", "questions": 3, "corpus": 9, "candidates": 20, "mrr@10": {"torch": {"hybrid": 0.7, "hybrid+rerank": 0.8}, "onnx-int8": {"hybrid": 0.69, "hybrid+rerank": 0.77}}, "mrr10_delta": -0.03, "delta_ci95": [-0.06, 0.0], "delta_p_value": 0.1},
+    }
+
+
+def test_figures_are_the_measured_values_and_their_ratios():
+    out = figures(_detail())
+    assert list(out) == list(FIGURES)
+    assert (out["ingest_per_s"], out["ingest_per_s_baseline"], out["ingest_speedup"]) == (300.0, 100.0, 3.0)
+    assert (out["rerank_pairs_per_s"], out["rerank_pairs_per_s_baseline"], out["rerank_speedup"]) == (50.0, 200.0, 0.25)
+    assert (out["generate_tok_s"], out["generate_tok_s_baseline"], out["generate_speedup"]) == (105.0, 30.0, 3.5)
+    assert out["generate_identical"] == 0.75 and out["mrr10_delta"] == -0.03
+    assert out["retrieve_rerank_p50_ms"] == 41.23 and out["retrieve_rerank_backend"] == "torch"
+    assert out["first_token_p50_ms"] == 412.3
+
+
+def test_first_token_latency_waits_for_the_first_words_and_drains_each_stream():
+    import time
+    from types import SimpleNamespace
+
+    from eval.bench_speed import first_token_latency
+
+    drained = []
+
+    class _StreamingLLM:
+        def stream_complete(self, prompt, formatted=False, max_new_tokens=None):
+            assert formatted and max_new_tokens == 16
+
+            def gen():
+                yield SimpleNamespace(delta="")  # a first empty chunk is not the first word
+                time.sleep(0.05)
+                yield SimpleNamespace(delta="Threads")
+                yield SimpleNamespace(delta=" share")
+                drained.append(prompt)
+
+            return gen()
+
+    result = first_token_latency(_StreamingLLM(), ["p1", "p2", "p3"])
+    assert result["prompts"] == 3 and 50 <= result["p50_ms"] < 1000 and result["max_ms"] >= result["p50_ms"]
+    assert drained == ["p1", "p2", "p3"]
+
+
+def _write_splits(folder: Path, demo_dir: Path, n: dict[str, int]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in n.items():
+        rows = load_split(demo_dir, split)[:count]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return folder
+
+
+class _FakeKB:
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_dir, capsys):
+    data = _write_splits(tmp_path / "data", demo_dir, {"train": 30, "val": 12, "test": 5})
+    detail, calls, kb = _detail(), {}, _FakeKB()
+
+    def fake_generate(parts, kb, embed_backend, questions, *, new_tokens, log):
+        print("a library printing to stdout")  # must not reach the JSON on stdout
+        calls["generate"] = (len(questions), new_tokens)
+        return detail["generate"]
+
+    def fake_latency(parts, kb, embed_backend, rerank_backend, questions):
+        calls["latency"] = (embed_backend, rerank_backend, len(questions))
+        return detail["retrieve_rerank"]
+
+    monkeypatch.setattr(bench_speed, "load_parts", lambda *a, **k: Parts(configs={"torch": None, "int8": None}, embedders={}, cross_encoders={}, reranker="fake"))
+    monkeypatch.setattr(bench_speed, "measure_ingest", lambda parts, train, *, passages, rounds: calls.setdefault("ingest", (len(train[:passages]), rounds)) and detail["ingest"])
+    monkeypatch.setattr(bench_speed, "build_kb", lambda parts, backend, train: calls.setdefault("kb", backend) and kb)
+    monkeypatch.setattr(bench_speed, "candidate_lists", lambda config, kb, questions: [(q, []) for q in questions])
+    monkeypatch.setattr(bench_speed, "measure_rerank", lambda parts, lists, *, rounds: detail["rerank"])
+    monkeypatch.setattr(bench_speed, "measure_retrieve_rerank", fake_latency)
+    monkeypatch.setattr(bench_speed, "measure_generate", fake_generate)
+    monkeypatch.setattr(bench_speed, "measure_quality", lambda parts, data, picked, *, log: calls.setdefault("quality", list(picked)) and detail["quality"])
+    out, readme = tmp_path / "res" / "speed.json", tmp_path / "res" / "README.md"
+    argv = ["--quick", "--data", str(data), "--format", "json", "--out", str(out), "--readme", str(readme), "--set", "run_dir=" + str(tmp_path / "run")]
+
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # the whole of stdout is one JSON object
+    assert "a library printing to stdout" in captured.err
+    assert all(key in result for key in FIGURES)
+    assert result["ingest_speedup"] == round(result["ingest_per_s"] / result["ingest_per_s_baseline"], 3) == 3.0
+    assert result["rerank_speedup"] == 0.25 and result["generate_speedup"] == 3.5
+    # the faster backend of each measured section is the one used next: int8 embedder, torch cross-encoder
+    assert calls["kb"] == "int8" and calls["latency"] == ("int8", "torch", 12)
+    assert calls["ingest"] == (30, SAMPLES["quick"]["rounds"]) and calls["generate"] == (12, 48)
+    assert sorted(calls["quality"]) == list(range(12))  # every val question: 100 asked, 12 there
+    assert result["samples"]["passages"] == 30 and result["samples"]["questions"] == 12 and result["samples"]["new_tokens"] == 48
+    assert set(result["seconds"]) == {"setup", "ingest", "index", "rerank", "retrieve_rerank", "generate", "quality"}
+    assert result["detail"]["compare"] is None and result["mode"] == "quick" and kb.closed
+    assert result["machine"]["cpus"] == os.cpu_count() and result["machine"]["torch_threads"] >= 1
+    assert isinstance(result["git_revision"], str) and len(result["git_revision"]) >= 7
+    assert result["command"].startswith("python -m eval.bench speed --quick --data ")
+    assert json.loads(out.read_text()) == result
+
+    text = readme.read_text()
+    assert result["command"] in text and result["git_revision"] in text and f"wall time {result['wall_s']:.0f} s" in text
+    assert "| ingest: embedder passages/s | 300.0 (int8 ONNX) | 100.0 (torch fp32) | 3.00x |" in text
+    assert '"mrr10_delta": -0.03' in text
+
+    # --from-json renders the same README again without measuring anything
+    monkeypatch.setattr(bench_speed, "load_parts", lambda *a, **k: pytest.fail("--from-json must not measure"))
+    again = tmp_path / "again.md"
+    assert main(["--from-json", str(out), "--readme", str(again), "--format", "md"]) == 0
+    assert again.read_text() == text and "| rerank: cross-encoder pairs/s | 50.0 (int8 ONNX) | 200.0 (torch fp32) | 0.25x |" in capsys.readouterr().out
+    assert main(["--from-json", str(data / "train.jsonl")]) == 2
+    assert "--from-json" in capsys.readouterr().err
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(["speed", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    flags = ("--config", "--set", "--help-config", "--quick", "--data", "--reranker", "--passages", "--queries", "--prompts", "--new-tokens", "--questions", "--rounds", "--no-compare", "--format", "--out", "--readme", "--from-json")
+    assert [flag for flag in flags if flag not in out] == []
+    assert "python -m eval.bench speed --quick" in out  # the docstring's commands are the epilog
+
+
+def test_bad_inputs_name_the_flag_and_the_fix(tmp_path, demo_dir, monkeypatch, capsys):
+    assert main(["--quick", "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "nowhere" in err and "train.jsonl" in err and "Fix:" in err
+
+    data = _write_splits(tmp_path / "data", demo_dir, {"train": 3, "val": 3, "test": 3})
+    assert main(["--quick", "--data", str(data), "--rounds", "0"]) == 2
+    assert "--rounds must be > 0; got 0" in capsys.readouterr().err
+
+    real = bench_speed.importlib.util.find_spec
+    monkeypatch.setattr(bench_speed.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert main(["--quick", "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime" in err and "pip install" in err
+
+
+def test_reranker_sources_in_order(tmp_path, demo_dir):
+    from eval.compare import data_run_dir
+
+    config = load_config("tiny", [f"run_dir={tmp_path / 'run'}"])
+    trained = Path(data_run_dir(config.run_dir, demo_dir)) / "reranker"
+    for folder in (trained, Path(config.rerank.model)):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"")
+    assert reranker_sources(config, demo_dir, None) == [(trained, "trained by eval.compare on --data"), (Path(config.rerank.model), "rerank.model")]
+    shutil.rmtree(trained)
+    assert [how for _, how in reranker_sources(config, demo_dir, None)] == ["rerank.model"]
+    with pytest.raises(BenchError, match="--reranker .*nope.*Fix"):
+        reranker_sources(config, demo_dir, str(tmp_path / "nope"))
+
+
+def test_generation_rows_count_tokens_and_identical_answers():
+    rows = generation_rows({"project": (["a b c", "d e", "f"], 2.0), "baseline": (["a b c", "d x", "f"], 4.0)}, lambda texts: sum(len(t.split()) for t in texts))
+    assert rows["project"] == {"seconds": 2.0, "tokens": 6, "tokens_per_s": 3.0}
+    assert rows["baseline"]["tokens_per_s"] == 1.5 and rows["identical"] == 2 and rows["identical_share"] == pytest.approx(2 / 3)
+
+
+def test_plain_generate_cuts_each_answer_at_the_first_stop_token():
+    import torch
+
+    class Encoded(dict):
+        def to(self, device):
+            return self
+
+    class Tokenizer:
+        eos_token_id, pad_token_id = 0, 9
+
+        def __call__(self, prompts, **kwargs):
+            assert kwargs["add_special_tokens"] is False and kwargs["padding"] is True
+            return Encoded(input_ids=torch.ones((len(prompts), 2), dtype=torch.long))
+
+        def decode(self, ids, skip_special_tokens):
+            return " ".join(map(str, ids))
+
+    class Model:
+        device = "cpu"
+        calls = []
+
+        def generate(self, input_ids, max_new_tokens, do_sample, repetition_penalty, pad_token_id):
+            self.calls.append((len(input_ids), max_new_tokens, do_sample, repetition_penalty))
+            new = torch.tensor([[5, 6, 0, 7], [8, 9, 9, 9], [4, 4, 4, 4]][: len(input_ids)])
+            return torch.cat([input_ids, new], dim=1)
+
+    model = Model()
+    answers = plain_generate(model, Tokenizer(), ["p1", "p2", "p3"], batch_size=2, max_new_tokens=4, repetition_penalty=1.1)
+    assert answers == ["5 6", "8", "5 6"]  # batches [p1, p2], [p3]: in the given order, 2 per batch
+    assert model.calls == [(2, 4, False, 1.1), (1, 4, False, 1.1)]
+
+
+def test_compare_timings_reads_what_eval_compare_writes(tmp_path):
+    from pipeline.fileio import write_json
+
+    write_json(tmp_path / "metrics.json", {
+        "profile": "smollm2", "data": {"dir": "data/demo", "split": "test"},
+        "plan": [{"artifact": "index", "action": "build", "seconds": 12.5}, {"artifact": "base_lm", "action": "reuse", "seconds": None}],
+        "systems": {"vanilla": {"latency": {"p50_s": 0.8}}},
+    })
+    write_json(tmp_path / "predictions" / "vanilla.done.json", {"system": "vanilla", "n": 49, "seconds": 25.3})
+    out = compare_timings(tmp_path, 99.0)
+    assert out["build"] == {"index": {"action": "build", "seconds": 12.5}, "base_lm": {"action": "reuse", "seconds": None}}
+    assert out["build_s"] == 12.5 and out["systems"] == {"vanilla": {"seconds": 25.3, "questions": 49, "p50_s": 0.8}}
+    assert out["systems_s"] == 25.3 and out["wall_s"] == 99.0 and out["profile"] == "smollm2"
+
+
+def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, hash_embedding_cls):
+    from pipeline.models import load_cross_encoder
+
+    data = _write_splits(tmp_path / "data", demo_dir, {"train": 40, "val": 6, "test": 4})
+    train = load_split(data, "train")
+    questions = [r["question"] for r in load_split(data, "val")]
+    config = load_config("tiny", [f"run_dir={tmp_path / 'run'}", "rerank.candidates=8"])
+    work = tmp_path / "work"
+    path, how = copy_reranker(config, data, str(tiny_cross_encoder_dir), work, log=lambda *_: None)
+    assert path == work / "reranker" and how.endswith("(--reranker)") and not (tiny_cross_encoder_dir / ".ragft-int8").exists()
+    configs = backend_configs(config, path, work)
+    assert {n: (c.index.backend, c.rerank.backend, c.rerank.model) for n, c in configs.items()} == {"torch": ("torch", "torch", str(path)), "int8": ("onnx-int8", "onnx-int8", str(path))}
+    parts = Parts(
+        configs=configs,
+        embedders={"torch": hash_embedding_cls(), "int8": hash_embedding_cls()},
+        cross_encoders={name: load_cross_encoder(str(path), device="cpu", backend=cfg.rerank.backend, max_length=64) for name, cfg in configs.items()},
+        reranker=how,
+    )
+
+    ingest = measure_ingest(parts, train, passages=25, rounds=2)
+    assert ingest["texts"] == 25 and ingest["torch_texts_per_s"] > 0 and ingest["int8_texts_per_s"] > 0
+    assert ingest["cos_mean"] == pytest.approx(1.0)  # the same embedder twice: the same vectors
+
+    kb = build_kb(parts, "int8", train)
+    try:
+        lists = candidate_lists(configs["int8"], kb, questions[:3])
+        assert [len(hits) for _, hits in lists] == [8, 8, 8]
+        rerank = measure_rerank(parts, lists, rounds=1)
+        assert rerank["pairs"] == 24 and rerank["queries"] == 3 and rerank["batch"] == config.rerank.batch_size and rerank["int8_pairs_per_s"] > 0
+        latency = measure_retrieve_rerank(parts, kb, "int8", "int8", questions[:3])
+        assert latency["queries"] == 3 and latency["rerank_backend"] == "onnx-int8" and latency["candidates"] == 8
+        assert latency["p50_ms"] > 0 and latency["retrieve_p50_ms"] > 0 and latency["rerank_p50_ms"] > 0
+    finally:
+        kb.close()
+
+    quality = measure_quality(parts, data, [0, 2, 4], log=lambda *_: None)
+    assert quality["questions"] == 3 and quality["corpus"] == 50
+    mrr = quality["mrr@10"]
+    assert all(0.0 <= v <= 1.0 for rows in mrr.values() for v in rows.values())
+    assert quality["mrr10_delta"] == pytest.approx(mrr["onnx-int8"]["hybrid+rerank"] - mrr["torch"]["hybrid+rerank"])
+    assert mrr["onnx-int8"]["hybrid"] == mrr["torch"]["hybrid"]  # same embedder: retrieval alone cannot differ
+    assert quality["delta_ci95"][0] <= quality["mrr10_delta"] <= quality["delta_ci95"][1]
+
+
+def test_readme_from_a_result():
+    result = {
+        "format": bench_speed.FORMAT, "mode": "quick", "command": "python -m eval.bench speed --quick", "git_revision": "abc1234", "git_dirty": True,
+        "finished": "2026-01-01T00:00:00+00:00", "wall_s": 201.4, "machine": {"cpus": 2, "cpu": "x", "torch_threads": 2, "load_avg_1m_start": 1.0, "load_avg_1m_end": 2.0},
+        "samples": {"passages": 4, "rounds": 2, "candidates": 20}, "seconds": {"ingest": 3.0}, "detail": {**_detail(), "compare": None}, **figures(_detail()),
+    }
+    text = readme_text(result, "results/bench/speed-quick.json")
+    assert "`python -m eval.bench speed --quick`" in text and "`abc1234` (with uncommitted changes)" in text and "wall time 201 s" in text
+    assert "from `results/bench/speed-quick.json`" in text and "delta -0.0300" in text and "identical answers 3/4" in text
