@@ -48,7 +48,7 @@ class SystemSpec:
 
 FULL = SystemSpec(
     name="full",
-    description="LoRA HyDE rewriter -> hybrid retrieval -> fine-tuned cross-encoder -> grade/retry -> RAFT generator",
+    description="query rewriter (rewrite.mode) -> retrieval (retrieve.mode) -> fine-tuned cross-encoder -> grade/retry -> RAFT generator",
     rewrite=True,
     retrieve="config",
     rerank=True,
@@ -67,7 +67,7 @@ BASELINES = [
 ABLATIONS = [
     dataclasses.replace(FULL, name="full-no-rewrite", description="full without query rewriting", rewrite=False),
     dataclasses.replace(FULL, name="full-base-rewriter", description="full with the base LM as rewriter (no LoRA)", rewriter_adapter=False),
-    dataclasses.replace(FULL, name="full-dense", description="full with dense instead of hybrid retrieval", retrieve="dense"),
+    dataclasses.replace(FULL, name="full-dense", description="full with dense retrieval only (no BM25; the same as full where retrieve.mode is dense)", retrieve="dense"),
     dataclasses.replace(FULL, name="full-no-rerank", description="full without the cross-encoder (the loop then has no score to grade and accepts round 1)", rerank=False),
     dataclasses.replace(FULL, name="full-plain-generator", description="full with the plain (question -> answer) LoRA generator", generator="plain"),
     dataclasses.replace(FULL, name="full-base-generator", description="full with the base LM as generator", generator="base"),
