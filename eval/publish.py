@@ -60,10 +60,14 @@ def build_times(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
         seconds = step.get("seconds")
         how = step["action"]
         if seconds is None:
-            report = Path(step["path"]) / "train_report.json"
-            if report.is_file():
-                seconds = json.loads(report.read_text(encoding="utf-8")).get("seconds")
-                how += " (built earlier; seconds from its train_report.json)"
+            # the generators write train_report.json, the reranker train_log.json
+            for name in ("train_report.json", "train_log.json"):
+                report = Path(step["path"]) / name
+                if report.is_file():
+                    recorded = json.loads(report.read_text(encoding="utf-8")).get("seconds")
+                    seconds = recorded.get("total") if isinstance(recorded, dict) else recorded
+                    how += f" (built earlier; seconds from its {name})"
+                    break
         rows.append((step["artifact"], how, "–" if seconds is None else f"{float(seconds):.0f}"))
     return rows
 
