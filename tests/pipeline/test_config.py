@@ -38,7 +38,8 @@ def test_default_profile_is_smollm2_and_offline():
     assert config.generator.convert_dir == "runs/smollm2/models"
     assert config.generator.load_in_4bit is False
     assert config.index.embed_model == "sentence-transformers/all-MiniLM-L6-v2"
-    assert config.finetune.raft.context == "loo"  # training contexts as closed-book inference sees them
+    assert config.finetune.raft.context == "oracle" and config.finetune.raft.num_passages == config.rerank.top_n  # chosen on seed val
+    assert config.retrieve.mode == "dense" and config.rerank.retrieval_weight == 0.5 and config.agent.grade_threshold == 0.6
     assert config.agent.on_weak == "answer"
 
 
