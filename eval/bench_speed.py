@@ -86,6 +86,10 @@ FIGURES = (
 )
 
 
+# figures added after the format was first written: an earlier result renders without them
+LATER_FIGURES = ("first_token_p50_ms",)
+
+
 class BenchError(UserFacingError, RuntimeError):
     """The benchmark cannot run as asked; the message names the flag or value and the fix."""
 
@@ -574,7 +578,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
 
 def readme_text(result: Mapping[str, Any], json_path: Optional[str] = None) -> str:
     """results/bench/README.md: the command, revision, wall time and figures, all from `result`."""
-    flat = {key: result[key] for key in FIGURES}
+    flat = {key: result.get(key) for key in FIGURES}
     source = f" from `{json_path}`" if json_path else ""
     return "\n".join([
         "# Benchmark results",
@@ -639,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise BenchError(f"--from-json {path}: cannot read it ({exc}). Fix: pass a file written by --out") from None
-            missing = [key for key in FIGURES if key not in result]
+            missing = [key for key in FIGURES if key not in result and key not in LATER_FIGURES]
             if result.get("format") != FORMAT or missing:
                 raise BenchError(f"--from-json {path}: not a {FORMAT} result (missing {', '.join(missing) or 'format'}). Fix: pass a file written by python -m eval.bench speed --out")
         else:
