@@ -164,6 +164,17 @@ def publish(compare_dir: Path | None, out: Path, *, command: str, readme: Path |
         ]
         lines += retrieval_sections(out)
         atomic_write_text(out / "README.md", "\n".join(lines))
+        # the predictions folder is read on its own too: it says where its files came from
+        atomic_write_text(out / "predictions" / "README.md", "\n".join([
+            f"# {out.name}/predictions: one JSONL per system (question, prediction, reference, sources, trace, timings) and its .done.json marker",
+            "",
+            "```bash", command, "```", "",
+            f"- git revision: `{git_revision(repo)}`; written by `python -m eval.publish` (see ../README.md for the table and the build times)",
+            "",
+            "| system | questions | seconds |", "|---|---:|---:|",
+            *(f"| {a} | {b} | {c} |" for a, b, c in system_times(compare_dir, systems)),
+            "",
+        ]))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     if readme is not None:
         atomic_write_text(readme, replace_block(readme.read_text(encoding="utf-8"), out.name, results_table(metrics)))

@@ -357,7 +357,8 @@ def test_publish_copies_the_run_without_caches_and_regenerates_the_readme_table(
     recorded = json.loads((out / "retrieval-val.json").read_text())["run"]
     assert recorded["command"] == "python -m eval.retrieval " + " ".join(retrieval_args) and recorded["seconds"] > 0
     assert publish_main([str(tmp_path / "out"), "--out", str(out), "--readme", str(readme), "--command", "python -m eval.compare --limit 2"]) == 0
-    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["nn_answer.done.json", "nn_answer.jsonl", "vanilla.done.json", "vanilla.jsonl"]
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["README.md", "nn_answer.done.json", "nn_answer.jsonl", "vanilla.done.json", "vanilla.jsonl"]
+    assert "python -m eval.compare --limit 2" in (out / "predictions" / "README.md").read_text() and "| nn_answer | 2 |" in (out / "predictions" / "README.md").read_text()
     assert {"metrics.json", "report.md", "metrics.png", "latency.png", "README.md"} <= {p.name for p in out.iterdir()}
     assert not (out / "cache").exists()
     page = (out / "README.md").read_text()
