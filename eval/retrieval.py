@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from eval.metrics import DEFAULT_KS, paired_bootstrap_test, retrieval_per_query, rouge_l_f1, summarize
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
+from pipeline.config import Config, ConfigError, add_config_arguments, save_resolved_config
 from pipeline.data import SPLITS, load_split
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json
@@ -164,7 +164,8 @@ FULL_STACK = ("full", "full-no-rewrite", "full-base-embedder", "full-dense", "fu
 def full_stack_variants(config: Config, names: Sequence[str]) -> dict[str, str]:
     """The retriever variant ([ft-]BASE[+rerank], rerank/evaluate.py) that runs exactly what `full`
     runs before generation under `config`, for each FULL_STACK name: `full` retrieves with
-    retrieve.mode over index.embed_model's vectors and reranks when rerank.enabled (interpolated by
+    retrieve.mode over the fine-tuned embedder's vectors (index.finetuned_embedder; else
+    index.embed_model's) and reranks when rerank.enabled (interpolated by
     rerank.retrieval_weight); each variant switches one part off. A part `full` does not use gives
     the same variant as `full` (the table says so)."""
     if config.rewrite.mode != "none":
@@ -173,12 +174,13 @@ def full_stack_variants(config: Config, names: Sequence[str]) -> dict[str, str]:
             f"so its retrieval stack cannot be measured here; add --set rewrite.mode=none to measure the stack without it"
         )
     base, rerank = config.retrieve.mode, config.rerank.enabled
+    ft = "ft-" if config.index.finetuned_embedder else ""  # the fine-tuned embedder (finetune.embedder.output)
     stack = {
-        "full": (base, rerank),
-        "full-no-rewrite": (base, rerank),  # rewrite.mode is none: the question alone, as in full
-        "full-base-embedder": (base, rerank),  # full searches index.embed_model's vectors already
-        "full-dense": ("dense", rerank),
-        "full-no-rerank": (base, False),
+        "full": (ft + base, rerank),
+        "full-no-rewrite": (ft + base, rerank),  # rewrite.mode is none: the question alone, as in full
+        "full-base-embedder": (base, rerank),  # index.embed_model's vectors
+        "full-dense": (ft + "dense", rerank),
+        "full-no-rerank": (ft + base, False),
     }
     return {name: stack[name][0] + ("+rerank" if stack[name][1] else "") for name in names}
 
@@ -237,7 +239,7 @@ def evaluate_open_book(
             result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[variant], relevant[split], config)
         if stack:
             result["full_stack"] = {name: {"runs": variant, "same_as_full": variant == stack.get("full")} for name, variant in stack.items()}
-            result["settings"]["full"] = {"retrieve.mode": config.retrieve.mode, "rerank.enabled": config.rerank.enabled, "rerank.model": config.rerank.model, "rerank.candidates": config.rerank.candidates, "rerank.retrieval_weight": config.rerank.retrieval_weight, "index.embed_model": config.index.embed_model, "rewrite.mode": config.rewrite.mode}
+            result["settings"]["full"] = {"retrieve.mode": config.retrieve.mode, "rerank.enabled": config.rerank.enabled, "rerank.model": config.rerank.model, "rerank.candidates": config.rerank.candidates, "rerank.retrieval_weight": config.rerank.retrieval_weight, "index.embed_model": config.index.embed_model, "index.finetuned_embedder": config.index.finetuned_embedder, "finetune.embedder.output": config.finetune.embedder.output, "rewrite.mode": config.rewrite.mode}
         r = config.retrieve
         result["settings"]["hybrid"] = {"fusion": r.fusion, "rrf_k": r.rrf_k, "dense_weight": r.dense_weight, "bm25_weight": r.bm25_weight, "candidates": max(r.candidates, DEPTH)}
         if tune:
@@ -394,8 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def body() -> None:
-        extra = [f"data.dir={json.dumps(args.data)}"] if args.data else []
-        config = config_from_args(args, extra)
+        from eval.compare import config_for_data
+
+        config = config_for_data(args)  # with --data: the artifacts eval.compare built for that data
         names = [n.strip() for n in args.retrievers.split(",") if n.strip()]
         from rerank.evaluate import VARIANTS
 

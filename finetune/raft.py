@@ -190,23 +190,28 @@ def build_raft_examples(
 
 def context_size(config: Config) -> int:
     """Passages per training context: for leave-one-out, what `full` gives its generator at
-    inference (the reranker's top_n, or generator.context_top_k without reranking)."""
+    inference (rerank.top_n passages, reranked or not)."""
     raft = config.finetune.raft
     if raft.context == "oracle":
         return raft.num_passages
-    return config.rerank.top_n if config.rerank.enabled else config.generator.context_top_k
+    return config.rerank.top_n  # what full reads, reranked or not (pipeline.systems.get_system)
 
 
 def raft_retriever(config: Config, *, kb: Any = None) -> "BaseRetriever":
     """The retriever of the training contexts, returning one node more than inference needs so
     that the question's own pair can be dropped. Leave-one-out uses `full`'s retriever
-    (retrieve.mode, rerank.candidates candidates when reranking); oracle mode
-    `finetune.raft.retriever` with a few spare nodes for the oracle and duplicates."""
+    (retrieve.mode over the fine-tuned embedder's index when index.finetuned_embedder is on,
+    rerank.candidates candidates when reranking); oracle mode `finetune.raft.retriever` over the
+    base index with a few spare nodes for the oracle and duplicates."""
     from pipeline.retrieve import build_retriever
 
     raft = config.finetune.raft
     if raft.context == "loo":
         candidates = max(config.rerank.candidates, context_size(config)) if config.rerank.enabled else context_size(config)
+        if kb is None and config.index.finetuned_embedder:
+            from pipeline.index import finetuned_embedder_config, open_index
+
+            kb = open_index(finetuned_embedder_config(config))
         return build_retriever(config, mode=config.retrieve.mode, top_k=candidates + 1, kb=kb)
     return build_retriever(config, mode=raft.retriever, top_k=raft.num_passages + 5, kb=kb)
 

@@ -14,6 +14,8 @@ What it does:
    the answers of the passages the project's hybrid retriever returns for the question over the
    knowledge base (`pipeline.index`), the question's own node and any passage with the same answer
    text excluded (those are not negatives); plus random answers of other train questions.
+   `finetune.reranker.synthetic` adds the (question, passage) pairs of python -m finetune.doc2query
+   after `limit`, mined the same way.
 3. Train with the sentence-transformers v4+ `CrossEncoderTrainer`. Loss (`finetune.reranker.loss`):
    `bce` (default) is binary cross-entropy on (question, passage, 1|0) pairs with the positive
    weighted by the number of negatives per question, so both classes carry equal weight; it is the
@@ -445,6 +447,10 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     load_split(config.data.dir, "val")  # fail before any work when val is missing
     if settings.limit is not None:
         train = train[: settings.limit]
+    if settings.synthetic:  # doc2query pairs: more questions for the same passages, mined alike
+        from finetune.doc2query import load_synthetic_pairs
+
+        train = [*train, *load_synthetic_pairs(settings.synthetic)]
     # the base model too: mining and the base evaluation take minutes on a real knowledge base
     resolve_model(check_model_source(config, settings.base_model, "finetune.reranker.base_model"))
 

@@ -18,7 +18,12 @@ the gold passage of a question is its own answer): recall@k, MRR@10, nDCG@10 wit
 for `none` (the question alone) vs `hyde-base` (the base LM writes the hypothetical answer) vs
 `hyde-lora` (the fine-tuned rewriter), each through the dense and hybrid retrievers, plus
 hybrid+rerank when the reranker is built. The report is printed and saved beside the adapter
-(`retrieval_report.json`). Not done: weighting training targets by the rank gain they bring.
+(`retrieval_report.json`).
+
+Targets judged by retrieval instead of the gold answers: `--set finetune.rewriter.targets=FILE`
+with the JSONL of python -m finetune.judged_rewrites (the base LM's own sampled rewrites that rank
+the gold passage at least as high as the question alone). Train questions without a judged rewrite
+are left out; the val loss stays on the gold answers. Not done: weighting targets by their rank gain.
 """
 
 from __future__ import annotations
@@ -40,9 +45,15 @@ VARIANTS = ("none", "hyde-base", "hyde-lora")
 
 
 def rewriter_rows(config: Config, tokenizer: Any) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(train, val) prompt/completion rows: question -> its own answer, under the HyDE prompt."""
-    rows = lambda split: [hyde_training_example(r["question"], r["answer"], tokenizer) for r in load_split(config.data.dir, split)]  # noqa: E731
-    return rows("train"), rows("val")
+    """(train, val) prompt/completion rows: question -> its own answer, under the HyDE prompt; with
+    `finetune.rewriter.targets`, train questions -> their judged rewrites (finetune/judged_rewrites.py)."""
+    rows = lambda records: [hyde_training_example(r["question"], r["answer"], tokenizer) for r in records]  # noqa: E731
+    train = load_split(config.data.dir, "train")
+    if config.finetune.rewriter.targets:
+        from finetune.judged_rewrites import judged_targets
+
+        train = judged_targets(config.finetune.rewriter.targets, train)
+    return rows(train), rows(load_split(config.data.dir, "val"))
 
 
 def train_rewriter(config: Config, *, output: str | Path | None = None, resume: bool = True, log: Callable[[str], None] = print, show_progress: bool = True) -> dict[str, Any]:

@@ -95,6 +95,8 @@ class IndexConfig:
     chroma_host: Optional[str] = option(None, "Chroma server host; unset uses the embedded PersistentClient under `dir`.")
     chroma_port: int = option(8000, "Chroma server port (with chroma_host).", POSITIVE)
     checkpoint_every: int = option(512, "Documents embedded and written between two checkpoints of the docstore (an interrupted run resumes from the last one).", POSITIVE)
+    finetuned_embedder: bool = option(False, "`full` and its ablations (all but full-base-embedder) search a second index, embedded with the fine-tuned embedder (finetune.embedder.output, trained by eval.compare on the train split with hard negatives mined from the first index) and kept at index.finetuned_dir; the baselines keep index.embed_model.")
+    finetuned_dir: str = option("{run_dir}/index-finetuned-embedder", "Folder of the index embedded with the fine-tuned embedder (index.finetuned_embedder).")
 
 
 @dataclass
@@ -115,7 +117,7 @@ class RerankConfig:
     enabled: bool = option(True, "Rerank retrieved passages with the cross-encoder in systems that use it.")
     model: str = option("{run_dir}/reranker", "Cross-encoder folder or hub id.")
     candidates: int = option(50, "Passages retrieved before reranking.", POSITIVE)
-    top_n: int = option(5, "Passages kept after reranking.", POSITIVE)
+    top_n: int = option(5, "Passages `full` and its ablations give the generator: the best after reranking, or the retriever's best in a system that does not rerank (the baselines read generator.context_top_k).", POSITIVE)
     batch_size: int = option(32, "(question, passage) pairs scored per batch.", POSITIVE)
     max_length: int = option(256, "Maximum tokens of a (question, passage) pair.", POSITIVE)
     retrieval_weight: float = option(0.0, "Interpolation of the two stages: candidates are ordered by (1 - w) * minmax(cross-encoder logit) + w * minmax(retriever score) per question; 0 orders by the cross-encoder alone, 1 keeps the retriever's order (choose it on val: python -m eval.retrieval --protocol open-book --split val --retrievers hybrid,hybrid+rerank --set rerank.retrieval_weight=W).", FRACTION)
@@ -189,6 +191,14 @@ class LoraTrainConfig:
 
 
 @dataclass
+class RewriterTrainConfig(LoraTrainConfig):
+    """finetune.rewriter: the shared LoRA settings plus where the rewriter's targets come from
+    (a subclass, so that finetune.generator does not carry a key it would ignore)."""
+
+    targets: Optional[str] = option(None, "JSONL of retrieval-judged HyDE rewrites (python -m finetune.judged_rewrites writes it: question, rewrite, gold_rank, question_alone_rank) that replace the gold answers as training targets: each train question with a judged rewrite is trained to write it, train questions without one are left out; val keeps the gold answers. null: every train question -> its own answer.")
+
+
+@dataclass
 class RaftConfig:
     context: Literal["loo", "oracle"] = option("loo", "How training contexts are built. loo (leave-one-out): the trained question's top passages from the very retriever and reranker `full` uses, with its own pair left out, as a closed-book test question sees them. oracle: RAFT's mix, the question's own pair (with probability oracle_prob) among hard distractors.")
     oracle_prob: float = option(0.8, "Fraction of RAFT examples whose context includes the question's own answer passage.", FRACTION)
@@ -213,6 +223,7 @@ class RerankerTrainConfig:
     eval_candidates: int = option(20, "Candidates the retriever returns per val question for the before/after evaluation.", POSITIVE)
     limit: Optional[int] = option(None, "Train on the first N training questions only (quick runs); null uses them all.", POSITIVE)
     eval_limit: Optional[int] = option(None, "Evaluate on the first N val questions only (quick runs); null uses them all.", POSITIVE)
+    synthetic: Optional[str] = option(None, "JSONL of synthetic (question, answer) pairs (python -m finetune.doc2query writes it) appended to the training questions, after `limit`; their hard and random negatives are mined like the train questions'. null: the train split alone.")
     output: str = option("{run_dir}/reranker", "Where the trained cross-encoder is written.")
 
 
@@ -232,17 +243,43 @@ class EmbedderTrainConfig:
 
 
 @dataclass
+class Doc2QueryConfig:
+    questions: int = option(3, "Synthetic questions the base LM (generator.model, no adapter) samples per knowledge-base passage, one generation each.", POSITIVE)
+    temperature: float = option(0.7, "Sampling temperature of the synthetic questions; 0 is greedy, which makes the `questions` samples of a passage identical (one survives).", NON_NEGATIVE)
+    max_new_tokens: int = option(40, "Tokens generated per synthetic question (a question is one sentence; generation stops at the first end of text).", POSITIVE)
+    top_k: int = option(3, "Consistency filter (InPars, Promptagator): a synthetic question is kept only when its own passage is among the retriever's top_k passages for it.", POSITIVE)
+    retriever: Optional[Literal["dense", "bm25", "hybrid"]] = option(None, "Retriever of the consistency filter, over the knowledge base (python -m pipeline.index); null: retrieve.mode, what the systems search with.")
+    max_passage_chars: Optional[int] = option(1000, "Each passage is cut to this many characters in the prompt (document chunks can be long); null keeps passages whole.", POSITIVE)
+    chunk_size: int = option(64, "Passages per generation pass and per resumable checkpoint: an interrupted run loses at most one chunk.", POSITIVE)
+    limit: Optional[int] = option(None, "The first N passages of the knowledge base only (quick runs); null: every passage.", POSITIVE)
+    output: str = option("{run_dir}/synthetic/doc2query.jsonl", "JSONL of the kept questions (question, answer = the passage, source_id, rank) that finetune.reranker.synthetic reads; a .report.json with the counts is written beside it.")
+
+
+@dataclass
+class JudgedRewritesConfig:
+    samples: int = option(4, "HyDE rewrites the base LM (generator.model, no adapter) samples per train question, with the rewriter's inference prompt and rewrite.max_new_tokens.", POSITIVE)
+    temperature: float = option(0.7, "Sampling temperature of the rewrites (the rewriter itself decodes greedily at inference; samples need a temperature > 0 to differ).", POSITIVE)
+    retriever: Optional[Literal["dense", "bm25", "hybrid"]] = option(None, "Retriever that judges the rewrites (searching with [question, rewrite] as the engine does); null: retrieve.mode, what the systems search with.")
+    depth: int = option(20, "Passages retrieved per search; a gold passage below this rank counts as not found.", POSITIVE)
+    chunk_size: int = option(32, "Train questions per generation pass and per resumable checkpoint: an interrupted run loses at most one chunk.", POSITIVE)
+    limit: Optional[int] = option(None, "The first N train questions only (quick runs; the corpus stays every train answer); null: every train question.", POSITIVE)
+    output: str = option("{run_dir}/synthetic/judged_rewrites.jsonl", "JSONL of the chosen rewrites (question, rewrite, gold_rank, question_alone_rank) that finetune.rewriter.targets reads; a .report.json with the counts is written beside it.")
+
+
+@dataclass
 class FinetuneConfig:
     seed: int = option(42, "Seed of every training run.")
     tiny: TinyModelConfig = option(TinyModelConfig, "Tiny offline base language model (finetune.tiny).")
     generator: LoraTrainConfig = option(LoraTrainConfig, "LoRA fine-tuning of the generator (finetune.generator).")
     raft: RaftConfig = option(RaftConfig, "RAFT triples: question + retrieved passages -> answer.")
-    rewriter: LoraTrainConfig = field(
-        default_factory=lambda: LoraTrainConfig(output="{run_dir}/adapters/rewriter"),
+    rewriter: RewriterTrainConfig = field(
+        default_factory=lambda: RewriterTrainConfig(output="{run_dir}/adapters/rewriter"),
         metadata={"help": "LoRA fine-tuning of the HyDE query rewriter (finetune.rewriter); its output is what rewrite.adapter loads.", "check": None},
     )
     reranker: RerankerTrainConfig = option(RerankerTrainConfig, "Cross-encoder reranker training (finetune.reranker).")
     embedder: EmbedderTrainConfig = option(EmbedderTrainConfig, "Bi-encoder embedder fine-tuning (finetune.embedder).")
+    doc2query: Doc2QueryConfig = option(Doc2QueryConfig, "Synthetic questions per knowledge-base passage, kept by a retrieval consistency filter: extra reranker training pairs (python -m finetune.doc2query).")
+    judged_rewrites: JudgedRewritesConfig = option(JudgedRewritesConfig, "Sampled HyDE rewrites of the train questions judged by the rank of the gold passage: rewriter training targets (python -m finetune.judged_rewrites).")
 
 
 @dataclass

@@ -53,7 +53,7 @@ from llama_index.core.workflow import Event, StartEvent, StopEvent, Workflow, st
 
 from pipeline.config import Config, ConfigError
 from pipeline.errors import UserFacingError
-from pipeline.systems import SystemSpec, get_system
+from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 
 if TYPE_CHECKING:
     from rerank import CrossEncoderReranker
@@ -111,10 +111,23 @@ class Components:
                     self._kb = open_index(self.config)
         return self._kb
 
-    def retriever(self, mode: str, top_k: int) -> Any:
+    def kb_for(self, finetuned: bool) -> Any:
+        """The base embedder's knowledge base, or (finetuned) the one at index.finetuned_dir,
+        embedded with the fine-tuned embedder: the same nodes, other vectors."""
+        if not finetuned:
+            return self.kb
+
+        def build():
+            from pipeline.index import finetuned_embedder_config, open_index
+
+            return open_index(finetuned_embedder_config(self.config))
+
+        return self._once("kb-finetuned", build)
+
+    def retriever(self, mode: str, top_k: int, *, finetuned: bool = False) -> Any:
         from pipeline.retrieve import build_retriever
 
-        return self._once(("retriever", mode, top_k), lambda: build_retriever(self.config, mode=mode, top_k=top_k, kb=self.kb))
+        return self._once(("retriever", mode, top_k, finetuned), lambda: build_retriever(self.config, mode=mode, top_k=top_k, kb=self.kb_for(finetuned)))
 
     def reranker(self) -> "CrossEncoderReranker":
         def build():
@@ -294,7 +307,7 @@ class RagftWorkflow(Workflow):
 
         started = time.perf_counter()
         candidates = max(config.rerank.candidates, self._context_k()) if spec.rerank else self._context_k()
-        retriever = self.components.retriever(self._retrieve_mode(), candidates)
+        retriever = self.components.retriever(self._retrieve_mode(), candidates, finetuned=uses_finetuned_embedder(config, spec))
         if rewrite is not None and rewrite.mode == "decompose" and rewrite.texts:
             lists = [retriever.retrieve(sub) for sub in rewrite.texts]
             hits = _interleave(lists, candidates)
@@ -580,7 +593,7 @@ def build_query_engine(config: Config, system: str = "full", *, components: Opti
     Pass the same `components` to engines of several systems to share their models and stores."""
     if not isinstance(config, Config):
         raise ConfigError(f"build_query_engine needs a Config from pipeline.load_config; got {type(config).__name__}")
-    spec = get_system(system)
+    spec = get_system(system, config)
     if components is not None and components.config is not config and components.config != config:
         raise ConfigError("the shared components were built for another config; build one Components per config")
     return RagftQueryEngine(spec, components or Components(config), streaming=streaming)

@@ -89,3 +89,39 @@ def atomic_directory(output: str | Path) -> Iterator[Path]:
     os.replace(tmp, output)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_complete_lines(path: str | Path) -> list[Any]:
+    """The JSON values of an append-only JSON-lines file, one per COMPLETE line: the tail after the
+    last newline is the torn write of a killed run and is ignored, as are undecodable lines.
+    errors="replace": a kill can tear a line inside a multi-byte character. Split on "\n" only:
+    splitlines would also cut at U+2028 and the like, which json.dumps(ensure_ascii=False) leaves
+    inside strings."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    values = []
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
+        try:
+            values.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return values
+
+
+def append_lines(path: str | Path, values: Iterable[Any]) -> None:
+    """Append JSON lines durably (fsync) to a file read by read_complete_lines, cutting off a torn
+    last line first so that the new lines are not glued to it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+    with open(path, "a", encoding="utf-8") as handle:
+        for value in values:
+            handle.write(json.dumps(value, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+

@@ -1118,6 +1118,24 @@ def _embed_mode():
     return MetadataMode.EMBED
 
 
+def finetuned_embedder_config(config: Config, *, check: bool = True) -> Config:
+    """The config of the index that `full` searches when index.finetuned_embedder is on: embedded
+    with the fine-tuned embedder (finetune.embedder.output) and kept at index.finetuned_dir, every
+    other setting as in `config`. `check`: refuse when the embedder has not been trained yet."""
+    from pipeline.config import ConfigError, config_from_dict
+
+    path = Path(config.finetune.embedder.output)
+    if check and not (path / "config.json").is_file():
+        raise ConfigError(
+            f"the fine-tuned embedder finetune.embedder.output={path} does not exist; train it first: "
+            f"python -m finetune.embedder --config {config.profile} (eval.compare builds it for the systems that need it), "
+            f"or point finetune.embedder.output at one"
+        )
+    raw = config.to_dict()
+    raw["index"].update(embed_model=str(path), dir=config.index.finetuned_dir)
+    return config_from_dict(raw)
+
+
 def open_index(config: Config, *, embed_model: "BaseEmbedding | None" = None) -> KnowledgeBase:
     """The knowledge base of `config.index.dir` (stores load lazily; never takes the lock).
     Raises KnowledgeBaseError when there is no index, it is damaged, or was built with another

@@ -19,7 +19,6 @@ passage), so scores are cached per (question, node id) and shared by all `+reran
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pipeline.config import Config, ConfigError
@@ -43,21 +42,6 @@ def parse_variant(name: str) -> tuple[bool, str, bool]:
     if not match:
         raise ConfigError(f"retriever variant {name!r} is not [ft-](dense|bm25|hybrid)[+rerank]; e.g. hybrid+rerank, ft-dense, ft-hybrid+rerank")
     return bool(match.group(1)), match.group(2), bool(match.group(3))
-
-
-def finetuned_embedder_config(config: Config) -> Config:
-    """The config with `index.embed_model` pointing at the fine-tuned embedder (checked to exist)."""
-    from pipeline.config import config_from_dict
-
-    path = Path(config.finetune.embedder.output)
-    if not (path / "config.json").is_file():
-        raise ConfigError(
-            f"ft- variants need the fine-tuned embedder at finetune.embedder.output={path}, which does not exist; "
-            f"train it first: python -m finetune.embedder --config {config.profile} (or point finetune.embedder.output at it)"
-        )
-    raw = config.to_dict()
-    raw["index"]["embed_model"] = str(path)
-    return config_from_dict(raw)
 
 
 def check_reranker(config: Config) -> None:
@@ -114,7 +98,7 @@ def evaluate_variants(
     from llama_index.core.schema import QueryBundle
     from tqdm.auto import tqdm
 
-    from pipeline.index import KnowledgeBase
+    from pipeline.index import KnowledgeBase, finetuned_embedder_config
     from pipeline.retrieve import DenseRetriever, build_retriever
     from rerank.cross_encoder import CrossEncoderReranker
 
@@ -130,7 +114,7 @@ def evaluate_variants(
         for name, (ft, base, rerank) in parsed.items():
             if ft not in bases:
                 if ft:
-                    ft_config = finetuned_embedder_config(config)
+                    ft_config = finetuned_embedder_config(config)  # its dir is unused: an in-memory kb
                     log(f"embedding the corpus with the fine-tuned embedder {ft_config.index.embed_model}")
                     ft_kb = KnowledgeBase.from_nodes(ft_config, nodes, show_progress=show_progress)
                     owned.append(ft_kb)

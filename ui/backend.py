@@ -253,7 +253,7 @@ class IngestionRunner:
         self.uploads_dir = Path(config.ui.uploads_dir)
         self._ingest_fn = ingest_fn
         self._embed_model_factory = embed_model_factory
-        self._embed_model = None
+        self._embed_model: dict[str, Any] = {}  # by index.embed_model
         self._lock = threading.Lock()
         self._status = IngestStatus()
         self._thread: Optional[threading.Thread] = None
@@ -306,15 +306,30 @@ class IngestionRunner:
             self._thread.start()
             return replace(self._status, files=list(names))
 
-    def _embedder(self) -> Any:
-        if self._embed_model is None:
+    def _embedder(self, config: Optional[Config] = None) -> Any:
+        """The embedder of `config`'s index (default: the base one), loaded once per index."""
+        config = config or self.config
+        key = config.index.embed_model
+        if key not in self._embed_model:
             if self._embed_model_factory is not None:
-                self._embed_model = self._embed_model_factory()
+                self._embed_model[key] = self._embed_model_factory()
             else:
                 from pipeline.models import load_embedder
 
-                self._embed_model = load_embedder(self.config)
-        return self._embed_model
+                self._embed_model[key] = load_embedder(config)
+        return self._embed_model[key]
+
+    def _targets(self) -> list[Config]:
+        """Every index the systems search: the base one, and the fine-tuned embedder's when `full`
+        searches it (index.finetuned_embedder) and it has been built: both must hold the uploads."""
+        targets = [self.config]
+        if self.config.index.finetuned_embedder:
+            from pipeline.index import finetuned_embedder_config
+
+            finetuned = finetuned_embedder_config(self.config, check=False)
+            if (Path(finetuned.index.dir) / "manifest.json").is_file():
+                targets.append(finetuned)
+        return targets
 
     def _run(self, names: list[str], created: list[Path]) -> None:
         from pipeline.index import IndexLockedError, SourceError
@@ -324,7 +339,9 @@ class IngestionRunner:
             ingest = self._ingest_fn
             if ingest is None:
                 from pipeline.index import ingest
-            report = ingest(self.config, sources=self.sources(), embed_model=self._embedder(), show_progress=False, log=lambda *_: None, warn=warnings.append)
+            for target in self._targets():  # the report of the base index is the one shown
+                result = ingest(target, sources=self.sources(), embed_model=self._embedder(target), show_progress=False, log=lambda *_: None, warn=warnings.append)
+                report = result if target is self.config else report
             # an upload the readers could not parse would be retried (and skipped) on every run
             for skipped in getattr(report, "skipped_files", []) or []:
                 path = Path(skipped)

@@ -192,3 +192,83 @@ def test_execute_runs_builders_in_order_stamps_them_and_notices_changed_data(tmp
     actions = _actions(plan_builds(config, list(SYSTEM_NAMES)))
     assert actions["index"] == "reuse" and actions["base_lm"] == "reuse"  # knowledge base = train only
     assert actions["generator-plain"] == actions["reranker"] == actions["rewriter"] == "rebuild"
+
+
+# --------------------------------------------------------------------------------------------
+# the fine-tuned embedder inside full (index.finetuned_embedder)
+# --------------------------------------------------------------------------------------------
+
+
+def _fake_finetuned_index(config) -> None:
+    derived = build.artifact_config(config, "index-finetuned")
+    path = Path(derived.index.dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "manifest.json").write_text(json.dumps({"format": "ragft-index/1", "state": "complete", "fingerprint": "f1", "embed_model": derived.index.embed_model}))
+    save_resolved_config(derived, path)
+
+
+def test_only_systems_searching_the_finetuned_index_need_the_embedder_and_its_index(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir, "index.finetuned_embedder=true", "finetune.raft.context=oracle")
+    assert required_artifacts(config, [get_system("full")]) == ["base_lm", "index", "embedder", "index-finetuned", "reranker", "generator-raft", "rewriter"]
+    for base_index_only in ("rag_vanilla", "nn_answer", "full-base-embedder"):
+        assert "embedder" not in required_artifacts(config, [get_system(base_index_only)]), base_index_only
+    # off: nothing of it is built, for any system
+    every = [get_system(n) for n in SYSTEM_NAMES]
+    assert not {"embedder", "index-finetuned"} & set(required_artifacts(_config(tmp_path, demo_dir), every))
+
+
+def test_the_finetuned_index_is_planned_after_its_embedder_under_its_own_folder(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir, "index.finetuned_embedder=true")
+    plan = plan_builds(config, ["full"])
+    steps = {s.artifact: s for s in plan.steps}
+    assert [s.artifact for s in plan.steps].index("embedder") < [s.artifact for s in plan.steps].index("index-finetuned")
+    assert steps["embedder"].path == config.finetune.embedder.output
+    assert steps["index-finetuned"].path == config.index.finetuned_dir != config.index.dir
+    derived = build.artifact_config(config, "index-finetuned")
+    assert (derived.index.embed_model, derived.index.dir) == (config.finetune.embedder.output, config.index.finetuned_dir)
+    assert config.index.embed_model != derived.index.embed_model  # the input config is not changed
+
+
+def test_a_retrained_embedder_rebuilds_its_index_but_not_the_base_one(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir, "index.finetuned_embedder=true", "finetune.raft.context=oracle")
+    _all_built(config)
+    _fake_artifact(config, "embedder")
+    _fake_finetuned_index(config)
+    assert set(_actions(plan_builds(config, list(SYSTEM_NAMES))).values()) == {"reuse"}
+    actions = _actions(plan_builds(_config(tmp_path, demo_dir, "index.finetuned_embedder=true", "finetune.raft.context=oracle", "finetune.embedder.epochs=2"), list(SYSTEM_NAMES)))
+    assert actions["embedder"] == actions["index-finetuned"] == "rebuild"
+    # oracle contexts are mined from the base index: the RAFT adapter does not depend on the embedder
+    assert actions["index"] == actions["reranker"] == actions["generator-raft"] == "reuse"
+
+
+def test_leave_one_out_raft_contexts_come_from_the_finetuned_index(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir, "index.finetuned_embedder=true", "finetune.raft.context=loo")
+    assert {"embedder", "index-finetuned"} <= set(required_artifacts(config, [get_system("full-no-rerank")]))
+    assert "index-finetuned" in build.upstream_of(config, "generator-raft")
+    assert "index-finetuned" not in build.upstream_of(_config(tmp_path, demo_dir, "index.finetuned_embedder=true", "finetune.raft.context=oracle"), "generator-raft")
+
+
+def test_a_retrained_reranker_rebuilds_leave_one_out_raft_but_not_oracle_raft(tmp_path, demo_dir):
+    for context, raft_action in (("oracle", "reuse"), ("loo", "rebuild")):
+        root = tmp_path / context
+        config = _config(root, demo_dir, f"finetune.raft.context={context}")
+        _all_built(config)
+        execute_plan(plan_builds(config, ["full"]), config, log=lambda *_: None)  # stamps: nothing to build
+        actions = _actions(plan_builds(_config(root, demo_dir, f"finetune.raft.context={context}", "finetune.reranker.epochs=3"), ["full"]))
+        assert (actions["reranker"], actions["generator-raft"]) == ("rebuild", raft_action), context
+
+
+def test_rerank_enabled_off_takes_the_cross_encoder_out_of_every_system(tmp_path, demo_dir):
+    config = _config(tmp_path, demo_dir, "rerank.enabled=false", "finetune.raft.context=oracle")
+    assert get_system("full", config).rerank is False and get_system("full").rerank is True
+    assert get_system("full", config).components() == get_system("full-no-rerank", config).components()
+    assert "reranker" not in [s.artifact for s in plan_builds(config, ["full"]).steps]
+
+
+def test_oracle_raft_does_not_depend_on_reranking_settings(tmp_path, demo_dir):
+    for context, raft_action in (("oracle", "reuse"), ("loo", "rebuild")):
+        root = tmp_path / context
+        config = _config(root, demo_dir, f"finetune.raft.context={context}")
+        _all_built(config)
+        changed = _config(root, demo_dir, f"finetune.raft.context={context}", "rerank.top_n=2", "generator.context_top_k=2")
+        assert _actions(plan_builds(changed, ["full"]))["generator-raft"] == raft_action, context

@@ -279,6 +279,34 @@ def test_compare_runs_systems_end_to_end_and_reuses_finished_ones(compare_config
     assert again["systems"]["full"]["bleu4"] == result["systems"]["full"]["bleu4"]
 
 
+def test_a_system_equal_to_another_under_the_profile_reuses_its_answers(compare_config, tmp_path, monkeypatch):
+    """full-dense is full where retrieve.mode is dense, full-no-rerank is full where rerank.enabled
+    is off: the same digest, so they are not generated twice; a system that differs is."""
+    from pipeline.config import config_from_dict
+
+    raw = compare_config.to_dict()
+    raw["retrieve"]["mode"] = "dense"
+    raw["rerank"]["enabled"] = False
+    raw["eval"].update(systems=["full", "full-dense", "full-no-rerank", "full-base-generator"], limit=2, out=str(tmp_path / "out"))
+    cfg = config_from_dict(raw)
+    from eval import build
+    from pipeline.engine import RagftQueryEngine
+
+    # the changed settings make the plan retrain the tiny RAFT adapter; its copy serves here
+    monkeypatch.setattr(build, "_build_one", lambda *a, **k: None)
+    ran = []
+    real = RagftQueryEngine.query_batch
+    monkeypatch.setattr(RagftQueryEngine, "query_batch", lambda self, *a, **k: ran.append(self.spec.name) or real(self, *a, **k))
+    result = cmp.compare(cfg, show_progress=False, log=lambda *_: None)
+    assert ran == ["full", "full-base-generator"]
+    status = {name: row["status"] for name, row in result["systems"].items()}
+    assert status["full-dense"] == status["full-no-rerank"] == "same as full" and status["full-base-generator"] == "run"
+    out = tmp_path / "out" / "predictions"
+    assert (out / "full-dense.jsonl").read_text() == (out / "full.jsonl").read_text()
+    assert json.loads((out / "full-no-rerank.done.json").read_text())["same_as"] == "full"
+    assert result["systems"]["full-dense"]["rougeL"] == result["systems"]["full"]["rougeL"]
+
+
 def test_killed_run_resumes_without_recomputing_finished_systems(compare_config, tmp_path, monkeypatch):
     profile = tmp_path / "profile.yaml"
     profile.write_text(compare_config.to_yaml(), encoding="utf-8")

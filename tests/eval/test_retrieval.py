@@ -76,6 +76,9 @@ def test_full_stack_and_its_one_part_off_variants(demo_dir, tmp_path, tiny_cross
     names = ["full", "full-no-rewrite", "full-base-embedder", "full-dense", "full-no-rerank"]
     assert full_stack_variants(config, names) == {"full": "hybrid+rerank", "full-no-rewrite": "hybrid+rerank", "full-base-embedder": "hybrid+rerank", "full-dense": "dense+rerank", "full-no-rerank": "hybrid"}
     assert full_stack_variants(load_config("tiny", [*sets, "rerank.enabled=false"]), ["full"]) == {"full": "hybrid"}
+    # with the fine-tuned embedder inside full, every variant but full-base-embedder searches its vectors
+    finetuned = load_config("tiny", [*sets, "index.finetuned_embedder=true"])
+    assert full_stack_variants(finetuned, names) == {"full": "ft-hybrid+rerank", "full-no-rewrite": "ft-hybrid+rerank", "full-base-embedder": "hybrid+rerank", "full-dense": "ft-dense+rerank", "full-no-rerank": "ft-hybrid"}
     with pytest.raises(ConfigError, match="rewrite.mode=hyde.*--set rewrite.mode=none"):
         full_stack_variants(load_config("tiny", [*sets, "rewrite.mode=hyde"]), ["full"])
 

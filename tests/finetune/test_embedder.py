@@ -69,3 +69,51 @@ def test_index_built_with_another_embedder_refuses_the_finetuned_one(tmp_path):
     with pytest.raises(KnowledgeBaseError, match="--rebuild") as info:
         check_embedder({"embed_model": "sentence-transformers/all-MiniLM-L6-v2"}, config, tmp_path / "index")
     assert "all-MiniLM-L6-v2" in str(info.value) and str(tmp_path / "embedder") in str(info.value)
+
+
+@pytest.mark.realweights
+def test_eval_build_trains_the_embedder_indexes_with_it_and_full_searches_that_index(tiny_config, tmp_path):
+    """index.finetuned_embedder: the build plan trains the embedder (hard negatives from the base
+    index), ingests the same nodes with it into index.finetuned_dir, and `full`'s retrieval reads
+    that index while a baseline keeps the base one; a second plan reuses both."""
+    from eval.build import BuildPlan, execute_plan, plan_builds
+    from pipeline.engine import Components, build_query_engine
+
+    config = load_config(
+        "tiny",
+        [
+            f"run_dir={tmp_path}",
+            f"data.dir={tiny_config.data.dir}",
+            f"index.dir={tiny_config.index.dir}",  # the session's base index, read only
+            f"generator.model={tiny_config.generator.model}",
+            f"rerank.model={tiny_config.rerank.model}",
+            "index.finetuned_embedder=true",
+            "finetune.embedder.limit=64",
+            "finetune.embedder.eval_limit=16",
+            "finetune.raft.context=oracle",
+            "retrieve.mode=dense",
+            "rewrite.mode=none",
+        ],
+    )
+    wanted = ("embedder", "index-finetuned")
+    plan = plan_builds(config, ["full"])
+    steps = [s for s in plan.steps if s.artifact in wanted]
+    assert [(s.artifact, s.action) for s in steps] == [("embedder", "build"), ("index-finetuned", "build")]
+    execute_plan(BuildPlan(steps), config, log=lambda *_: None, show_progress=False)
+    assert {s.artifact: s.action for s in plan_builds(config, ["full"]).steps if s.artifact in wanted} == {"embedder": "reuse", "index-finetuned": "reuse"}
+
+    components = Components(config)
+    finetuned, base = components.kb_for(True), components.kb_for(False)
+    assert finetuned is not base and sorted(finetuned.nodes) == sorted(base.nodes)  # same nodes, other vectors
+    question = "What is a B-tree?"
+    k = config.rerank.candidates
+    ft_ids = [h.node.node_id for h in components.retriever("dense", k, finetuned=True).retrieve(question)]
+    base_ids = [h.node.node_id for h in components.retriever("dense", k).retrieve(question)]
+    ft_scores = [h.score for h in components.retriever("dense", k, finetuned=True).retrieve(question)]
+    base_scores = [h.score for h in components.retriever("dense", k).retrieve(question)]
+    assert ft_scores != base_scores  # other vectors
+    # what the engines search before reranking: full the fine-tuned index, full-base-embedder the base one
+    for system, expected in (("full", ft_ids), ("full-base-embedder", base_ids)):
+        engine = build_query_engine(config, system, components=components)
+        state = engine.retrieve_only(question)["state"]
+        assert [row["id"] for row in state.rounds[0]["retrieved"]] == expected, system

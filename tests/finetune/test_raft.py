@@ -135,10 +135,13 @@ def test_leave_one_out_contexts_are_the_reranked_candidates_without_the_own_pair
 
 def test_leave_one_out_context_size_is_what_full_gives_its_generator(config):
     from finetune.raft import context_size
+    from pipeline.systems import get_system
 
     loo = load_config("tiny", [f"run_dir={config.run_dir}", "finetune.raft.context=loo", "rerank.top_n=4", "generator.context_top_k=2"])
     assert context_size(loo) == 4  # full reranks and keeps rerank.top_n
-    assert context_size(load_config("tiny", ["finetune.raft.context=loo", "rerank.enabled=false", "generator.context_top_k=2"])) == 2
+    # without reranking full reads the retriever's best rerank.top_n: the same count
+    off = load_config("tiny", ["finetune.raft.context=loo", "rerank.enabled=false", "rerank.top_n=4", "generator.context_top_k=2"])
+    assert context_size(off) == 4 == get_system("full", off).top_k
     assert context_size(config) == 4  # oracle mode: finetune.raft.num_passages
     with pytest.raises(ValueError, match="context must be 'loo' or 'oracle'"):
         build_raft_examples([], None, context="gold")

@@ -68,7 +68,9 @@ def test_every_named_system_builds_and_answers(tiny_config, components, system):
         assert "generate" in timings
         return
     assert "retrieve" in timings and meta["rounds"][0]["retrieved"]
-    kept = spec.top_k or (tiny_config.rerank.top_n if spec.rerank else tiny_config.generator.context_top_k)
+    # full and its ablations read rerank.top_n passages, reranked or not; the baselines context_top_k
+    kept = get_system(system, tiny_config).top_k or (tiny_config.rerank.top_n if spec.rerank else tiny_config.generator.context_top_k)
+    assert kept == (tiny_config.rerank.top_n if system.startswith("full") else spec.top_k or tiny_config.generator.context_top_k)
     assert 1 <= len(response.source_nodes) <= kept
     assert ("rerank" in timings) == spec.rerank
     if spec.rerank:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
@@ -307,3 +308,30 @@ def test_an_answer_without_marks_points_at_the_passages_it_rests_on():
     # best first, at most two
     both = "A process has its own address space and a B-tree keeps keys sorted in nodes."
     assert render.supporting_sources(both, passages, min_overlap=0.2) == [1, 2]  # 5 of its 9 content words, then 4
+
+
+def test_runner_ingests_into_the_finetuned_embedders_index_too_when_full_searches_it(tmp_path):
+    """index.finetuned_embedder: `full` searches a second index; an upload must reach both, each
+    embedded by its own embedder, and the base index's report is the one shown."""
+    from pipeline.index import finetuned_embedder_config
+
+    config = _config(tmp_path, "index.finetuned_embedder=true")
+    calls = []
+
+    def recording_ingest(target, **kwargs):
+        calls.append((target.index.dir, target.index.embed_model, kwargs["embed_model"]))
+        return FakeReport()
+
+    made = iter(["base-embedder", "finetuned-embedder"])
+    runner = IngestionRunner(config, ingest_fn=recording_ingest, embed_model_factory=lambda: next(made))
+    runner.submit([("a.md", b"alpha")])
+    assert runner.wait(10).state == "done"
+    assert calls == [(config.index.dir, config.index.embed_model, "base-embedder")]  # the second index is not built yet: nothing to keep in step
+
+    finetuned = finetuned_embedder_config(config, check=False)
+    Path(finetuned.index.dir).mkdir(parents=True)
+    (Path(finetuned.index.dir) / "manifest.json").write_text("{}")
+    calls.clear()
+    runner.submit([("b.md", b"beta")])
+    assert runner.wait(10).state == "done"
+    assert calls == [(config.index.dir, config.index.embed_model, "base-embedder"), (finetuned.index.dir, config.finetune.embedder.output, "finetuned-embedder")]
