@@ -107,11 +107,12 @@ def node_label(components, node_id: str) -> str:
     return render.source_label(meta, node_id)
 
 
-def progress_text(system: str) -> str:
-    """What the system is doing before its answer starts streaming ('Rewriting, retrieving…')."""
-    from pipeline.systems import SYSTEMS
+def progress_text(system: str, config=None) -> str:
+    """What the system is doing before its answer starts streaming ('Rewriting, retrieving…'),
+    as it runs under `config` (no reranking where rerank.enabled is off)."""
+    from pipeline.systems import get_system
 
-    spec = SYSTEMS[system]
+    spec = get_system(system, config)
     steps = [name for name, on in (("rewriting", spec.rewrite), ("retrieving", spec.retrieve is not None), ("reranking", spec.rerank)) if on]
     return ", ".join(steps).capitalize() + "…" if steps else "Generating…"
 
@@ -124,7 +125,7 @@ def ask(question: str, system: str, settings, components, turn_id: int, answer_b
         engine = get_engine(settings.profile, settings.overrides, system)
         # the spinner lives in the answer's own slot, so the page keeps the same element layout
         # as when this turn is re-drawn from the history (expanders then stay open on reruns)
-        with answer_box, st.spinner(progress_text(system)):
+        with answer_box, st.spinner(progress_text(system, components.config)):
             response = engine.query(question)
         text = ""
         for delta in response.response_gen:
@@ -217,7 +218,7 @@ def save_feedback(turn_id: int, feedback_file: str, profile: str) -> None:
 
 def sidebar(settings, components, runner) -> str:
     from pipeline.index import KnowledgeBaseError, read_manifest
-    from pipeline.systems import SYSTEM_NAMES, SYSTEMS
+    from pipeline.systems import SYSTEM_NAMES, SYSTEMS, get_system
 
     config = components.config
     st.sidebar.title("ragft chat")
@@ -230,7 +231,7 @@ def sidebar(settings, components, runner) -> str:
     if config.ui.default_system not in SYSTEMS:
         st.sidebar.warning(f"ui.default_system={config.ui.default_system!r} is not a system; using full. Choose one of: {', '.join(SYSTEM_NAMES)}")
     system = st.sidebar.selectbox("System", SYSTEM_NAMES, index=SYSTEM_NAMES.index(default), key="system", help="Every named system of pipeline.systems; see the README's systems table.")
-    spec = SYSTEMS[system]
+    spec = get_system(system, config)  # as it runs under the profile: what it needs to be built
     st.sidebar.caption(render.escape_markdown(spec.description))
     problems = missing_parts(components, spec)
     if problems:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from pipeline.config import Config, ConfigError, add_config_arguments, load_config
+from pipeline.systems import uses_finetuned_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,12 @@ def missing_parts(components: Any, spec: Any) -> list[str]:
         try:
             if read_manifest(config.index.dir) is None:
                 problems.append(f"the knowledge base is not built: no index at {config.index.dir}. Build it with `python -m pipeline.index --config {config.profile}`")
+        except KnowledgeBaseError as exc:
+            problems.append(str(exc))
+    if uses_finetuned_embedder(config, spec):
+        try:
+            if read_manifest(config.index.finetuned_dir) is None:
+                problems.append(f"the fine-tuned embedder's index is not built: no index at {config.index.finetuned_dir}. Build it (and the embedder) with `python -m eval.compare --config {config.profile} --systems {spec.name} --limit 1`")
         except KnowledgeBaseError as exc:
             problems.append(str(exc))
     needs_lm = spec.generator is not None or spec.rewrite

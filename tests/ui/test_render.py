@@ -335,3 +335,33 @@ def test_runner_ingests_into_the_finetuned_embedders_index_too_when_full_searche
     runner.submit([("b.md", b"beta")])
     assert runner.wait(10).state == "done"
     assert calls == [(config.index.dir, config.index.embed_model, "base-embedder"), (finetuned.index.dir, config.finetune.embedder.output, "finetuned-embedder")]
+
+
+def test_missing_parts_follow_the_system_as_it_runs_under_the_profile(tmp_path):
+    """With rerank.enabled off `full` needs no cross-encoder; with index.finetuned_embedder on it
+    needs the fine-tuned embedder's index, and the message says how to build it."""
+    from pipeline.engine import ArtifactMissingError
+    from pipeline.systems import get_system
+    from ui.backend import missing_parts
+
+    config = _config(tmp_path, "index.finetuned_embedder=true", "rerank.enabled=false", "generator.backend=openai", "generator.api_base=http://127.0.0.1:1/v1")
+    asked = []
+
+    class Parts:  # what missing_parts reads of pipeline.engine.Components
+        def __init__(self, config):
+            self.config = config
+
+        def adapter_path(self, kind):
+            asked.append(kind)
+
+        def reranker(self):
+            raise ArtifactMissingError("the cross-encoder reranker is missing")
+
+    problems = missing_parts(Parts(config), get_system("full", config))
+    assert any("no index at " + config.index.dir in p for p in problems)
+    assert any(f"no index at {config.index.finetuned_dir}" in p and "python -m eval.compare" in p for p in problems)
+    assert not any("cross-encoder" in p for p in problems) and "raft" in asked
+    # the same system with the reranker on asks for it; on the base index it does not need the second index
+    on = _config(tmp_path, "rerank.enabled=true", "generator.backend=openai", "generator.api_base=http://127.0.0.1:1/v1")
+    problems = missing_parts(Parts(on), get_system("full", on))
+    assert any("cross-encoder" in p for p in problems) and not any(on.index.finetuned_dir in p for p in problems)
