@@ -590,6 +590,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         f"delta {result['mrr10_delta']:+.4f} (95% CI [{q['delta_ci95'][0]:+.4f}, {q['delta_ci95'][1]:+.4f}]); {first} alone "
         f"{q['mrr@10']['torch'][first]:.4f} / {q['mrr@10']['onnx-int8'][first]:.4f}",
         *([f"- streaming (what the chat UI waits for after retrieval): first words p50 {gen['first_token']['p50_ms']:.0f} ms, max {gen['first_token']['max_ms']:.0f} ms over {gen['first_token']['prompts']} with-context prompts at batch 1"] if "first_token" in gen else []),
+        *([f"- embedder: {d['ingest']['model']}"] if d["ingest"].get("model") else []),  # recorded since the fine-tuned embedder is in full
         f"- cross-encoder: {d['rerank']['model']}",
         "- seconds per section: " + ", ".join(f"{name} {sec:.0f}" for name, sec in result["seconds"].items()),
     ]

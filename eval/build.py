@@ -80,7 +80,7 @@ UPSTREAM = {
     "index-finetuned": ("embedder",),
     "reranker": ("index",),
     "generator-plain": ("base_lm",),
-    "generator-raft": ("base_lm", "index", "reranker"),  # the reranker for leave-one-out contexts only: upstream_of
+    # generator-raft: base_lm, index, and what its contexts come from: upstream_of
     "rewriter": ("base_lm",),
 }
 
