@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
+from eval.metrics import first_relevant_rank
 from finetune.synthetic import builder_parser, run_builder
 from pipeline.config import Config
 
@@ -149,16 +150,17 @@ def filter_synthetic_queries(
     for (source_id, question), ranked in zip(candidates, ranked_ids):
         text = " ".join((question or "").split())
         key = question_key(text)
+        rank = first_relevant_rank(ranked, {source_id})
         if not key or not _is_question_text(text):
             reason = "empty"
         elif source_id in passages and copies_passage(text, passages[source_id]):
             reason = "copies_passage"
         elif key in seen:
             reason = "duplicate"
-        elif source_id not in list(ranked)[:top_k]:
+        elif rank is None or rank > top_k:
             reason = "not_retrieved"
         else:
-            out.kept.append(SyntheticQuestion(source_id, text, list(ranked).index(source_id) + 1))
+            out.kept.append(SyntheticQuestion(source_id, text, rank))
             seen.add(key)
             continue
         out.dropped[reason] += 1

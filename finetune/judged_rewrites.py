@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
+from eval.metrics import first_relevant_rank
 from finetune.synthetic import builder_parser, run_builder
 from pipeline.config import Config
 
@@ -90,10 +91,7 @@ class JudgedRewrite:
 
 def rank_of(gold_id: str, ranked: Sequence[str]) -> Optional[int]:
     """1-based position of `gold_id` in `ranked`, None when it is not there."""
-    for position, node_id in enumerate(ranked, start=1):
-        if node_id == gold_id:
-            return position
-    return None
+    return first_relevant_rank(ranked, {gold_id})
 
 
 def clean_rewrite(raw: str) -> str:
