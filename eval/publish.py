@@ -81,17 +81,23 @@ def system_times(compare_dir: Path, systems: Sequence[str]) -> list[tuple[str, s
     return rows
 
 
-def retrieval_sections(out: Path) -> list[str]:
-    """README lines for the `eval.retrieval --out <out>/retrieval-*.json` runs kept beside the
-    comparison: each one's command, revision, wall time and table (from the JSON itself)."""
+def retrieval_sections(out: Path, kinds: Sequence[str] = ("retrieval", "rerankers", "rewriters"), *, level: int = 2) -> list[str]:
+    """README lines for the retrieval runs kept beside the comparison (`eval.retrieval --out
+    <out>/retrieval-*.json`, `rerank.evaluate --out <out>/rerankers-*.json`, `finetune.rewriter
+    --report <out>/rewriters-*.json`): each one's command, revision, wall time and table (from the
+    JSON itself), under headings of `level`."""
     from eval.retrieval import to_markdown
+    from finetune.rewriter import rewriters_markdown
+    from rerank.evaluate import grid_markdown
 
+    render = {"retrieval": ("eval.retrieval", to_markdown), "rerankers": ("rerank.evaluate", grid_markdown), "rewriters": ("finetune.rewriter", rewriters_markdown)}
     lines: list[str] = []
-    for path in sorted(out.glob("retrieval-*.json")):
+    for path in [p for kind in kinds for p in sorted(out.glob(f"{kind}-*.json"))]:
+        command, markdown = render[path.name.split("-", 1)[0]]
         result = json.loads(path.read_text(encoding="utf-8"))
         run = result.get("run", {})
         lines += [
-            f"## {path.name}: `eval.retrieval`, {result['protocol']}, {result['split']} split",
+            f"{'#' * level} {path.name}: `{command}`, {result['protocol']}, {result['split']} split",
             "",
             "```bash",
             run.get("command", "(command not recorded: written before eval.retrieval recorded it)"),
@@ -99,7 +105,7 @@ def retrieval_sections(out: Path) -> list[str]:
             "",
             f"- git revision: `{run.get('git_revision', 'unknown')}`; wall time {run.get('seconds', '–')} s",
             "",
-            to_markdown(result).replace("### ", "#### ", 1),
+            markdown(result).replace("### ", "#" * (level + 1) + " ", 1),
             "",
         ]
     return lines
@@ -177,7 +183,10 @@ def publish(compare_dir: Path | None, out: Path, *, command: str, readme: Path |
         ]))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     if readme is not None:
-        atomic_write_text(readme, replace_block(readme.read_text(encoding="utf-8"), out.name, results_table(metrics)))
+        text = replace_block(readme.read_text(encoding="utf-8"), out.name, results_table(metrics))
+        if f"<!-- results:{out.name}-retrieval:start -->" in text:  # the README's tables of the fine-tuned-for-retrieval parts
+            text = replace_block(text, f"{out.name}-retrieval", "\n".join(retrieval_sections(out, ("rerankers", "rewriters"), level=4)))
+        atomic_write_text(readme, text)
     return out
 
 

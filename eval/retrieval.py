@@ -162,27 +162,44 @@ FULL_STACK = ("full", "full-no-rewrite", "full-base-embedder", "full-dense", "fu
 
 
 def full_stack_variants(config: Config, names: Sequence[str]) -> dict[str, str]:
-    """The retriever variant ([ft-]BASE[+rerank], rerank/evaluate.py) that runs exactly what `full`
-    runs before generation under `config`, for each FULL_STACK name: `full` retrieves with
-    retrieve.mode over the fine-tuned embedder's vectors (index.finetuned_embedder; else
-    index.embed_model's) and reranks when rerank.enabled (interpolated by
-    rerank.retrieval_weight); each variant switches one part off. A part `full` does not use gives
-    the same variant as `full` (the table says so)."""
-    if config.rewrite.mode != "none":
+    """The retriever variant ([rw-][ft-]BASE[+rerank], rerank/evaluate.py) that runs exactly what
+    `full` runs before generation under `config`, for each FULL_STACK name: `full` rewrites with
+    rewrite.mode and rewrite.adapter (rw-; none: the question alone), retrieves with retrieve.mode
+    over the fine-tuned embedder's vectors (index.finetuned_embedder; else index.embed_model's)
+    and reranks when rerank.enabled (interpolated by rerank.retrieval_weight); each variant
+    switches one part off. A part `full` does not use gives the same variant as `full` (the table
+    says so)."""
+    if config.rewrite.mode == "decompose":
         raise ConfigError(
-            f"--retrievers {','.join(names)}: full's rewriter (rewrite.mode={config.rewrite.mode}) is not run by eval.retrieval yet, "
-            f"so its retrieval stack cannot be measured here; add --set rewrite.mode=none to measure the stack without it"
+            f"--retrievers {','.join(names)}: full's first round with rewrite.mode=decompose retrieves each sub-question on its own, which eval.retrieval does not run; "
+            f"measure the stack with --set rewrite.mode=hyde, multi or none"
         )
+    rw = "rw-" if config.rewrite.mode != "none" else ""  # full's rewriter (rewrite_texts below)
     base, rerank = config.retrieve.mode, config.rerank.enabled
     ft = "ft-" if config.index.finetuned_embedder else ""  # the fine-tuned embedder (finetune.embedder.output)
     stack = {
-        "full": (ft + base, rerank),
-        "full-no-rewrite": (ft + base, rerank),  # rewrite.mode is none: the question alone, as in full
-        "full-base-embedder": (base, rerank),  # index.embed_model's vectors
-        "full-dense": (ft + "dense", rerank),
-        "full-no-rerank": (ft + base, False),
+        "full": (rw + ft + base, rerank),
+        "full-no-rewrite": (ft + base, rerank),  # the question alone
+        "full-base-embedder": (rw + base, rerank),  # index.embed_model's vectors
+        "full-dense": (rw + ft + "dense", rerank),
+        "full-no-rerank": (rw + ft + base, False),
     }
     return {name: stack[name][0] + ("+rerank" if stack[name][1] else "") for name in names}
+
+
+def rewrite_texts(config: Config, questions: Sequence[str], *, adapter: str | None = "config", mode: str | None = None, show_progress: bool = True) -> list[list[str]]:
+    """What full's first-round rewriter writes for each question (rewrite.mode, none meaning hyde as
+    in the engine's rewriter; `adapter` "config": rewrite.adapter, None: the base LM), batched.
+    A HyDE passage is the hypothetical answer alone: the open-book corpus holds answers alone, so
+    this is the corpus's own format, as the engine writes "Question: ...\nAnswer: ..." for its
+    question-answer nodes."""
+    from pipeline.models import load_llm
+    from rewrite import QueryRewriter
+
+    mode = mode or (config.rewrite.mode if config.rewrite.mode != "none" else "hyde")
+    llm = load_llm(config, adapter=config.rewrite.adapter if adapter == "config" else adapter, verbose=show_progress)
+    rewriter = QueryRewriter(llm, mode=mode, n_queries=config.rewrite.n_queries, max_new_tokens=config.rewrite.max_new_tokens, passage_format=lambda question, answer: answer)
+    return [list(made.texts) for made in rewriter.rewrite_many(list(questions), show_progress=show_progress)]
 
 
 def _copy_with(config: Config, **retrieve_values: Any) -> Config:
@@ -226,10 +243,16 @@ def evaluate_open_book(
         stack = full_stack_variants(config, [n for n in retrievers if n in FULL_STACK])
         variants = [n for n in retrievers if n not in RETRIEVERS and n not in FULL_STACK]
         needed = list(dict.fromkeys([*variants, *(v for v in stack.values() if v not in RETRIEVERS)]))
-        if needed:  # hybrid+rerank, ft-dense, ft-hybrid+rerank, ...: see rerank/evaluate.py
+        if needed:  # hybrid+rerank, ft-dense, rw-ft-dense, ...: see rerank/evaluate.py
             from rerank.evaluate import evaluate_variants
 
-            ranked |= evaluate_variants(config, nodes, questions[split], needed, kb=kb, depth=DEPTH, embeddings=vectors.get(split), show_progress=show_progress, log=log)
+            rewrites = None
+            if any(name.startswith("rw-") for name in needed):
+                started = time.perf_counter()
+                rewrites = rewrite_texts(config, questions[split], show_progress=show_progress)
+                result["rewrites"] = {"mode": config.rewrite.mode, "adapter": config.rewrite.adapter, "seconds": round(time.perf_counter() - started, 1), "examples": [{"question": q, "texts": t} for q, t in zip(questions[split][:5], rewrites[:5])]}
+                log(f"rewrote {len(rewrites)} questions in {result['rewrites']['seconds']} s")
+            ranked |= evaluate_variants(config, nodes, questions[split], needed, kb=kb, depth=DEPTH, embeddings=vectors.get(split), rewrites=rewrites, show_progress=show_progress, log=log)
         for name in variants:
             result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[name], relevant[split], config)
         for name, variant in stack.items():
@@ -239,7 +262,7 @@ def evaluate_open_book(
             result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[variant], relevant[split], config)
         if stack:
             result["full_stack"] = {name: {"runs": variant, "same_as_full": variant == stack.get("full")} for name, variant in stack.items()}
-            result["settings"]["full"] = {"retrieve.mode": config.retrieve.mode, "rerank.enabled": config.rerank.enabled, "rerank.model": config.rerank.model, "rerank.candidates": config.rerank.candidates, "rerank.retrieval_weight": config.rerank.retrieval_weight, "index.embed_model": config.index.embed_model, "index.finetuned_embedder": config.index.finetuned_embedder, "finetune.embedder.output": config.finetune.embedder.output, "rewrite.mode": config.rewrite.mode}
+            result["settings"]["full"] = {"retrieve.mode": config.retrieve.mode, "rerank.enabled": config.rerank.enabled, "rerank.model": config.rerank.model, "rerank.candidates": config.rerank.candidates, "rerank.retrieval_weight": config.rerank.retrieval_weight, "index.embed_model": config.index.embed_model, "index.finetuned_embedder": config.index.finetuned_embedder, "finetune.embedder.output": config.finetune.embedder.output, "rewrite.mode": config.rewrite.mode, "rewrite.adapter": config.rewrite.adapter if config.rewrite.mode != "none" else None}
         r = config.retrieve
         result["settings"]["hybrid"] = {"fusion": r.fusion, "rrf_k": r.rrf_k, "dense_weight": r.dense_weight, "bm25_weight": r.bm25_weight, "candidates": max(r.candidates, DEPTH)}
         if tune:
@@ -381,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", metavar="DIR", help="Folder with train/val/test.jsonl. Default: data.dir of the profile.")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="open-book", help="open-book: all answers are the corpus, gold = own answer; closed-book: the train pairs are the knowledge base, answers are compared with the reference. Default: open-book.")
     parser.add_argument("--split", choices=["val", "test"], default="test", help="Split whose questions are the queries. Default: test.")
-    parser.add_argument("--retrievers", default=",".join(RETRIEVERS), metavar="LIST", help="Comma-separated retrievers among dense, bm25, hybrid (hybrid uses the profile's fusion settings); open-book also takes [ft-]BASE[+rerank] variants: ft- embeds the corpus with the fine-tuned embedder (finetune.embedder.output), +rerank reranks rerank.candidates passages with the cross-encoder at rerank.model, e.g. hybrid+rerank,ft-dense,ft-hybrid+rerank; and full's retrieval stack (what `full` runs before generation: rewrite, retrieve.mode, rerank with rerank.retrieval_weight) with its one-part-off variants full-no-rewrite, full-base-embedder, full-dense (no BM25), full-no-rerank, each with its paired Delta against full. Default: dense, bm25, hybrid.")
+    parser.add_argument("--retrievers", default=",".join(RETRIEVERS), metavar="LIST", help="Comma-separated retrievers among dense, bm25, hybrid (hybrid uses the profile's fusion settings); open-book also takes [rw-][ft-]BASE[+rerank] variants: rw- searches with the question plus what full's rewriter writes (rewrite.mode, none meaning hyde; rewrite.adapter), ft- embeds the corpus with the fine-tuned embedder (finetune.embedder.output), +rerank reranks rerank.candidates passages with the cross-encoder at rerank.model, e.g. hybrid+rerank,ft-dense,ft-hybrid+rerank; and full's retrieval stack (what `full` runs before generation: rewrite, retrieve.mode, rerank with rerank.retrieval_weight) with its one-part-off variants full-no-rewrite, full-base-embedder, full-dense (no BM25), full-no-rerank, each with its paired Delta against full. Default: dense, bm25, hybrid.")
     parser.add_argument("--tune", action="store_true", help="open-book only: choose the hybrid's fusion (mode, k, weights) on val and report it once on --split as hybrid-tuned.")
     parser.add_argument("--sim-threshold", type=float, default=0.8, metavar="T", help="closed-book: cosine (MiniLM) between a retrieved answer and the reference that counts as a hit. Default: 0.8.")
     parser.add_argument("--format", choices=["md", "json"], default="md", help="Output: a Markdown table with 95%% intervals, or the JSON document. Default: md.")

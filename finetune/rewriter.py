@@ -3,6 +3,7 @@
     python -m finetune.rewriter --config tiny                      # train, then report val retrieval
     python -m finetune.rewriter --config tiny --evaluate-only      # report with the existing adapter
     python -m finetune.rewriter --config tiny --data ../shared/data/seed-technical-qa/splits --split test --evaluate-only
+    python -m finetune.rewriter --evaluate-only --adapter hyde-judged=runs/smollm2/adapters/rewriter-judged --report val.json
 
 Training (fine-tuning FOR retrieval): LoRA SFT of the base LM (`generator.model`) on the train
 questions -> the answer part of the question's own knowledge-base passage, with the HyDE prompt
@@ -16,9 +17,13 @@ atomic save with loss history, loss curve and resolved config).
 Evaluation (open-book protocol of eval.retrieval: every answer of train+val+test is a passage,
 the gold passage of a question is its own answer): recall@k, MRR@10, nDCG@10 with 95% intervals
 for `none` (the question alone) vs `hyde-base` (the base LM writes the hypothetical answer) vs
-`hyde-lora` (the fine-tuned rewriter), each through the dense and hybrid retrievers, plus
-hybrid+rerank when the reranker is built. The report is printed and saved beside the adapter
-(`retrieval_report.json`).
+`hyde-lora` (the fine-tuned rewriter) vs `hyde-judged` (the rewriter trained on retrieval-judged
+targets, `--adapter hyde-judged=DIR`, default the adapter folder followed by `-judged`), each
+through the dense, hybrid and fine-tuned dense (`ft-dense`, what `full` searches) retrievers, with
+the paired MRR@10 difference of each variant against `none`. The recommendation for `full` is the
+variant whose gain on full's retriever has its 95% interval above 0 (the largest such gain), else
+rewrite.mode none. The report is printed and saved beside the adapter (`retrieval_report_SPLIT.json`)
+or to `--report FILE`.
 
 Targets judged by retrieval instead of the gold answers: `--set finetune.rewriter.targets=FILE`
 with the JSONL of python -m finetune.judged_rewrites (the base LM's own sampled rewrites that rank
@@ -30,18 +35,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.common import train_lora_adapter
-from pipeline.config import Config, add_config_arguments, config_from_args
+from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json
 from rewrite.prompts import hyde_training_example
 
-VARIANTS = ("none", "hyde-base", "hyde-lora")
+VARIANTS = ("none", "hyde-base", "hyde-lora", "hyde-judged")
 
 
 def rewriter_rows(config: Config, tokenizer: Any) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -77,68 +85,57 @@ def evaluate_rewriters(
     data_dir: str | Path | None = None,
     split: str = "val",
     variants: Sequence[str] = VARIANTS,
-    retrievers: Sequence[str] = ("dense", "hybrid", "hybrid+rerank"),
-    adapter: Optional[str] = None,
+    retrievers: Sequence[str] = ("dense", "hybrid", "ft-dense"),
+    adapters: Optional[Mapping[str, str]] = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Open-book retrieval of `split` with each rewrite variant and retriever; see the module doc."""
-    from llama_index.core.schema import QueryBundle
-
+    """Open-book retrieval of `split` with each rewrite variant and retriever; see the module doc.
+    `adapters`: the LoRA adapter of each hyde-* variant but hyde-base (default: hyde-lora ->
+    finetune.rewriter.output); a variant whose adapter is missing is skipped with a log line, as is
+    a retriever whose model is (ft-: finetune.embedder.output, +rerank: rerank.model)."""
     from eval.metrics import paired_bootstrap_test, retrieval_per_query, summarize
-    from eval.retrieval import DEPTH, open_book_corpus
+    from eval.retrieval import DEPTH, open_book_corpus, rewrite_texts
     from pipeline.index import KnowledgeBase
-    from pipeline.models import load_llm
-    from pipeline.retrieve import build_retriever
-    from rewrite import QueryRewriter
+    from rerank.evaluate import evaluate_variants, parse_variant
 
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     data_dir = data_dir or config.data.dir
-    adapter = adapter or config.finetune.rewriter.output
+    adapters = dict(adapters or {"hyde-lora": config.finetune.rewriter.output})
+    unknown = [v for v in variants if v not in ("none", "hyde-base", *adapters)]
+    if unknown:
+        raise ValueError(f"evaluate_rewriters: variants {unknown} have no adapter; give them one in `adapters` (--adapter NAME=DIR)")
+    retrievers = list(retrievers)
+    if any(parse_variant(r).finetuned for r in retrievers) and not Path(config.finetune.embedder.output).exists():
+        log(f"ft- retrievers skipped: no fine-tuned embedder at {config.finetune.embedder.output} (python -m finetune.embedder)")
+        retrievers = [r for r in retrievers if not parse_variant(r).finetuned]
+    if any(parse_variant(r).rerank for r in retrievers) and not Path(config.rerank.model).exists():
+        log(f"+rerank retrievers skipped: no reranker at {config.rerank.model} (python -m finetune.reranker)")
+        retrievers = [r for r in retrievers if not parse_variant(r).rerank]
     nodes, questions, relevant = open_book_corpus(data_dir)
     queries, gold = questions[split], relevant[split]
     kb = KnowledgeBase.from_nodes(config, nodes, show_progress=show_progress)
-    reranker = None
-    if "hybrid+rerank" in retrievers:
-        if Path(config.rerank.model).exists():
-            from rerank import CrossEncoderReranker
-
-            reranker = CrossEncoderReranker.from_config(config, top_n=DEPTH)
-        else:
-            log(f"hybrid+rerank skipped: no reranker at {config.rerank.model} (python -m finetune.reranker)")
-            retrievers = [r for r in retrievers if r != "hybrid+rerank"]
-    # the open-book corpus holds answers alone, so the hypothetical passage is the answer alone
-    answers_only = lambda question, answer: answer  # noqa: E731
-    result: dict[str, Any] = {"protocol": "open-book", "split": split, "data": str(data_dir), "corpus_size": len(nodes), "results": {}, "rewrites": {}}
+    result: dict[str, Any] = {"protocol": "open-book", "split": split, "data": str(data_dir), "corpus_size": len(nodes), "results": {}, "rewrites": {}, "adapters": {}, "seconds": {}}
     per_query: dict[str, dict[str, list[float]]] = {}
     try:
         for variant in variants:
-            if variant == "none":
-                hypotheticals: list[list[str]] = [[] for _ in queries]
-            else:
-                use_adapter = variant == "hyde-lora"
-                if use_adapter and not Path(adapter).exists():
+            rewrites = None
+            if variant != "none":
+                adapter = adapters.get(variant)  # hyde-base: None, the base LM
+                if adapter is not None and not Path(adapter).exists():
                     log(f"{variant} skipped: no rewriter adapter at {adapter} (python -m finetune.rewriter)")
                     continue
-                llm = load_llm(config, adapter=adapter if use_adapter else None, verbose=show_progress)
-                rewriter = QueryRewriter(llm, mode="hyde", max_new_tokens=config.rewrite.max_new_tokens, passage_format=answers_only)
-                made = rewriter.rewrite_many(queries, show_progress=show_progress)
-                hypotheticals = [list(m.texts) for m in made]
-                result["rewrites"][variant] = [{"question": q, "hypothetical": h[0] if h else ""} for q, h in zip(queries[:5], hypotheticals[:5])]
-            for name in retrievers:
-                base = "hybrid" if name == "hybrid+rerank" else name
-                candidates = config.rerank.candidates if name == "hybrid+rerank" else DEPTH
-                retriever = build_retriever(config, base, max(candidates, DEPTH), kb=kb)
-                ranked = []
-                for question, texts in zip(queries, hypotheticals):
-                    bundle = QueryBundle(query_str=question, custom_embedding_strs=[question, *texts] if texts else None)
-                    hits = retriever.retrieve(bundle)
-                    if name == "hybrid+rerank":
-                        hits = reranker.postprocess_nodes(hits, query_str=question)
-                    ranked.append([h.node.node_id for h in hits[:DEPTH]])
-                key = f"{variant}/{name}"
-                per_query[key] = retrieval_per_query(ranked, gold)
+                started = time.perf_counter()
+                rewrites = rewrite_texts(config, queries, adapter=adapter, mode="hyde", show_progress=show_progress)
+                result["seconds"][variant] = round(time.perf_counter() - started, 1)
+                result["adapters"][variant] = adapter
+                result["rewrites"][variant] = [{"question": q, "hypothetical": h[0] if h else ""} for q, h in zip(queries[:5], rewrites[:5])]
+            names = [f"rw-{r}" if rewrites is not None else r for r in retrievers]
+            ranked = evaluate_variants(config, nodes, queries, names, kb=kb, depth=DEPTH, rewrites=rewrites, show_progress=show_progress, log=log)
+            for name, retriever in zip(names, retrievers):
+                key = f"{variant}/{retriever}"
+                per_query[key] = retrieval_per_query(ranked[name], gold)
                 result["results"][key] = summarize(per_query[key], samples=config.eval.bootstrap_samples, seed=config.eval.seed)
                 row = result["results"][key]
                 log(f"{key:<28} R@1 {row['recall@1']:.3f}  R@5 {row['recall@5']:.3f}  MRR@10 {row['mrr@10']:.3f} [{row['ci95']['mrr@10'][0]:.3f}, {row['ci95']['mrr@10'][1]:.3f}]")
@@ -157,12 +154,41 @@ def evaluate_rewriters(
     return result
 
 
-def recommend_mode(result: dict[str, Any], retriever: str = "hybrid") -> str:
-    """`hyde` unless the LoRA rewriter makes retrieval worse than `none` beyond the interval."""
-    test = result.get("paired_vs_none", {}).get(f"hyde-lora/{retriever}")
-    if test is None:
-        return "none"
-    return "none" if test["ci95_high"] < 0 else "hyde"
+def rewriters_markdown(result: dict[str, Any]) -> str:
+    """The report as a table: one row per (variant, retriever), with MRR@10's paired difference
+    against the question alone on the same retriever."""
+    n = next(iter(result["results"].values()))["n"] if result["results"] else 0
+    lines = [
+        f"### HyDE rewriters, open-book, split {result['split']} ({result['corpus_size']} passages, n={n})",
+        "",
+        "| rewrite | retriever | R@1 | R@5 | MRR@10 [95% CI] | Delta MRR@10 vs none [95% CI] | rewrite seconds |",
+        "|---|---|---:|---:|---|---|---:|",
+    ]
+    for key, row in result["results"].items():
+        variant, retriever = key.split("/", 1)
+        test = result.get("paired_vs_none", {}).get(key)
+        delta = f"{test['diff']:+.3f} [{test['ci95_low']:+.3f}, {test['ci95_high']:+.3f}]" if test else "–"
+        lo, hi = row["ci95"]["mrr@10"]
+        lines.append(f"| {variant} | {retriever} | {row['recall@1']:.3f} | {row['recall@5']:.3f} | {row['mrr@10']:.3f} [{lo:.3f}, {hi:.3f}] | {delta} | {result.get('seconds', {}).get(variant, '–')} |")
+    if "recommended" in result:
+        r = result["recommended"]
+        lines += ["", f"Recommended for full (searching {r['retriever']}): rewrite.mode={r['rewrite.mode']}" + (f" with {r['variant']}" if r["variant"] else "") + "."]
+    return "\n".join(lines)
+
+
+def full_retriever(config: Config) -> str:
+    """The retriever name (evaluate_rewriters' keys) of what `full` searches with under `config`."""
+    return ("ft-" if config.index.finetuned_embedder else "") + config.retrieve.mode
+
+
+def recommend_mode(result: dict[str, Any], retriever: str = "hybrid") -> tuple[str, Optional[str]]:
+    """(rewrite.mode, the winning variant) for `full`: the hyde-* variant with the largest MRR@10
+    gain over the question alone on `retriever` among those whose 95% interval lies above 0, as a
+    part `full` keeps must earn; ("none", None) when none does."""
+    earned = [(test["diff"], key.split("/", 1)[0]) for key, test in result.get("paired_vs_none", {}).items() if key.endswith(f"/{retriever}") and test["ci95_low"] > 0]
+    if not earned:
+        return "none", None
+    return "hyde", max(earned)[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-evaluate", action="store_true", help="Train only; skip the retrieval report.")
     parser.add_argument("--data", metavar="DIR", help="Prepared splits for the retrieval report (open-book corpus). Default: data.dir.")
     parser.add_argument("--split", default="val", choices=SPLITS, help="Split whose questions the retrieval report uses (tune on val; report test once). Default: val.")
+    parser.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST", help=f"Rewrite variants of the report: none (the question alone), hyde-base (the base LM writes the hypothetical answer), and hyde-NAME for each adapter of --adapter. Default: {','.join(VARIANTS)} (a variant without an adapter on disk is skipped).")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="The adapter of a rewrite variant, e.g. hyde-judged=runs/smollm2/adapters/rewriter-judged (repeatable). Default: hyde-lora=--out, hyde-judged=--out followed by -judged.")
+    parser.add_argument("--retrievers", default="dense,hybrid,ft-dense", metavar="LIST", help="Retrievers of the report, [ft-](dense|bm25|hybrid)[+rerank] as in eval.retrieval; ft- needs finetune.embedder.output, +rerank rerank.model (skipped when missing). Default: dense,hybrid,ft-dense.")
+    parser.add_argument("--report", metavar="FILE", help="Write the report's JSON here. Default: retrieval_report_SPLIT.json in the adapter folder.")
     add_config_arguments(parser)
     return parser
 
@@ -186,17 +216,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [f"finetune.rewriter.output={json.dumps(args.out)}"] if args.out else []
 
+    started = time.perf_counter()
+
     def body() -> None:
+        from eval.publish import git_revision
+
         config = config_from_args(args, overrides)
         if not args.evaluate_only:
             train_rewriter(config, resume=not args.no_resume)
         if not args.no_evaluate:
-            result = evaluate_rewriters(config, data_dir=args.data, split=args.split)
-            result["recommended_rewrite_mode"] = recommend_mode(result)
-            print(f"recommended rewrite.mode for the full system: {result['recommended_rewrite_mode']} (hyde unless the LoRA rewriter is worse than none on hybrid beyond the 95% interval)")
-            out = Path(config.finetune.rewriter.output)
-            if out.is_dir():
-                write_json(out / f"retrieval_report_{args.split}.json", result)
+            out = config.finetune.rewriter.output
+            adapters = {"hyde-lora": out, "hyde-judged": f"{out}-judged"}
+            for item in args.adapter:
+                name, sep, folder = item.partition("=")
+                if not sep or not name.startswith("hyde-") or name == "hyde-base" or not folder:
+                    raise ConfigError(f"--adapter {item!r}: write NAME=DIR with NAME hyde-SOMETHING other than hyde-base, e.g. hyde-judged=runs/smollm2/adapters/rewriter-judged")
+                adapters[name] = folder
+            variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+            retrievers = [r.strip() for r in args.retrievers.split(",") if r.strip()]
+            result = evaluate_rewriters(config, data_dir=args.data, split=args.split, variants=variants, retrievers=retrievers, adapters={v: adapters[v] for v in variants if v in adapters})
+            retriever = full_retriever(config)
+            mode, variant = recommend_mode(result, retriever)
+            result["recommended"] = {"rewrite.mode": mode, "variant": variant, "adapter": adapters.get(variant) if variant else None, "retriever": retriever}
+            print(f"recommended for full (searching {retriever}): rewrite.mode={mode}" + (f" with {variant} ({result['recommended']['adapter'] or 'the base LM'})" if variant else "") + " (hyde when a rewrite variant's MRR@10 gain over the question alone has its 95% interval above 0)")
+            result["run"] = {"command": "python -m finetune.rewriter " + shlex.join(sys.argv[1:] if argv is None else list(argv)), "git_revision": git_revision(Path.cwd()), "seconds": round(time.perf_counter() - started, 1)}
+            print(rewriters_markdown(result))
+            if args.report:
+                write_json(args.report, result)
+            elif Path(out).is_dir():
+                write_json(Path(out) / f"retrieval_report_{args.split}.json", result)
 
     return run_cli(body)
 

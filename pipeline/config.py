@@ -199,6 +199,15 @@ class RewriterTrainConfig(LoraTrainConfig):
 
 
 @dataclass
+class LmRerankerTrainConfig(LoraTrainConfig):
+    """finetune.lm_reranker: the shared LoRA settings plus the negatives of each training question."""
+
+    hard_negatives: int = option(2, "Hard negatives mined with the hybrid retriever over the knowledge base per training question (labelled no).", NON_NEGATIVE)
+    random_negatives: int = option(1, "Random other answers per training question (labelled no).", NON_NEGATIVE)
+    mine_candidates: int = option(20, "Passages the hybrid retriever returns per training question when mining hard negatives.", POSITIVE)
+
+
+@dataclass
 class RaftConfig:
     context: Literal["loo", "oracle"] = option("loo", "How training contexts are built. loo (leave-one-out): the trained question's top passages from the very retriever and reranker `full` uses, with its own pair left out, as a closed-book test question sees them. oracle: RAFT's mix, the question's own pair (with probability oracle_prob) among hard distractors.")
     oracle_prob: float = option(0.8, "Fraction of RAFT examples whose context includes the question's own answer passage.", FRACTION)
@@ -277,6 +286,10 @@ class FinetuneConfig:
         metadata={"help": "LoRA fine-tuning of the HyDE query rewriter (finetune.rewriter); its output is what rewrite.adapter loads.", "check": None},
     )
     reranker: RerankerTrainConfig = option(RerankerTrainConfig, "Cross-encoder reranker training (finetune.reranker).")
+    lm_reranker: LmRerankerTrainConfig = field(
+        default_factory=lambda: LmRerankerTrainConfig(output="{run_dir}/adapters/lm-reranker", max_seq_length=256),
+        metadata={"help": "LoRA fine-tuning of the generator's base LM as a pointwise reranker (python -m finetune.lm_reranker): it reads a (question, passage) and answers yes or no; the score is logit(yes) - logit(no).", "check": None},
+    )
     embedder: EmbedderTrainConfig = option(EmbedderTrainConfig, "Bi-encoder embedder fine-tuning (finetune.embedder).")
     doc2query: Doc2QueryConfig = option(Doc2QueryConfig, "Synthetic questions per knowledge-base passage, kept by a retrieval consistency filter: extra reranker training pairs (python -m finetune.doc2query).")
     judged_rewrites: JudgedRewritesConfig = option(JudgedRewritesConfig, "Sampled HyDE rewrites of the train questions judged by the rank of the gold passage: rewriter training targets (python -m finetune.judged_rewrites).")

@@ -398,6 +398,26 @@ def test_publish_copies_the_run_without_caches_and_regenerates_the_readme_table(
     readme.write_text("<!-- results:demo:start -->\n<!-- results:demo:end -->\n")
     assert publish_main(["--readme-only", "--out", str(out), "--readme", str(readme)]) == 0
     assert "| vanilla |" in readme.read_text()
+    # the reranker and rewriter comparisons kept beside it fill the README's <name>-retrieval block
+    ci = lambda x: [x - 0.05, x + 0.05]  # noqa: E731
+    summary = lambda m: {"recall@1": m - 0.1, "recall@5": m + 0.1, "mrr@10": m, "n": 9, "ci95": {"mrr@10": ci(m)}}  # noqa: E731
+    test = {"diff": 0.02, "ci95_low": 0.01, "ci95_high": 0.03, "p_value": 0.01}
+    (out / "rerankers-val.json").write_text(json.dumps({
+        "protocol": "open-book", "split": "val", "n": 9, "candidates": 20, "first_stage": {"name": "ft-dense", **summary(0.7)}, "run": {"command": "python -m rerank.evaluate --split val"},
+        "rerankers": {"ce-x": {"weights": {"0.0": {"mrr@10": 0.6}, "0.5": {"mrr@10": 0.72}}, "best_weight": 0.5, "at_best": summary(0.72), "delta_vs_first_stage": test, "ms_per_query_p50": 80.0}},
+    }))
+    (out / "rewriters-val.json").write_text(json.dumps({
+        "protocol": "open-book", "split": "val", "corpus_size": 30, "run": {"command": "python -m finetune.rewriter --evaluate-only"},
+        "results": {"none/dense": summary(0.7), "hyde-lora/dense": summary(0.72)}, "paired_vs_none": {"hyde-lora/dense": test}, "seconds": {"hyde-lora": 12.5},
+        "recommended": {"rewrite.mode": "hyde", "variant": "hyde-lora", "retriever": "dense", "adapter": "x"},
+    }))
+    readme.write_text("<!-- results:demo:start -->\n<!-- results:demo:end -->\n<!-- results:demo-retrieval:start -->\nold\n<!-- results:demo-retrieval:end -->\n")
+    assert publish_main(["--readme-only", "--out", str(out), "--readme", str(readme)]) == 0
+    block = readme.read_text().split("<!-- results:demo-retrieval:start -->")[1]
+    assert "old" not in block and "#### rerankers-val.json: `rerank.evaluate`, open-book, val split" in block and "python -m rerank.evaluate --split val" in block
+    assert "| ce-x | 0.600 | 0.720 | 0.5 | 0.720 [0.670, 0.770] | 0.620 | +0.0200 [+0.0100, +0.0300] | 80.0 |" in block
+    assert "| hyde-lora | dense | 0.620 | 0.820 | 0.720 [0.670, 0.770] | +0.020 [+0.010, +0.030] | 12.5 |" in block and "rewrite.mode=hyde with hyde-lora" in block
+    assert "retrieval-val.json" not in block  # eval.retrieval's runs stay in results/<name>/README.md
     with pytest.raises(PublishError, match="has no block <!-- results:seed:start -->"):
         replace_block("no markers", "seed", "table")
     assert publish_main([str(tmp_path / "nothing"), "--out", str(out), "--readme", str(readme)]) == 2

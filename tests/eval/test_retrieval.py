@@ -79,8 +79,11 @@ def test_full_stack_and_its_one_part_off_variants(demo_dir, tmp_path, tiny_cross
     # with the fine-tuned embedder inside full, every variant but full-base-embedder searches its vectors
     finetuned = load_config("tiny", [*sets, "index.finetuned_embedder=true"])
     assert full_stack_variants(finetuned, names) == {"full": "ft-hybrid+rerank", "full-no-rewrite": "ft-hybrid+rerank", "full-base-embedder": "hybrid+rerank", "full-dense": "ft-dense+rerank", "full-no-rerank": "ft-hybrid"}
-    with pytest.raises(ConfigError, match="rewrite.mode=hyde.*--set rewrite.mode=none"):
-        full_stack_variants(load_config("tiny", [*sets, "rewrite.mode=hyde"]), ["full"])
+    # with a rewriter, every variant but full-no-rewrite searches with its rewrites too
+    rewriting = load_config("tiny", [*sets, "index.finetuned_embedder=true", "rewrite.mode=hyde"])
+    assert full_stack_variants(rewriting, names) == {"full": "rw-ft-hybrid+rerank", "full-no-rewrite": "ft-hybrid+rerank", "full-base-embedder": "rw-hybrid+rerank", "full-dense": "rw-ft-dense+rerank", "full-no-rerank": "rw-ft-hybrid"}
+    with pytest.raises(ConfigError, match="rewrite.mode=decompose.*hyde, multi or none"):
+        full_stack_variants(load_config("tiny", [*sets, "rewrite.mode=decompose"]), ["full"])
 
     args = ["--data", str(demo_dir), "--split", "val", "--retrievers", "hybrid,full,full-dense,full-no-rerank,full-base-embedder", "--quiet", "--format", "json"]
     # the default profile searches the fine-tuned embedder's index, not trained here: the base one
@@ -201,3 +204,17 @@ def test_tuning_on_val_reproduces_the_shipped_settings(seed_dir):
     assert result["settings"]["hybrid-tuned"]["fusion"] == shipped.fusion
     assert result["settings"]["hybrid-tuned"]["bm25_weight"] == pytest.approx(shipped.bm25_weight / shipped.dense_weight)
     assert result["retrievers"]["hybrid-tuned"]["mrr@10"] >= result["retrievers"]["dense"]["mrr@10"]
+
+
+def test_full_stack_with_a_rewriter_runs_its_rewrites(demo_dir, tmp_path, tiny_lm_dir, capsys):
+    """rewrite.mode=hyde: full searches with the question plus the LM's hypothetical answer (the
+    engine's QueryBundle), full-no-rewrite with the question alone, which is exactly plain dense."""
+    sets = [f"run_dir={tmp_path}", f"generator.model={tiny_lm_dir}", "rewrite.mode=hyde", "rewrite.adapter=null", "rewrite.max_new_tokens=6", "retrieve.mode=dense", "rerank.enabled=false", "index.finetuned_embedder=false", "eval.bootstrap_samples=50"]
+    assert main(["--data", str(demo_dir), "--split", "val", "--retrievers", "dense,full,full-no-rewrite", "--quiet", "--format", "json", *(x for item in sets for x in ("--set", item))]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["full_stack"]["full"] == {"runs": "rw-dense", "same_as_full": True}
+    assert result["retrievers"]["full-no-rewrite"] == result["retrievers"]["dense"]
+    assert result["rewrites"]["mode"] == "hyde" and len(result["rewrites"]["examples"]) == 5
+    assert all(example["texts"] for example in result["rewrites"]["examples"])  # a hypothetical answer per question
+    assert result["settings"]["full"]["rewrite.mode"] == "hyde"
+    assert "full-no-rewrite" in result["paired_vs_full"]

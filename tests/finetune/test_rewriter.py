@@ -64,20 +64,37 @@ def test_training_writes_a_complete_adapter_where_rewrite_adapter_looks(trained)
 
 def test_retrieval_report_compares_none_base_and_lora(trained):
     config, _, _ = trained
-    result = evaluate_rewriters(config, retrievers=("dense", "hybrid"), show_progress=False, log=lambda *_: None)
-    assert set(result["results"]) == {f"{v}/{r}" for v in ("none", "hyde-base", "hyde-lora") for r in ("dense", "hybrid")}
+    logged = []
+    # a second adapter name for the same folder: hyde-judged runs like any adapter variant; ft-dense has no embedder here
+    adapters = {"hyde-lora": config.finetune.rewriter.output, "hyde-judged": config.finetune.rewriter.output}
+    result = evaluate_rewriters(config, retrievers=("dense", "hybrid", "ft-dense"), adapters=adapters, show_progress=False, log=logged.append)
+    assert set(result["results"]) == {f"{v}/{r}" for v in ("none", "hyde-base", "hyde-lora", "hyde-judged") for r in ("dense", "hybrid")}
+    assert any("ft- retrievers skipped" in line and "finetune.embedder" in line for line in logged)
+    assert result["results"]["hyde-judged/dense"] == result["results"]["hyde-lora/dense"]  # the same adapter: the same rewrites
+    assert result["adapters"] == {"hyde-base": None, "hyde-lora": config.finetune.rewriter.output, "hyde-judged": config.finetune.rewriter.output}
     for row in result["results"].values():
         assert 0.0 <= row["recall@1"] <= row["recall@5"] <= 1.0 and row["n"] == 10
         assert row["ci95"]["mrr@10"][0] <= row["mrr@10"] <= row["ci95"]["mrr@10"][1]
-    assert set(result["paired_vs_none"]) == {"hyde-base/dense", "hyde-base/hybrid", "hyde-lora/dense", "hyde-lora/hybrid"}
+    assert set(result["paired_vs_none"]) == {f"{v}/{r}" for v in ("hyde-base", "hyde-lora", "hyde-judged") for r in ("dense", "hybrid")}
     assert result["rewrites"]["hyde-lora"][0]["question"]
-    assert recommend_mode(result) in ("none", "hyde")
+    with pytest.raises(ValueError, match="--adapter NAME=DIR"):
+        evaluate_rewriters(config, variants=("none", "hyde-other"), show_progress=False, log=lambda *_: None)
 
 
-def test_recommend_mode_falls_back_only_when_worse_beyond_the_interval():
-    worse = {"paired_vs_none": {"hyde-lora/hybrid": {"diff": -0.2, "ci95_low": -0.3, "ci95_high": -0.1}}}
-    unclear = {"paired_vs_none": {"hyde-lora/hybrid": {"diff": -0.02, "ci95_low": -0.08, "ci95_high": 0.03}}}
-    assert recommend_mode(worse) == "none" and recommend_mode(unclear) == "hyde" and recommend_mode({}) == "none"
+def test_recommend_mode_keeps_a_rewriter_only_when_its_gain_is_above_zero():
+    test = lambda diff, low, high: {"diff": diff, "ci95_low": low, "ci95_high": high}  # noqa: E731
+    result = {
+        "paired_vs_none": {
+            "hyde-lora/ft-dense": test(0.01, -0.01, 0.03),  # not earned: the interval holds 0
+            "hyde-judged/ft-dense": test(0.02, 0.005, 0.04),
+            "hyde-base/ft-dense": test(0.015, 0.001, 0.03),
+            "hyde-lora/dense": test(0.2, 0.1, 0.3),  # another retriever: not what full searches
+        }
+    }
+    assert recommend_mode(result, "ft-dense") == ("hyde", "hyde-judged")
+    assert recommend_mode(result, "hybrid") == ("none", None) and recommend_mode({}, "dense") == ("none", None)
+    del result["paired_vs_none"]["hyde-judged/ft-dense"], result["paired_vs_none"]["hyde-base/ft-dense"]
+    assert recommend_mode(result, "ft-dense") == ("none", None)
 
 
 def test_cli_reports_a_missing_base_model(tmp_path, capsys):
