@@ -206,3 +206,22 @@ def test_clean_stream_matches_the_sync_clean_up():
     raw = "A B-tree keeps keys sorted [2] in wide nodes [9].\nQuestion: What is next?\nAnswer: more"
     pieces = [raw[i : i + 3] for i in range(0, len(raw), 3)]
     assert "".join(clean_stream(iter(pieces), 2)) == keep_valid_citations(clean_answer(raw), 2)
+
+
+def test_query_batch_writes_the_first_round_rewrites_in_one_batched_pass(tiny_config, monkeypatch):
+    """full's first-round rewrites of a batch go through the LM together (per mode), and each
+    question's round reads its own from the rewriter's cache: the same rewrite as a query alone."""
+    from rewrite import QueryRewriter
+
+    config = dataclasses.replace(tiny_config, rewrite=dataclasses.replace(tiny_config.rewrite, mode="hyde"), agent=dataclasses.replace(tiny_config.agent, max_rounds=1))
+    calls = []
+    real = QueryRewriter._generate
+    monkeypatch.setattr(QueryRewriter, "_generate", lambda self, conversations, show: calls.append(len(conversations)) or real(self, conversations, show))
+    questions = ["What is a B-tree?", "  How does a hash table handle collisions?  ", "What is virtual memory?"]
+    batched = build_query_engine(config, "full", components=Components(config)).query_batch(questions, show_progress=False)
+    assert calls == [3]  # one pass for the three hyde rewrites, none per question afterwards
+    alone = build_query_engine(config, "full", components=Components(config))
+    for question, response in zip(questions, batched):
+        first = response.metadata["rounds"][0]
+        assert first["mode"] == "hyde" and first["rewrite"]["texts"] == alone.query(question).metadata["rounds"][0]["rewrite"]["texts"]
+        assert response.metadata["timings"]["rewrite"] >= first["rewrite"]["seconds"] - 1e-4 and first["rewrite"]["seconds"] > 0  # its share of the batched pass (the trace rounds to 4 digits)
