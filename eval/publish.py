@@ -2,22 +2,25 @@
 
     python -m eval.publish runs/smollm2/data/splits-567263a4/compare --out results/seed \\
         --command "python -m eval.compare --data ../shared/data/seed-technical-qa/splits --split test"
-    python -m eval.publish --readme-only --out results/seed       # only regenerate README.md's table
+    python -m eval.publish --readme-only --out results/seed       # only regenerate the tables (README.md, results/seed/README.md)
 
 Copies what a reader needs and nothing that is a cache or a model: metrics.json, report.md, the
 plots (metrics.png, latency.png) and predictions/<system>.jsonl with their .done.json markers. It
 writes `<out>/README.md` with the exact command, the git revision, the wall time of every build and
 every system (from the build plan, the artifacts' train reports and the done markers), and the
-table, followed by every `eval.retrieval --out <out>/retrieval-*.json` run kept there (its
-command, revision and wall time are recorded in the JSON). The project README's block between `<!-- results:<name>:start -->` and
-`<!-- results:<name>:end -->` (name = the folder's name) is replaced by the same table, so the
-README's numbers are always the committed ones.
+table, followed by every retrieval run kept there (`eval.retrieval --out <out>/retrieval-*.json`,
+`rerank.evaluate --out <out>/rerankers-*.json`, `finetune.rewriter --report <out>/rewriters-*.json`;
+each records its command, revision and wall time in the JSON). The project README's block between
+`<!-- results:<name>:start -->` and `<!-- results:<name>:end -->` (name = the folder's name) is
+replaced by the same table, and a block `<name>-retrieval` by the reranker and rewriter tables, so
+the README's numbers are always the committed ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -181,6 +184,11 @@ def publish(compare_dir: Path | None, out: Path, *, command: str, readme: Path |
             *(f"| {a} | {b} | {c} |" for a, b, c in system_times(compare_dir, systems)),
             "",
         ]))
+    elif (out / "README.md").is_file():
+        # --readme-only: the run's page keeps its head and gets the retrieval runs kept beside it now
+        page = (out / "README.md").read_text(encoding="utf-8")
+        head = re.split(r"\n## (?:retrieval|rerankers|rewriters)-[^\n]*\.json: ", page, maxsplit=1)[0].rstrip("\n")
+        atomic_write_text(out / "README.md", "\n".join([head, "", *retrieval_sections(out)]))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     if readme is not None:
         text = replace_block(readme.read_text(encoding="utf-8"), out.name, results_table(metrics))
@@ -196,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="Folder under results/ to write, e.g. results/seed.")
     parser.add_argument("--command", default="python -m eval.compare", help="The exact eval.compare command of the run, recorded in the README.")
     parser.add_argument("--readme", type=Path, default=Path("README.md"), help="Project README whose results block is regenerated (default README.md).")
-    parser.add_argument("--readme-only", action="store_true", help="Only regenerate the README's table from <out>/metrics.json.")
+    parser.add_argument("--readme-only", action="store_true", help="Only regenerate the README's tables from <out>/metrics.json and the retrieval runs kept in <out> (retrieval-*, rerankers-*, rewriters-*.json), and those runs' sections of <out>/README.md.")
     return parser
 
 

@@ -418,6 +418,8 @@ def test_publish_copies_the_run_without_caches_and_regenerates_the_readme_table(
     assert "| ce-x | 0.600 | 0.720 | 0.5 | 0.720 [0.670, 0.770] | 0.620 | +0.0200 [+0.0100, +0.0300] | 80.0 |" in block
     assert "| hyde-lora | dense | 0.620 | 0.820 | 0.720 [0.670, 0.770] | +0.020 [+0.010, +0.030] | 12.5 |" in block and "rewrite.mode=hyde with hyde-lora" in block
     assert "retrieval-val.json" not in block  # eval.retrieval's runs stay in results/<name>/README.md
+    page = (out / "README.md").read_text()  # ... whose retrieval sections --readme-only regenerates, the head kept
+    assert page.startswith("# demo: `eval.compare`") and page.count("## retrieval-val.json:") == 1 and "## rerankers-val.json: `rerank.evaluate`" in page and "## rewriters-val.json: `finetune.rewriter`" in page
     with pytest.raises(PublishError, match="has no block <!-- results:seed:start -->"):
         replace_block("no markers", "seed", "table")
     assert publish_main([str(tmp_path / "nothing"), "--out", str(out), "--readme", str(readme)]) == 2
