@@ -42,6 +42,7 @@ def test_default_profile_is_smollm2_and_offline():
     assert config.retrieve.mode == "dense" and config.rerank.retrieval_weight == 0.5 and config.agent.grade_threshold == 0.6
     # chosen on seed val (open book): the fine-tuned embedder earns its place, no cross-encoder does over it
     assert config.index.finetuned_embedder is True and config.finetune.embedder.epochs == 3 and config.rerank.enabled is False
+    assert config.rewrite.mode == "none" and config.finetune.lm_reranker.limit == 200  # no HyDE rewriter earns its place either
     assert config.agent.on_weak == "answer"
 
 
