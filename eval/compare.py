@@ -146,6 +146,8 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
     settings: dict[str, Any] = {"ragft": pipeline.__version__, "system": system}
     if spec.generator is not None or rewrites:
         settings["generator"] = {k: tree["generator"][k] for k in _GENERATOR_KEYS}
+        if tree["generator"]["cache_implementation"]:  # only when set: the digests of dynamic-cache runs stay as they were
+            settings["generator"]["cache_implementation"] = tree["generator"]["cache_implementation"]
     if spec.retrieve is not None:
         index_tree = tree["index"]
         if uses_finetuned_embedder(config, spec):  # the fine-tuned embedder's index (its identity is in "artifacts")

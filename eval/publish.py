@@ -45,6 +45,17 @@ def git_revision(repo: Path) -> str:
     return rev + (" (with uncommitted changes)" if dirty else "")
 
 
+def run_record(module: str, argv: Sequence[str] | None, started: float) -> dict[str, Any]:
+    """What publishing needs to document a committed run, recorded by the command itself: its exact
+    command line (`python -m <module> ...`), the git revision and the wall time since `started`."""
+    import shlex
+    import sys
+    import time
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return {"command": f"python -m {module} " + shlex.join(args), "git_revision": git_revision(Path.cwd()), "seconds": round(time.perf_counter() - started, 1)}
+
+
 def results_table(metrics: dict[str, Any]) -> str:
     """The comparison table of a metrics.json, as eval.compare prints it."""
     from eval.compare import render_report

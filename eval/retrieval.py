@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -436,9 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = evaluate_closed_book(config, config.data.dir, args.split, names, sim_threshold=args.sim_threshold, show_progress=not args.quiet, log=log)
         # what eval.publish needs to document a committed run: how it was made, at which revision, how long it took
-        from eval.publish import git_revision
+        from eval.publish import run_record
 
-        result["run"] = {"command": "python -m eval.retrieval " + shlex.join(sys.argv[1:] if argv is None else list(argv)), "git_revision": git_revision(Path.cwd()), "seconds": round(time.perf_counter() - started, 1)}
+        result["run"] = run_record("eval.retrieval", argv, started)
         if args.out:
             write_json(args.out, result)
             save_resolved_config(config, Path(args.out).parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split})

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -219,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def body() -> None:
-        from eval.publish import git_revision
+        from eval.publish import run_record
 
         config = config_from_args(args, overrides)
         if not args.evaluate_only:
@@ -239,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode, variant = recommend_mode(result, retriever)
             result["recommended"] = {"rewrite.mode": mode, "variant": variant, "adapter": adapters.get(variant) if variant else None, "retriever": retriever}
             print(f"recommended for full (searching {retriever}): rewrite.mode={mode}" + (f" with {variant} ({result['recommended']['adapter'] or 'the base LM'})" if variant else "") + " (hyde when a rewrite variant's MRR@10 gain over the question alone has its 95% interval above 0)")
-            result["run"] = {"command": "python -m finetune.rewriter " + shlex.join(sys.argv[1:] if argv is None else list(argv)), "git_revision": git_revision(Path.cwd()), "seconds": round(time.perf_counter() - started, 1)}
+            result["run"] = run_record("finetune.rewriter", argv, started)
             print(rewriters_markdown(result))
             if args.report:
                 write_json(args.report, result)

@@ -538,6 +538,7 @@ def _make_local_llm_class():
         convert_dir: Optional[str] = Field(default=None, description="Where a model bundled as GGUF is converted to safetensors (generator.convert_dir).")
         repetition_penalty: float = Field(default=1.0, gt=0.0, description="transformers' repetition penalty (1.0: none).")
         quantize: str = Field(default="none", description="none, or int8: dynamic int8 quantization of the frozen linear layers (CPU inference).")
+        cache_implementation: Optional[str] = Field(default=None, description="transformers' cache_implementation of generate (static: a preallocated KV cache); None: the dynamic default.")
         verbose: bool = Field(default=True, description="Print tokens/s after batched generation.")
 
         _model: Any = PrivateAttr(default=None)
@@ -626,6 +627,8 @@ def _make_local_llm_class():
         def _generation_kwargs(self, max_new_tokens: Optional[int], temperature: Optional[float]) -> dict[str, Any]:
             temperature = self.temperature if temperature is None else temperature
             kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens or self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id, "repetition_penalty": self.repetition_penalty}
+            if self.cache_implementation:
+                kwargs["cache_implementation"] = self.cache_implementation
             if temperature > 0:
                 kwargs.update(do_sample=True, temperature=temperature)
             else:  # greedy; unset sampling knobs a checkpoint's generation_config may carry
@@ -825,6 +828,7 @@ def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool
         convert_dir=gen.convert_dir,
         repetition_penalty=gen.repetition_penalty,
         quantize=gen.quantize,
+        cache_implementation=gen.cache_implementation,
         verbose=verbose,
     )
 

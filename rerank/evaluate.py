@@ -317,10 +317,8 @@ def build_parser() -> "argparse.ArgumentParser":
 
 def main(argv: Sequence[str] | None = None) -> int:
     import json
-    import shlex
     import sys
     import time
-    from pathlib import Path
 
     from pipeline.errors import run_cli
     from pipeline.fileio import write_json
@@ -330,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         from eval.compare import config_for_data
-        from eval.publish import git_revision
+        from eval.publish import run_record
 
         config = config_for_data(args)
         rerankers = {}
@@ -345,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--weights {args.weights!r}: write comma-separated numbers in [0, 1], e.g. 0,0.5,0.9") from None
         log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
         result = interpolation_grid(config, config.data.dir, args.split, args.first_stage, rerankers, weights=weights, show_progress=not args.quiet, log=log)
-        result["run"] = {"command": "python -m rerank.evaluate " + shlex.join(sys.argv[1:] if argv is None else list(argv)), "git_revision": git_revision(Path.cwd()), "seconds": round(time.perf_counter() - started, 1)}
+        result["run"] = run_record("rerank.evaluate", argv, started)
         if args.out:
             write_json(args.out, result)
         print(json.dumps(result, indent=2) if args.format == "json" else grid_markdown(result))

@@ -423,3 +423,17 @@ def test_publish_copies_the_run_without_caches_and_regenerates_the_readme_table(
     with pytest.raises(PublishError, match="has no block <!-- results:seed:start -->"):
         replace_block("no markers", "seed", "table")
     assert publish_main([str(tmp_path / "nothing"), "--out", str(out), "--readme", str(readme)]) == 2
+
+
+def test_a_static_kv_cache_changes_the_digest_of_lm_systems_only():
+    """generator.cache_implementation enters a system's digest only when set, so the runs made
+    with the dynamic default keep their digests (and their finished answers)."""
+    import dataclasses
+
+    from pipeline.systems import get_system
+
+    config = load_config("smollm2", [])
+    static = dataclasses.replace(config, generator=dataclasses.replace(config.generator, cache_implementation="static"))
+    assert "cache_implementation" not in cmp.system_settings(config, get_system("full", config))["generator"]
+    assert cmp.system_digest(static, get_system("full", static)) != cmp.system_digest(config, get_system("full", config))
+    assert cmp.system_digest(static, get_system("nn_answer", static)) == cmp.system_digest(config, get_system("nn_answer", config))
