@@ -151,7 +151,7 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
     if spec.retrieve is not None:
         index_tree = tree["index"]
         if uses_finetuned_embedder(config, spec):  # the fine-tuned embedder's index (its identity is in "artifacts")
-            index_tree = {**index_tree, "embed_model": "finetuned:" + config.finetune.embedder.output}
+            index_tree = {**index_tree, "embed_model": "finetuned:" + config.finetune.embedder.output, "backend": config.index.finetuned_backend or config.index.backend}
         settings["index"] = {k: index_tree[k] for k in _INDEX_KEYS}
         settings["knowledge_splits"] = tree["data"]["knowledge_splits"]
         settings["retrieve"] = tree["retrieve"]

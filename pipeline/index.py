@@ -1120,8 +1120,8 @@ def _embed_mode():
 
 def finetuned_embedder_config(config: Config, *, check: bool = True) -> Config:
     """The config of the index that `full` searches when index.finetuned_embedder is on: embedded
-    with the fine-tuned embedder (finetune.embedder.output) and kept at index.finetuned_dir, every
-    other setting as in `config`. `check`: refuse when the embedder has not been trained yet."""
+    with the fine-tuned embedder (finetune.embedder.output) through index.finetuned_backend (null:
+    index.backend) and kept at index.finetuned_dir, every other setting as in `config`. `check`: refuse when the embedder has not been trained yet."""
     from pipeline.config import ConfigError, config_from_dict
 
     path = Path(config.finetune.embedder.output)
@@ -1132,7 +1132,7 @@ def finetuned_embedder_config(config: Config, *, check: bool = True) -> Config:
             f"or point finetune.embedder.output at one"
         )
     raw = config.to_dict()
-    raw["index"].update(embed_model=str(path), dir=config.index.finetuned_dir)
+    raw["index"].update(embed_model=str(path), dir=config.index.finetuned_dir, backend=config.index.finetuned_backend or config.index.backend)
     return config_from_dict(raw)
 
 

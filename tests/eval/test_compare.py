@@ -437,3 +437,21 @@ def test_a_static_kv_cache_changes_the_digest_of_lm_systems_only():
     assert "cache_implementation" not in cmp.system_settings(config, get_system("full", config))["generator"]
     assert cmp.system_digest(static, get_system("full", static)) != cmp.system_digest(config, get_system("full", config))
     assert cmp.system_digest(static, get_system("nn_answer", static)) == cmp.system_digest(config, get_system("nn_answer", config))
+
+
+def test_the_fine_tuned_embedders_backend_reaches_its_index_and_the_digests_of_its_systems():
+    """index.finetuned_backend: the fine-tuned index (and only it) is embedded through it; full's
+    digest follows it, a baseline's does not; null keeps index.backend (and every digest)."""
+    import dataclasses
+
+    from pipeline.index import finetuned_embedder_config
+    from pipeline.systems import get_system
+
+    config = load_config("smollm2", ["index.finetuned_backend=null"])
+    int8 = dataclasses.replace(config, index=dataclasses.replace(config.index, finetuned_backend="onnx-int8"))
+    assert finetuned_embedder_config(int8, check=False).index.backend == "onnx-int8" and int8.index.backend == "torch"
+    assert finetuned_embedder_config(config, check=False).index.backend == config.index.backend
+    digest = lambda c, name: cmp.system_digest(c, get_system(name, c))  # noqa: E731
+    assert digest(int8, "full") != digest(config, "full") and digest(int8, "rag_vanilla") == digest(config, "rag_vanilla")
+    same = dataclasses.replace(config, index=dataclasses.replace(config.index, finetuned_backend=config.index.backend))
+    assert digest(same, "full") == digest(config, "full")
