@@ -114,6 +114,12 @@ def evaluate_rewriters(
     nodes, questions, relevant = open_book_corpus(data_dir)
     queries, gold = questions[split], relevant[split]
     kb = KnowledgeBase.from_nodes(config, nodes, show_progress=show_progress)
+    # the fine-tuned embedder's corpus once for every variant (not once per variant)
+    ft_kb = None
+    if any(parse_variant(r).finetuned for r in retrievers):
+        from pipeline.index import finetuned_embedder_config
+
+        ft_kb = KnowledgeBase.from_nodes(finetuned_embedder_config(config), nodes, show_progress=show_progress)
     result: dict[str, Any] = {"protocol": "open-book", "split": split, "data": str(data_dir), "corpus_size": len(nodes), "results": {}, "rewrites": {}, "adapters": {}, "seconds": {}}
     per_query: dict[str, dict[str, list[float]]] = {}
     try:
@@ -130,7 +136,7 @@ def evaluate_rewriters(
                 result["adapters"][variant] = adapter
                 result["rewrites"][variant] = [{"question": q, "hypothetical": h[0] if h else ""} for q, h in zip(queries[:5], rewrites[:5])]
             names = [f"rw-{r}" if rewrites is not None else r for r in retrievers]
-            ranked = evaluate_variants(config, nodes, queries, names, kb=kb, depth=DEPTH, rewrites=rewrites, show_progress=show_progress, log=log)
+            ranked = evaluate_variants(config, nodes, queries, names, kb=kb, finetuned_kb=ft_kb, depth=DEPTH, rewrites=rewrites, show_progress=show_progress, log=log)
             for name, retriever in zip(names, retrievers):
                 key = f"{variant}/{retriever}"
                 per_query[key] = retrieval_per_query(ranked[name], gold)
@@ -149,6 +155,8 @@ def evaluate_rewriters(
             )
     finally:
         kb.close()
+        if ft_kb is not None:
+            ft_kb.close()
     return result
 
 

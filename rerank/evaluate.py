@@ -106,6 +106,7 @@ def evaluate_variants(
     names: Sequence[str],
     *,
     kb: "KnowledgeBase | None" = None,
+    finetuned_kb: "KnowledgeBase | None" = None,
     depth: int = 20,
     embeddings: Any = None,
     rewrites: Optional[Sequence[Sequence[str]]] = None,
@@ -113,8 +114,9 @@ def evaluate_variants(
     log: Callable[[str], None] = lambda *_: None,
 ) -> dict[str, list[list[str]]]:
     """Ranked node ids per question for each variant name (see the module doc). `kb` is the
-    caller's knowledge base over `nodes` with the base embedder (reused for non-ft variants) and
-    `embeddings` its query vectors of `questions` (computed here when not given); `rewrites` (one
+    caller's knowledge base over `nodes` with the base embedder (reused for non-ft variants),
+    `finetuned_kb` the same with the fine-tuned embedder (reused for ft- variants; callers that
+    evaluate several times pass it so the corpus is embedded once), and `embeddings` its query vectors of `questions` (computed here when not given); `rewrites` (one
     list of texts per question) is what the `rw-` variants search with besides the question."""
     from llama_index.core.schema import QueryBundle
     from tqdm.auto import tqdm
@@ -138,10 +140,11 @@ def evaluate_variants(
             if ft not in bases:
                 if ft:
                     ft_config = finetuned_embedder_config(config)  # its dir is unused: an in-memory kb
-                    log(f"embedding the corpus with the fine-tuned embedder {ft_config.index.embed_model}")
-                    ft_kb = KnowledgeBase.from_nodes(ft_config, nodes, show_progress=show_progress)
-                    owned.append(ft_kb)
-                    bases[True] = (ft_config, ft_kb)
+                    if finetuned_kb is None:
+                        log(f"embedding the corpus with the fine-tuned embedder {ft_config.index.embed_model}")
+                        finetuned_kb = KnowledgeBase.from_nodes(ft_config, nodes, show_progress=show_progress)
+                        owned.append(finetuned_kb)
+                    bases[True] = (ft_config, finetuned_kb)
                 else:
                     if kb is None:
                         kb = KnowledgeBase.from_nodes(config, nodes, show_progress=show_progress)
