@@ -159,7 +159,8 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
     if spec.rerank:
         settings["rerank"] = {k: v for k, v in tree["rerank"].items() if k != "batch_size"}
     if rewrites:
-        settings["rewrite"] = tree["rewrite"]
+        # hyde_question_weight only when set: the digests of plain-mean runs stay as they were
+        settings["rewrite"] = {k: v for k, v in tree["rewrite"].items() if k != "hyde_question_weight" or v is not None}
     if spec.agent:
         settings["agent"] = tree["agent"]
     settings["artifacts"] = upstream_fingerprints(config, required_artifacts(config, [spec]))

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.common import train_lora_adapter
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
+from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, config_from_dict
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json
@@ -85,13 +85,18 @@ def evaluate_rewriters(
     variants: Sequence[str] = VARIANTS,
     retrievers: Sequence[str] = ("dense", "hybrid", "ft-dense"),
     adapters: Optional[Mapping[str, str]] = None,
+    question_weights: Optional[Sequence[Optional[float]]] = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Open-book retrieval of `split` with each rewrite variant and retriever; see the module doc.
     `adapters`: the LoRA adapter of each hyde-* variant but hyde-base (default: hyde-lora ->
     finetune.rewriter.output); a variant whose adapter is missing is skipped with a log line, as is
-    a retriever whose model is (ft-: finetune.embedder.output, +rerank: rerank.model)."""
+    a retriever whose model is (ft-: finetune.embedder.output, +rerank: rerank.model).
+    `question_weights`: each hyde-* variant is searched once per weight w of the question's vector
+    in the dense search vector (rewrite.hyde_question_weight; None: the plain mean), from one
+    generation of its rewrites, and reported as `VARIANT@w` (default: the profile's weight only,
+    reported under the variant's own name)."""
     from eval.metrics import paired_bootstrap_test, retrieval_per_query, summarize
     from eval.retrieval import DEPTH, open_book_corpus, rewrite_texts
     from pipeline.index import KnowledgeBase
@@ -101,6 +106,10 @@ def evaluate_rewriters(
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     data_dir = data_dir or config.data.dir
     adapters = dict(adapters or {"hyde-lora": config.finetune.rewriter.output})
+    weights = list(question_weights) if question_weights else [config.rewrite.hyde_question_weight]
+    bad = [w for w in weights if w is not None and not 0.0 <= w <= 1.0]
+    if bad:
+        raise ValueError(f"evaluate_rewriters: question_weights {bad} must be between 0 and 1 (None: the plain HyDE mean)")
     unknown = [v for v in variants if v not in ("none", "hyde-base", *adapters)]
     if unknown:
         raise ValueError(f"evaluate_rewriters: variants {unknown} have no adapter; give them one in `adapters` (--adapter NAME=DIR)")
@@ -136,13 +145,17 @@ def evaluate_rewriters(
                 result["adapters"][variant] = adapter
                 result["rewrites"][variant] = [{"question": q, "hypothetical": h[0] if h else ""} for q, h in zip(queries[:5], rewrites[:5])]
             names = [f"rw-{r}" if rewrites is not None else r for r in retrievers]
-            ranked = evaluate_variants(config, nodes, queries, names, kb=kb, finetuned_kb=ft_kb, depth=DEPTH, rewrites=rewrites, show_progress=show_progress, log=log)
-            for name, retriever in zip(names, retrievers):
-                key = f"{variant}/{retriever}"
-                per_query[key] = retrieval_per_query(ranked[name], gold)
-                result["results"][key] = summarize(per_query[key], samples=config.eval.bootstrap_samples, seed=config.eval.seed)
-                row = result["results"][key]
-                log(f"{key:<28} R@1 {row['recall@1']:.3f}  R@5 {row['recall@5']:.3f}  MRR@10 {row['mrr@10']:.3f} [{row['ci95']['mrr@10'][0]:.3f}, {row['ci95']['mrr@10'][1]:.3f}]")
+            for weight in weights if rewrites is not None else [None]:
+                # the question's weight only changes how the rewrites are searched with
+                label = variant if rewrites is None or question_weights is None else f"{variant}@{'mean' if weight is None else f'{weight:g}'}"
+                searched = config_from_dict(config.to_dict(), [f"rewrite.hyde_question_weight={json.dumps(weight)}"]) if rewrites is not None else config
+                ranked = evaluate_variants(searched, nodes, queries, names, kb=kb, finetuned_kb=ft_kb, depth=DEPTH, rewrites=rewrites, show_progress=show_progress, log=log)
+                for name, retriever in zip(names, retrievers):
+                    key = f"{label}/{retriever}"
+                    per_query[key] = retrieval_per_query(ranked[name], gold)
+                    result["results"][key] = summarize(per_query[key], samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+                    row = result["results"][key]
+                    log(f"{key:<28} R@1 {row['recall@1']:.3f}  R@5 {row['recall@5']:.3f}  MRR@10 {row['mrr@10']:.3f} [{row['ci95']['mrr@10'][0]:.3f}, {row['ci95']['mrr@10'][1]:.3f}]")
         result["paired_vs_none"] = {}
         for key, values in per_query.items():
             variant, name = key.split("/", 1)
@@ -157,6 +170,8 @@ def evaluate_rewriters(
         kb.close()
         if ft_kb is not None:
             ft_kb.close()
+    if question_weights is not None:
+        result["question_weights"] = weights
     return result
 
 
@@ -175,10 +190,10 @@ def rewriters_markdown(result: dict[str, Any]) -> str:
         test = result.get("paired_vs_none", {}).get(key)
         delta = f"{test['diff']:+.3f} [{test['ci95_low']:+.3f}, {test['ci95_high']:+.3f}]" if test else "–"
         lo, hi = row["ci95"]["mrr@10"]
-        lines.append(f"| {variant} | {retriever} | {row['recall@1']:.3f} | {row['recall@5']:.3f} | {row['mrr@10']:.3f} [{lo:.3f}, {hi:.3f}] | {delta} | {result.get('seconds', {}).get(variant, '–')} |")
+        lines.append(f"| {variant} | {retriever} | {row['recall@1']:.3f} | {row['recall@5']:.3f} | {row['mrr@10']:.3f} [{lo:.3f}, {hi:.3f}] | {delta} | {result.get('seconds', {}).get(variant.split('@')[0], '–')} |")
     if "recommended" in result:
         r = result["recommended"]
-        lines += ["", f"Recommended for full (searching {r['retriever']}): rewrite.mode={r['rewrite.mode']}" + (f" with {r['variant']}" if r["variant"] else "") + "."]
+        lines += ["", f"Recommended for full (searching {r['retriever']}): rewrite.mode={r['rewrite.mode']}" + (f" with {r['variant']}" if r["variant"] else "") + (f", rewrite.hyde_question_weight={r['rewrite.hyde_question_weight']}" if "rewrite.hyde_question_weight" in r else "") + "."]
     return "\n".join(lines)
 
 
@@ -197,6 +212,25 @@ def recommend_mode(result: dict[str, Any], retriever: str = "hybrid") -> tuple[s
     return "hyde", max(earned)[1]
 
 
+def parse_question_weights(text: Optional[str]) -> Optional[list[Optional[float]]]:
+    """--question-weights "0.5,0.9,mean" -> [0.5, 0.9, None]; None when not given."""
+    if not text:
+        return None
+    weights: list[Optional[float]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if item == "mean":
+            weights.append(None)
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--question-weights: {item!r} is not a weight between 0 and 1 (or mean); write e.g. --question-weights 0.5,0.9,0.95")
+        weights.append(value)
+    return weights
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m finetune.rewriter",
@@ -213,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST", help=f"Rewrite variants of the report: none (the question alone), hyde-base (the base LM writes the hypothetical answer), and hyde-NAME for each adapter of --adapter. Default: {','.join(VARIANTS)} (a variant without an adapter on disk is skipped).")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="The adapter of a rewrite variant, e.g. hyde-judged=runs/smollm2/adapters/rewriter-judged (repeatable). Default: hyde-lora=--out, hyde-judged=--out followed by -judged.")
     parser.add_argument("--retrievers", default="dense,hybrid,ft-dense", metavar="LIST", help="Retrievers of the report, [ft-](dense|bm25|hybrid)[+rerank] as in eval.retrieval; ft- needs finetune.embedder.output, +rerank rerank.model (skipped when missing). Default: dense,hybrid,ft-dense.")
+    parser.add_argument("--question-weights", metavar="LIST", help="Also search each hyde-* variant with these weights of the question's vector in the dense search vector (rewrite.hyde_question_weight), e.g. 0.5,0.8,0.9,0.95, mean for the plain mean; the rewrites are written once. Rows are named VARIANT@W. Default: the profile's weight only.")
     parser.add_argument("--report", metavar="FILE", help="Write the report's JSON here. Default: retrieval_report_SPLIT.json in the adapter folder.")
     add_config_arguments(parser)
     return parser
@@ -240,10 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 adapters[name] = folder
             variants = [v.strip() for v in args.variants.split(",") if v.strip()]
             retrievers = [r.strip() for r in args.retrievers.split(",") if r.strip()]
-            result = evaluate_rewriters(config, data_dir=args.data, split=args.split, variants=variants, retrievers=retrievers, adapters={v: adapters[v] for v in variants if v in adapters})
+            result = evaluate_rewriters(config, data_dir=args.data, split=args.split, variants=variants, retrievers=retrievers, adapters={v: adapters[v] for v in variants if v in adapters}, question_weights=parse_question_weights(args.question_weights))
             retriever = full_retriever(config)
             mode, variant = recommend_mode(result, retriever)
-            result["recommended"] = {"rewrite.mode": mode, "variant": variant, "adapter": adapters.get(variant) if variant else None, "retriever": retriever}
+            name, _, weight = (variant or "").partition("@")
+            result["recommended"] = {"rewrite.mode": mode, "variant": variant, "adapter": adapters.get(name) if variant else None, "retriever": retriever}
+            if weight:
+                result["recommended"]["rewrite.hyde_question_weight"] = None if weight == "mean" else float(weight)
             print(f"recommended for full (searching {retriever}): rewrite.mode={mode}" + (f" with {variant} ({result['recommended']['adapter'] or 'the base LM'})" if variant else "") + " (hyde when a rewrite variant's MRR@10 gain over the question alone has its 95% interval above 0)")
             result["run"] = run_record("finetune.rewriter", argv, started)
             print(rewriters_markdown(result))

@@ -131,6 +131,7 @@ class RewriteConfig:
     adapter: Optional[str] = option("{run_dir}/adapters/rewriter", "LoRA adapter of the rewriter on top of the generator's base model; null uses the base model.")
     n_queries: int = option(3, "Alternative phrasings (multi) or sub-questions (decompose) at most.", POSITIVE)
     max_new_tokens: int = option(64, "Tokens generated for a rewrite.", POSITIVE)
+    hyde_question_weight: Optional[float] = option(None, "Dense search with hypothetical passages (hyde): the search vector is w * the question's vector + (1 - w) * the mean of the hypotheticals' vectors. null: the plain mean of the question and each hypothetical (the HyDE paper's; w = 1/2 with one). BM25 still searches the question's and the hypotheticals' terms. Choose it on val: python -m finetune.rewriter --evaluate-only --split val --set rewrite.hyde_question_weight=W.", FRACTION)
 
 
 @dataclass

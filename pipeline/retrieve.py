@@ -24,7 +24,8 @@ the retriever that produced the list. These keys never enter embeddings or promp
 
 How the hypothetical passage is used (following the HyDE paper, Gao et al. 2022): dense search
 embeds the original question with the query encoder and each hypothetical passage with the document
-encoder and searches with the MEAN of these vectors; BM25 searches the original question's terms
+encoder and searches with the MEAN of these vectors (or, with rewrite.hyde_question_weight w, with
+w * the question's vector + (1 - w) * the hypotheticals' mean); BM25 searches the original question's terms
 plus the hypothetical passages' terms (one concatenated query).
 
 Hybrid fusion (`retrieve.fusion`): `rrf` is weighted reciprocal rank fusion,
@@ -148,6 +149,12 @@ class DenseRetriever(_KnowledgeBaseRetriever):
 
     name = "dense"
 
+    def __init__(self, kb: KnowledgeBase, *, question_weight: Optional[float] = None, **kwargs: Any):
+        if question_weight is not None and not 0.0 <= question_weight <= 1.0:
+            raise ValueError(f"DenseRetriever: question_weight={question_weight!r} must be between 0 and 1 (or None for the plain HyDE mean)")
+        super().__init__(kb, **kwargs)
+        self.question_weight = question_weight
+
     def embed_queries(self, queries: Sequence[str]) -> list[list[float]]:
         """Query vectors of many questions in batches (evaluation and benchmarks pass them as
         `QueryBundle(query_str=q, embedding=v)`, which `retrieve` uses as is)."""
@@ -160,15 +167,19 @@ class DenseRetriever(_KnowledgeBaseRetriever):
         return [embed.get_query_embedding(q) for q in queries]
 
     def query_embedding(self, bundle: QueryBundle) -> list[float]:
-        """The search vector: the query's, or (with hypothetical passages) the HyDE mean."""
+        """The search vector: the query's, or (with hypothetical passages) the HyDE mean, or with
+        `question_weight` w: w * the query's + (1 - w) * the hypotheticals' mean."""
         embed = self.kb.embed_model
+        question = list(bundle.embedding) if bundle.embedding is not None else embed.get_query_embedding(bundle.query_str)
         hypotheticals = _hypotheticals(bundle)
         if not hypotheticals:
-            if bundle.embedding is not None:
-                return list(bundle.embedding)
-            return embed.get_query_embedding(bundle.query_str)
-        vectors = [embed.get_query_embedding(bundle.query_str), *embed.get_text_embedding_batch(hypotheticals)]
-        return [sum(values) / len(vectors) for values in zip(*vectors)]
+            return question
+        passages = embed.get_text_embedding_batch(hypotheticals)
+        if self.question_weight is None:
+            vectors = [question, *passages]
+            return [sum(values) / len(vectors) for values in zip(*vectors)]
+        w = self.question_weight
+        return [w * q + (1.0 - w) * sum(values) / len(passages) for q, values in zip(question, zip(*passages))]
 
     def _search(self, bundle: QueryBundle, k: int) -> list[NodeWithScore]:
         from llama_index.core.vector_stores.types import VectorStoreQuery
@@ -343,14 +354,15 @@ def build_retriever(
     if not isinstance(top_k, int) or top_k <= 0:
         raise ValueError(f"top_k must be a positive integer; got {top_k!r}")
     kb = kb or open_index(config, embed_model=embed_model)
+    weight = config.rewrite.hyde_question_weight
     if mode == "dense":
-        return DenseRetriever(kb, top_k=top_k, max_query_chars=settings.max_query_chars)
+        return DenseRetriever(kb, top_k=top_k, max_query_chars=settings.max_query_chars, question_weight=weight)
     if mode == "bm25":
         return BM25Retriever(kb, top_k=top_k, max_query_chars=settings.max_query_chars)
     candidates = max(settings.candidates, top_k)
     return HybridRetriever(
         {
-            "dense": DenseRetriever(kb, top_k=candidates, max_query_chars=settings.max_query_chars),
+            "dense": DenseRetriever(kb, top_k=candidates, max_query_chars=settings.max_query_chars, question_weight=weight),
             "bm25": BM25Retriever(kb, top_k=candidates, max_query_chars=settings.max_query_chars),
         },
         mode=settings.fusion,

@@ -439,6 +439,22 @@ def test_a_static_kv_cache_changes_the_digest_of_lm_systems_only():
     assert cmp.system_digest(static, get_system("nn_answer", static)) == cmp.system_digest(config, get_system("nn_answer", config))
 
 
+def test_the_hyde_question_weight_changes_the_digest_of_rewriting_systems_only_when_set():
+    """rewrite.hyde_question_weight null (the plain mean) leaves every digest as it was; a weight
+    changes the digest of the systems that rewrite, not of those that do not."""
+    import dataclasses
+
+    from pipeline.systems import get_system
+
+    config = load_config("smollm2", ["rewrite.mode=hyde"])
+    weighted = dataclasses.replace(config, rewrite=dataclasses.replace(config.rewrite, hyde_question_weight=0.9))
+    assert "hyde_question_weight" not in cmp.system_settings(config, get_system("full", config))["rewrite"]
+    assert cmp.system_settings(weighted, get_system("full", weighted))["rewrite"]["hyde_question_weight"] == 0.9
+    assert cmp.system_digest(weighted, get_system("full", weighted)) != cmp.system_digest(config, get_system("full", config))
+    for name in ("rag_vanilla", "nn_answer"):
+        assert cmp.system_digest(weighted, get_system(name, weighted)) == cmp.system_digest(config, get_system(name, config)), name
+
+
 def test_the_fine_tuned_embedders_backend_reaches_its_index_and_the_digests_of_its_systems():
     """index.finetuned_backend: the fine-tuned index (and only it) is embedded through it; full's
     digest follows it, a baseline's does not; null keeps index.backend (and every digest)."""

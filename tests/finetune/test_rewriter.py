@@ -81,6 +81,32 @@ def test_retrieval_report_compares_none_base_and_lora(trained):
         evaluate_rewriters(config, variants=("none", "hyde-other"), show_progress=False, log=lambda *_: None)
 
 
+def test_question_weights_search_one_generation_of_rewrites_at_each_weight(trained):
+    """--question-weights: VARIANT@w rows from one generation of the rewrites; w = 1 searches with
+    the question alone (the none row's rankings), `mean` is the plain HyDE mean (the default row)."""
+    config, _, _ = trained
+    plain = evaluate_rewriters(config, variants=("none", "hyde-lora"), retrievers=("dense",), show_progress=False, log=lambda *_: None)
+    result = evaluate_rewriters(config, variants=("none", "hyde-lora"), retrievers=("dense",), question_weights=[None, 1.0, 0.5], show_progress=False, log=lambda *_: None)
+    assert set(result["results"]) == {"none/dense", "hyde-lora@mean/dense", "hyde-lora@1/dense", "hyde-lora@0.5/dense"}
+    assert result["results"]["hyde-lora@1/dense"] == result["results"]["none/dense"]
+    assert result["paired_vs_none"]["hyde-lora@1/dense"]["diff"] == 0.0
+    assert result["results"]["hyde-lora@mean/dense"] == plain["results"]["hyde-lora/dense"]
+    assert result["question_weights"] == [None, 1.0, 0.5] and "question_weights" not in plain
+    assert recommend_mode({"paired_vs_none": {"hyde-lora@0.9/ft-dense": {"diff": 0.01, "ci95_low": 0.001, "ci95_high": 0.02}}}, "ft-dense") == ("hyde", "hyde-lora@0.9")
+    with pytest.raises(ValueError, match=r"question_weights \[2.0\] must be between 0 and 1"):
+        evaluate_rewriters(config, variants=("none",), question_weights=[2.0], show_progress=False, log=lambda *_: None)
+
+
+def test_parse_question_weights_names_the_bad_item():
+    from finetune.rewriter import parse_question_weights
+    from pipeline.config import ConfigError
+
+    assert parse_question_weights("0.5, 0.9,mean") == [0.5, 0.9, None] and parse_question_weights(None) is None
+    for bad in ("0.5,1.5", "0.5,heavy"):
+        with pytest.raises(ConfigError, match=r"--question-weights: '(1.5|heavy)' is not a weight between 0 and 1"):
+            parse_question_weights(bad)
+
+
 def test_recommend_mode_keeps_a_rewriter_only_when_its_gain_is_above_zero():
     test = lambda diff, low, high: {"diff": diff, "ci95_low": low, "ci95_high": high}  # noqa: E731
     result = {

@@ -170,6 +170,28 @@ def test_hypothetical_passage_moves_dense_to_the_mean_and_adds_terms_to_bm25(kb)
     assert hits[0].node.metadata["question"] == "What is DNS?"
 
 
+def test_question_weight_mixes_the_question_and_the_hypotheticals_mean(kb):
+    """rewrite.hyde_question_weight w: w * question + (1 - w) * mean(hypotheticals); w = 1 searches
+    with the question alone, w = 0 with the hypotheticals alone; build_retriever passes it on."""
+    question = "What is a mutex?"
+    hypotheticals = ["names resolved to IP addresses by resolvers", "a bit array with hash functions"]
+    bundle = QueryBundle(query_str=question, custom_embedding_strs=[question, *hypotheticals])
+    embed = kb.embed_model
+    q = np.array(embed.get_query_embedding(question))
+    h = np.mean([embed.get_text_embedding(t) for t in hypotheticals], axis=0)
+    assert DenseRetriever(kb, top_k=6, question_weight=0.8).query_embedding(bundle) == pytest.approx(list(0.8 * q + 0.2 * h))
+    assert DenseRetriever(kb, top_k=6).query_embedding(bundle) == pytest.approx(list((q + 2 * h) / 3))  # None: the plain mean of three
+    alone = [hit.node.node_id for hit in DenseRetriever(kb, top_k=6).retrieve(question)]
+    assert [hit.node.node_id for hit in DenseRetriever(kb, top_k=6, question_weight=1.0).retrieve(bundle)] == alone
+    by_hypotheticals = [hit.node.node_id for hit in DenseRetriever(kb, top_k=6).retrieve(QueryBundle(query_str=question, embedding=list(h)))]
+    assert [hit.node.node_id for hit in DenseRetriever(kb, top_k=6, question_weight=0.0).retrieve(bundle)] == by_hypotheticals != alone
+    config = load_config("tiny", ["rewrite.hyde_question_weight=0.9"])
+    assert build_retriever(config, "dense", 3, kb=kb).question_weight == 0.9
+    assert build_retriever(config, "hybrid", 3, kb=kb).retrievers["dense"].question_weight == 0.9
+    with pytest.raises(ValueError, match="question_weight=1.5 must be between 0 and 1"):
+        DenseRetriever(kb, question_weight=1.5)
+
+
 def test_bad_queries(kb):
     for retriever in (DenseRetriever(kb), BM25Retriever(kb)):
         for bad in ("", "   \n\t"):
