@@ -131,21 +131,26 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     return result
 
 
-def embedder_speed(fp32: Any, int8: Any, texts: list[str], rounds: int) -> dict[str, Any]:
+def embedder_speed(fp32: Any, int8: Any, texts: list[str], rounds: int, *, others: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """texts/s of two LlamaIndex embedders on the same texts (their own embed_batch_size), best of
-    `rounds` interleaved rounds after a one-batch warm-up, and cos(fp32, int8) of the vectors."""
+    `rounds` interleaved rounds after a one-batch warm-up, and cos(fp32, int8) of the vectors;
+    each of `others` (name -> embedder, e.g. bf16) adds NAME_texts_per_s and NAME_cos_mean/min."""
     import numpy as np
 
-    warm = texts[:64]
-    fp32.get_text_embedding_batch(warm), int8.get_text_embedding_batch(warm)
-    rates, vectors = interleaved_rates({"torch": lambda: fp32.get_text_embedding_batch(texts), "int8": lambda: int8.get_text_embedding_batch(texts)}, len(texts), rounds)
-    cos = (np.asarray(vectors["torch"]) * np.asarray(vectors["int8"])).sum(axis=1)
-    return {
+    embedders = {"torch": fp32, "int8": int8, **(others or {})}
+    for embedder in embedders.values():
+        embedder.get_text_embedding_batch(texts[:64])  # warm-up
+    rates, vectors = interleaved_rates({name: (lambda e=e: e.get_text_embedding_batch(texts)) for name, e in embedders.items()}, len(texts), rounds)
+    cos = {name: (np.asarray(vectors["torch"]) * np.asarray(vectors[name])).sum(axis=1) for name in embedders if name != "torch"}
+    result = {
         "texts": len(texts), "batch": int(fp32.embed_batch_size),
         "torch_texts_per_s": rates["torch"], "int8_texts_per_s": rates["int8"],
         "speedup": rates["int8"] / rates["torch"],
-        "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+        "cos_mean": float(cos["int8"].mean()), "cos_min": float(cos["int8"].min()),
     }
+    for name in others or {}:
+        result.update({f"{name}_texts_per_s": rates[name], f"{name}_cos_mean": float(cos[name].mean()), f"{name}_cos_min": float(cos[name].min())})
+    return result
 
 
 def _retrieval(fp32: Any, int8: Any, train: list[dict[str, str]], val: list[dict[str, str]], picked: list[int]) -> dict[str, Any]:
@@ -207,24 +212,26 @@ def _cross_encoder(args: argparse.Namespace, path: str, work: Path, val: list[di
     return result
 
 
-def cross_encoder_speed(torch_ce: Any, int8_ce: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int, rounds: int) -> dict[str, Any]:
+def cross_encoder_speed(torch_ce: Any, int8_ce: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int, rounds: int, others: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """(question, passage) pairs/s of a sentence-transformers CrossEncoder and an Int8CrossEncoder
     on the same pairs (logits, `batch_size` per pass), best of `rounds` interleaved rounds after a
-    one-batch warm-up."""
+    one-batch warm-up; each of `others` (name -> cross-encoder, e.g. bf16) adds NAME_pairs_per_s and
+    NAME_logit_corr, the Pearson correlation of its logits with torch fp32's."""
+    import numpy as np
     import torch
 
     identity = torch.nn.Identity()
     pairs = list(pairs)
-    torch_ce.predict(pairs[:batch_size], batch_size=batch_size, activation_fn=identity, show_progress_bar=False), int8_ce.predict(pairs[:batch_size], batch_size=batch_size, activation_fn=identity)
-    rates, _ = interleaved_rates(
-        {
-            "torch": lambda: torch_ce.predict(pairs, batch_size=batch_size, activation_fn=identity, show_progress_bar=False),
-            "int8": lambda: int8_ce.predict(pairs, batch_size=batch_size, activation_fn=identity),
-        },
-        len(pairs),
-        rounds,
-    )
-    return {"pairs": len(pairs), "batch": batch_size, "torch_pairs_per_s": rates["torch"], "int8_pairs_per_s": rates["int8"], "speedup": rates["int8"] / rates["torch"]}
+    models = {"torch": torch_ce, "int8": int8_ce, **(others or {})}
+    predict = lambda model, items: model.predict(items, batch_size=batch_size, activation_fn=identity, show_progress_bar=False)  # noqa: E731
+    for model in models.values():
+        predict(model, pairs[:batch_size])  # warm-up
+    rates, logits = interleaved_rates({name: (lambda m=m: predict(m, pairs)) for name, m in models.items()}, len(pairs), rounds)
+    result = {"pairs": len(pairs), "batch": batch_size, "torch_pairs_per_s": rates["torch"], "int8_pairs_per_s": rates["int8"], "speedup": rates["int8"] / rates["torch"]}
+    for name in others or {}:
+        correlation = float(np.corrcoef(np.asarray(logits["torch"], dtype=float).ravel(), np.asarray(logits[name], dtype=float).ravel())[0, 1]) if len(pairs) > 1 else 1.0
+        result.update({f"{name}_pairs_per_s": rates[name], f"{name}_logit_corr": correlation})
+    return result
 
 
 def to_markdown(result: dict[str, Any]) -> str:

@@ -8,11 +8,13 @@
 Every figure below is measured in the same process, on the `--data` splits (default: the seed
 splits in ../shared) with the profile's settings (`--config`, default smollm2; `--set` works):
 
-- ingest: passages/s of the dense index's embedder with `index.backend=onnx-int8` (pipeline/int8.py)
-  and with torch fp32 (sentence-transformers, the `torch` backend), on the same "Question/Answer"
-  texts of the first `--passages` train pairs at `index.embed_batch_size`;
-- rerank: (question, passage) pairs/s of the cross-encoder with `rerank.backend=onnx-int8` and with
-  torch fp32, on the same pairs: full's retriever's (retrieve.mode) top-`rerank.candidates` for `--queries` val
+- ingest: passages/s of the dense index's embedder with `index.backend=onnx-int8` (pipeline/int8.py),
+  with `torch-bf16` (bfloat16 weights) and with torch fp32 (sentence-transformers, the `torch`
+  backend), on the same "Question/Answer" texts of the first `--passages` train pairs at
+  `index.embed_batch_size`; the headline `ingest_per_s` is the faster of int8 and bf16
+  (`ingest_backend` names it; which one wins depends on the CPU: bf16 needs bf16 matrix units);
+- rerank: (question, passage) pairs/s of the cross-encoder with `rerank.backend=onnx-int8`,
+  `torch-bf16` and torch fp32 (headline: the faster of int8 and bf16, `rerank_backend`), on the same pairs: full's retriever's (retrieve.mode) top-`rerank.candidates` for `--queries` val
   questions, `rerank.batch_size` per pass. Both timings are best of `--rounds` interleaved rounds
   (eval.bench_int8's timing), so a neighbour's load hits both alike;
 - retrieve + rerank: p50 latency of one val question through `pipeline.retrieve.build_retriever`
@@ -26,7 +28,8 @@ splits in ../shared) with the profile's settings (`--config`, default smollm2; `
   with its dense top-`generator.context_top_k` passages); `generate_identical` is the share of
   greedy answers that are identical in both, so the quality of the faster path is not assumed;
 - quality: open book (eval.retrieval's corpus: every answer of train + val + test; a val question's
-  gold is its own answer), MRR@10 of retrieve.mode + rerank with both encoders int8 minus both fp32, on
+  gold is its own answer), MRR@10 of retrieve.mode + rerank with both encoders int8 minus both fp32
+  (`mrr10_delta`; bf16 minus fp32: `mrr10_delta_bf16`), on
   `--questions` val questions (a fixed sample, `eval.seed`), through rerank.evaluate and eval.metrics;
 - compare (not with --quick, nor with --no-compare): `python -m eval.compare` with the profile on
   its bundled demo data in a fresh temporary run_dir: the seconds of each build step and each
@@ -71,7 +74,8 @@ from pipeline.fileio import atomic_write_text, write_json
 
 FORMAT = "ragft-bench-speed/1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = {"torch": "torch", "int8": "onnx-int8"}  # short name -> index.backend / rerank.backend
+BACKENDS = {"torch": "torch", "int8": "onnx-int8", "bf16": "torch-bf16"}  # short name -> index.backend / rerank.backend
+FAST = ("int8", "bf16")  # the backends measured against torch fp32; the headline figures are the faster one's
 # Sample sizes: --quick finishes in under 5 minutes on 2 shared cores; the full run uses whole splits.
 SAMPLES: dict[str, dict[str, int]] = {
     "quick": {"passages": 512, "queries": 20, "prompts": 16, "new_tokens": 48, "questions": 100, "rounds": 2},
@@ -85,11 +89,12 @@ FIGURES = (
     "generate_tok_s", "generate_tok_s_baseline", "generate_speedup", "generate_identical",
     "first_token_p50_ms",
     "mrr10_delta",
+    "ingest_backend", "rerank_backend", "mrr10_delta_bf16",
 )
 
 
 # figures added after the format was first written: an earlier result renders without them
-LATER_FIGURES = ("first_token_p50_ms",)
+LATER_FIGURES = ("first_token_p50_ms", "ingest_backend", "rerank_backend", "mrr10_delta_bf16")
 
 
 class BenchError(UserFacingError, RuntimeError):
@@ -211,6 +216,7 @@ def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, 
     configs = backend_configs(config, path, work, embedder)
     embedders = {name: load_embedder(cfg) for name, cfg in configs.items()}
     embedders["int8"].load()  # export + quantize (seconds; cached in {run_dir}/int8-cache)
+    embedders["bf16"].get_text_embedding("load")  # HuggingFaceEmbedding loads on construction; this allocates its first batch
     cross_encoders = {
         name: load_cross_encoder(str(path), device="cpu", max_length=cfg.rerank.max_length, backend=cfg.rerank.backend, allow_pickle=cfg.security.allow_pickle_weights, int8_cache_dir=str(work / "int8-cache"))
         for name, cfg in configs.items()
@@ -228,12 +234,14 @@ def measure_ingest(parts: Parts, train: Sequence[dict[str, str]], *, passages: i
     from pipeline.index import qa_text
 
     texts = [qa_text(r["question"], r["answer"]) for r in train[:passages]]
-    return embedder_speed(parts.embedders["torch"], parts.embedders["int8"], texts, rounds)
+    return embedder_speed(parts.embedders["torch"], parts.embedders["int8"], texts, rounds, others={"bf16": parts.embedders["bf16"]})
 
 
-def faster(detail: Mapping[str, Any], unit: str) -> str:
-    """The backend with more `unit`/s in a section's detail ("int8" on a tie)."""
-    return "int8" if detail[f"int8_{unit}_per_s"] >= detail[f"torch_{unit}_per_s"] else "torch"
+def faster(detail: Mapping[str, Any], unit: str, names: Sequence[str] = ("int8", "bf16", "torch")) -> str:
+    """The backend among `names` with the most `unit`/s in a section's detail (the first on a tie;
+    a backend the detail has no figure for, as in results written before bf16 was measured, is skipped)."""
+    rates = {name: detail[f"{name}_{unit}_per_s"] for name in names if f"{name}_{unit}_per_s" in detail}
+    return max(rates, key=lambda name: (rates[name], -list(names).index(name)))
 
 
 def build_kb(parts: Parts, backend: str, train: Sequence[dict[str, str]]) -> Any:
@@ -256,7 +264,7 @@ def measure_rerank(parts: Parts, lists: Sequence[tuple[str, list[Any]]], *, roun
 
     pairs = [(q, hit.node.get_content(metadata_mode=MetadataMode.NONE)) for q, hits in lists for hit in hits]
     config = parts.configs["torch"]
-    detail = cross_encoder_speed(parts.cross_encoders["torch"], parts.cross_encoders["int8"], pairs, batch_size=config.rerank.batch_size, rounds=rounds)
+    detail = cross_encoder_speed(parts.cross_encoders["torch"], parts.cross_encoders["int8"], pairs, batch_size=config.rerank.batch_size, rounds=rounds, others={"bf16": parts.cross_encoders["bf16"]})
     return {**detail, "queries": len(lists), "max_length": config.rerank.max_length}
 
 
@@ -399,13 +407,18 @@ def measure_quality(parts: Parts, data: Path, picked: Sequence[int], *, log: Cal
         finally:
             kb.close()
         mrr[name] = {variant: retrieval_per_query(lists, gold)["mrr@10"] for variant, lists in ranked.items()}
-    a, b = np.asarray(mrr["int8"][f"{mode}+rerank"]), np.asarray(mrr["torch"][f"{mode}+rerank"])
     config = parts.configs["torch"]
-    test = paired_bootstrap_test(len(a), lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+    b = np.asarray(mrr["torch"][f"{mode}+rerank"])
+    tests = {}
+    for name in FAST:
+        a = np.asarray(mrr[name][f"{mode}+rerank"])
+        tests[name] = paired_bootstrap_test(len(a), lambda idx, a=a: float(a[idx].mean()), lambda idx: float(b[idx].mean()), samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+    test, bf16 = tests["int8"], tests["bf16"]
     return {
         "protocol": "open-book", "retriever": mode, "questions": len(asked), "corpus": len(nodes), "candidates": config.rerank.candidates,
         "mrr@10": {BACKENDS[name]: {variant: float(np.mean(v)) for variant, v in rows.items()} for name, rows in mrr.items()},
         "mrr10_delta": test["diff"], "delta_ci95": [test["ci95_low"], test["ci95_high"]], "delta_p_value": test["p_value"],
+        "mrr10_delta_bf16": bf16["diff"], "delta_bf16_ci95": [bf16["ci95_low"], bf16["ci95_high"]],
     }
 
 
@@ -455,9 +468,12 @@ def figures(detail: Mapping[str, Any]) -> dict[str, Any]:
     """The headline figures (FIGURES) from the sections' details; each ratio from the two
     figures it divides, as reported."""
     ingest, rerank, latency, gen, quality = (detail[k] for k in ("ingest", "rerank", "retrieve_rerank", "generate", "quality"))
+    ingest_fast, rerank_fast = faster(ingest, "texts", FAST), faster(rerank, "pairs", FAST)
     out = {
-        "ingest_per_s": round(ingest["int8_texts_per_s"], 2), "ingest_per_s_baseline": round(ingest["torch_texts_per_s"], 2),
-        "rerank_pairs_per_s": round(rerank["int8_pairs_per_s"], 2), "rerank_pairs_per_s_baseline": round(rerank["torch_pairs_per_s"], 2),
+        "ingest_per_s": round(ingest[f"{ingest_fast}_texts_per_s"], 2), "ingest_per_s_baseline": round(ingest["torch_texts_per_s"], 2),
+        "rerank_pairs_per_s": round(rerank[f"{rerank_fast}_pairs_per_s"], 2), "rerank_pairs_per_s_baseline": round(rerank["torch_pairs_per_s"], 2),
+        "ingest_backend": BACKENDS[ingest_fast], "rerank_backend": BACKENDS[rerank_fast],
+        "mrr10_delta_bf16": round(quality["mrr10_delta_bf16"], 4) if "mrr10_delta_bf16" in quality else None,
         "retrieve_rerank_p50_ms": round(latency["p50_ms"], 2), "retrieve_rerank_backend": latency["rerank_backend"],
         "generate_tok_s": round(gen["project"]["tokens_per_s"], 2), "generate_tok_s_baseline": round(gen["baseline"]["tokens_per_s"], 2),
         "generate_identical": round(gen["identical_share"], 4),
@@ -579,8 +595,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         "",
         "| part | ragft | baseline | speed-up | measured on |",
         "|---|---:|---:|---:|---|",
-        f"| ingest: embedder passages/s | {result['ingest_per_s']:.1f} (int8 ONNX) | {result['ingest_per_s_baseline']:.1f} (torch fp32) | {result['ingest_speedup']:.2f}x | {s['passages']} train passages, batch {d['ingest']['batch']}, best of {s['rounds']} |",
-        f"| rerank: cross-encoder pairs/s | {result['rerank_pairs_per_s']:.1f} (int8 ONNX) | {result['rerank_pairs_per_s_baseline']:.1f} (torch fp32) | {result['rerank_speedup']:.2f}x | {d['rerank']['queries']} queries x {s['candidates']} {first} candidates, batch {d['rerank']['batch']}, best of {s['rounds']} |",
+        f"| ingest: embedder passages/s | {result['ingest_per_s']:.1f} ({result.get('ingest_backend') or 'onnx-int8'}) | {result['ingest_per_s_baseline']:.1f} (torch fp32) | {result['ingest_speedup']:.2f}x | {s['passages']} train passages, batch {d['ingest']['batch']}, best of {s['rounds']} |",
+        f"| rerank: cross-encoder pairs/s | {result['rerank_pairs_per_s']:.1f} ({result.get('rerank_backend') or 'onnx-int8'}) | {result['rerank_pairs_per_s_baseline']:.1f} (torch fp32) | {result['rerank_speedup']:.2f}x | {d['rerank']['queries']} queries x {s['candidates']} {first} candidates, batch {d['rerank']['batch']}, best of {s['rounds']} |",
         f"| generate: tokens/s | {result['generate_tok_s']:.1f} (LocalCausalLM {gen['project']['dtype']}) | {result['generate_tok_s_baseline']:.1f} (model.generate float32) | {result['generate_speedup']:.2f}x | {gen['prompts']} prompts (~{gen['prompt_tokens_mean']:.0f} tokens) x {gen['max_new_tokens']} new tokens, batch {gen['batch_size']}; identical answers {gen['identical']}/{gen['prompts']} |",
         "",
         f"- retrieve + rerank, one query ({lat['retriever']} top-{lat['candidates']}, {lat['embed_backend']} embedder, {lat['rerank_backend']} cross-encoder): "
@@ -588,7 +604,10 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         f"- quality, open book, {q['questions']} val questions, corpus of {q['corpus']} answers: MRR@10 of {first} + rerank "
         f"{q['mrr@10']['torch'][first + '+rerank']:.4f} fp32, {q['mrr@10']['onnx-int8'][first + '+rerank']:.4f} int8: "
         f"delta {result['mrr10_delta']:+.4f} (95% CI [{q['delta_ci95'][0]:+.4f}, {q['delta_ci95'][1]:+.4f}]); {first} alone "
-        f"{q['mrr@10']['torch'][first]:.4f} / {q['mrr@10']['onnx-int8'][first]:.4f}",
+        f"{q['mrr@10']['torch'][first]:.4f} / {q['mrr@10']['onnx-int8'][first]:.4f}"
+        + (f"; bf16: {q['mrr@10']['torch-bf16'][first + '+rerank']:.4f}, delta {q['mrr10_delta_bf16']:+.4f} (95% CI [{q['delta_bf16_ci95'][0]:+.4f}, {q['delta_bf16_ci95'][1]:+.4f}]), {first} alone {q['mrr@10']['torch-bf16'][first]:.4f}" if "mrr10_delta_bf16" in q else ""),
+        *([f"- every backend against torch fp32: ingest int8 {d['ingest']['int8_texts_per_s']:.0f} texts/s (cos {d['ingest']['cos_mean']:.4f}), bf16 {d['ingest']['bf16_texts_per_s']:.0f} (cos {d['ingest']['bf16_cos_mean']:.5f}); "
+            f"rerank int8 {d['rerank']['int8_pairs_per_s']:.0f} pairs/s, bf16 {d['rerank']['bf16_pairs_per_s']:.0f} (logit correlation {d['rerank']['bf16_logit_corr']:.5f})"] if "bf16_texts_per_s" in d["ingest"] and "bf16_pairs_per_s" in d["rerank"] else []),
         *([f"- streaming (what the chat UI waits for after retrieval): first words p50 {gen['first_token']['p50_ms']:.0f} ms, max {gen['first_token']['max_ms']:.0f} ms over {gen['first_token']['prompts']} with-context prompts at batch 1"] if "first_token" in gen else []),
         *([f"- embedder: {d['ingest']['model']}"] if d["ingest"].get("model") else []),  # recorded since the fine-tuned embedder is in full
         f"- cross-encoder: {d['rerank']['model']}",

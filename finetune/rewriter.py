@@ -22,7 +22,9 @@ targets, `--adapter hyde-judged=DIR`, default the adapter folder followed by `-j
 through the dense, hybrid and fine-tuned dense (`ft-dense`, what `full` searches) retrievers, with
 the paired MRR@10 difference of each variant against `none`. The recommendation for `full` is the
 variant whose gain on full's retriever has its 95% interval above 0 (the largest such gain), else
-rewrite.mode none. The report is printed and saved beside the adapter (`retrieval_report_SPLIT.json`)
+rewrite.mode none. `--question-weights 0.8,0.9,mean` also searches each hyde-* variant with the
+question's vector weighted w against the hypotheticals' mean (rewrite.hyde_question_weight), from
+one generation of its rewrites, as rows `VARIANT@w`. The report is printed and saved beside the adapter (`retrieval_report_SPLIT.json`)
 or to `--report FILE`.
 
 Targets judged by retrieval instead of the gold answers: `--set finetune.rewriter.targets=FILE`

@@ -87,7 +87,7 @@ class IndexConfig:
     dir: str = option("{run_dir}/index", "Folder of the knowledge base: Chroma data, BM25 index, docstore.")
     embed_model: str = option(MINILM, "Embedding model (hub id or local folder) for the dense index.")
     embed_batch_size: int = option(64, "Texts embedded per batch.", POSITIVE)
-    backend: Literal["torch", "onnx-int8"] = option("torch", "Inference backend of the embedder: torch (fp32 sentence-transformers), or onnx-int8 (pipeline/int8.py: exported and quantized once, cached in <model>/.ragft-int8 or {run_dir}/int8-cache; 3.5x the texts/s of torch fp32 on one core, cos(fp32, int8) ~0.994, dense MRR@10 on an answers-only seed corpus 0.772 -> 0.740; CPU only). The index records it: switching rebuilds the index; see `python -m eval.bench int8`.")
+    backend: Literal["torch", "torch-bf16", "onnx-int8"] = option("torch", "Inference backend of the embedder: torch (fp32 sentence-transformers); torch-bf16 (the same weights in bfloat16: on a CPU with AMX, 2.9x the texts/s of fp32 at cos(fp32, bf16) 0.99995, where int8 gives 2.0x at 0.993; without bf16 matrix units it can be slower than fp32: measure with python -m eval.bench speed); or onnx-int8 (pipeline/int8.py: exported and quantized once, cached in <model>/.ragft-int8 or {run_dir}/int8-cache; 3.5x the texts/s of torch fp32 on one core, cos(fp32, int8) ~0.994, dense MRR@10 on an answers-only seed corpus 0.772 -> 0.740; CPU only). The index records it: switching rebuilds the index; see `python -m eval.bench int8`.")
     collection: str = option("ragft", "Chroma collection name.")
     sources: list[str] = option([], "Extra document files or folders (.md, .txt, .pdf, .html) ingested beside the QA pairs.")
     chunk_size: int = option(512, "Document chunk size in tokens.", POSITIVE)
@@ -97,7 +97,7 @@ class IndexConfig:
     checkpoint_every: int = option(512, "Documents embedded and written between two checkpoints of the docstore (an interrupted run resumes from the last one).", POSITIVE)
     finetuned_embedder: bool = option(False, "`full` and its ablations (all but full-base-embedder) search a second index, embedded with the fine-tuned embedder (finetune.embedder.output, trained by eval.compare on the train split with hard negatives mined from the first index) and kept at index.finetuned_dir; the baselines keep index.embed_model.")
     finetuned_dir: str = option("{run_dir}/index-finetuned-embedder", "Folder of the index embedded with the fine-tuned embedder (index.finetuned_embedder).")
-    finetuned_backend: Optional[Literal["torch", "onnx-int8"]] = option(None, "Inference backend of the fine-tuned embedder (the index at index.finetuned_dir and full's queries); null: index.backend. int8 holds its quality where the base MiniLM's does not: seed val open-book MRR@10 with the fine-tuned embedder int8 0.7877 vs fp32 0.7885 (results/bench/speed.json), base MiniLM 0.740 vs 0.772.")
+    finetuned_backend: Optional[Literal["torch", "torch-bf16", "onnx-int8"]] = option(None, "Inference backend of the fine-tuned embedder (the index at index.finetuned_dir and full's queries); null: index.backend. int8 holds its quality where the base MiniLM's does not: seed val open-book MRR@10 with the fine-tuned embedder int8 0.7877 vs fp32 0.7885 (results/bench/speed.json), base MiniLM 0.740 vs 0.772.")
 
 
 @dataclass
@@ -122,7 +122,7 @@ class RerankConfig:
     batch_size: int = option(32, "(question, passage) pairs scored per batch.", POSITIVE)
     max_length: int = option(256, "Maximum tokens of a (question, passage) pair.", POSITIVE)
     retrieval_weight: float = option(0.0, "Interpolation of the two stages: candidates are ordered by (1 - w) * minmax(cross-encoder logit) + w * minmax(retriever score) per question; 0 orders by the cross-encoder alone, 1 keeps the retriever's order (choose it on val: python -m eval.retrieval --protocol open-book --split val --retrievers hybrid,hybrid+rerank --set rerank.retrieval_weight=W).", FRACTION)
-    backend: Literal["torch", "onnx", "onnx-int8"] = option("torch", "Inference backend of the cross-encoder: torch; onnx (sentence-transformers' ONNX backend, needs `pip install optimum onnxruntime`; see `python -m eval.bench rerank`); or onnx-int8 (pipeline/int8.py, needs only onnxruntime + onnx: exported and quantized once, cached in <rerank.model>/.ragft-int8 or {run_dir}/int8-cache; 4.1x the pairs/s of torch on one core, top-1 agreement 0.95; CPU only; see `python -m eval.bench int8`).")
+    backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8"] = option("torch", "Inference backend of the cross-encoder: torch; torch-bf16 (bfloat16 weights: on a CPU with AMX 2.5x the pairs/s of fp32 at logit correlation 0.99996, int8 2.4x at 0.995); onnx (sentence-transformers' ONNX backend, needs `pip install optimum onnxruntime`; see `python -m eval.bench rerank`); or onnx-int8 (pipeline/int8.py, needs only onnxruntime + onnx: exported and quantized once, cached in <rerank.model>/.ragft-int8 or {run_dir}/int8-cache; 4.1x the pairs/s of torch on one core, top-1 agreement 0.95; CPU only; see `python -m eval.bench int8`).")
 
 
 @dataclass

@@ -235,7 +235,7 @@ def load_sentence_transformer(reference: str, *, device: str = "auto", trust_rem
 
 def load_embedder(config: Config, *, reference: str | None = None) -> "BaseEmbedding":
     """The LlamaIndex embedding model of the dense index (`index.embed_model` by default):
-    sentence-transformers in torch, or with `index.backend=onnx-int8` pipeline.int8's
+    sentence-transformers in torch (fp32, or bfloat16 weights with `index.backend=torch-bf16`), or with `index.backend=onnx-int8` pipeline.int8's
     `Int8Embedding` (exported on first use, cached beside the model or in {run_dir}/int8-cache)."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
@@ -253,13 +253,18 @@ def load_embedder(config: Config, *, reference: str | None = None) -> "BaseEmbed
             cache_dir=str(Path(config.run_dir) / "int8-cache"),
             allow_pickle_weights=config.security.allow_pickle_weights,
         )
+    model_kwargs: dict[str, Any] = {"use_safetensors": safetensors_flag(config.security.allow_pickle_weights)}
+    if config.index.backend == "torch-bf16":
+        import torch
+
+        model_kwargs["dtype"] = torch.bfloat16
     try:
         return HuggingFaceEmbedding(
             model_name=path,
             embed_batch_size=config.index.embed_batch_size,
             device=resolve_device("cpu" if config.generator.device == "cpu" else "auto"),
             trust_remote_code=config.generator.trust_remote_code,
-            model_kwargs={"use_safetensors": safetensors_flag(config.security.allow_pickle_weights)},
+            model_kwargs=model_kwargs,
             show_progress_bar=False,
         )
     except OSError as exc:
@@ -849,7 +854,7 @@ def load_cross_encoder(
     `num_labels=1` on an encoder checkpoint that has no classification head (e.g. the bundled
     all-MiniLM-L6-v2) adds a fresh one-logit head: the starting point of `finetune.reranker`.
     `backend="onnx"` needs `optimum` and `onnxruntime` (exported on first load when the folder
-    holds no ONNX file). `backend="onnx-int8"` returns pipeline.int8's `Int8CrossEncoder`, whose
+    holds no ONNX file); `backend="torch-bf16"` loads the weights in bfloat16. `backend="onnx-int8"` returns pipeline.int8's `Int8CrossEncoder`, whose
     `predict` is CrossEncoder's (exported and quantized on first use, cached in the model folder or,
     when that is read-only, in `int8_cache_dir`); it needs a trained head (num_labels None or 1)."""
     if backend == "onnx-int8":
@@ -864,8 +869,13 @@ def load_cross_encoder(
     from sentence_transformers import CrossEncoder
 
     model_kwargs: dict[str, Any] = {}
-    if backend == "torch":
+    if backend in ("torch", "torch-bf16"):
         model_kwargs["use_safetensors"] = safetensors_flag(allow_pickle)
+    if backend == "torch-bf16":
+        import torch
+
+        model_kwargs["dtype"] = torch.bfloat16
+        backend = "torch"
     path = resolve_model(reference)
     try:
         return CrossEncoder(

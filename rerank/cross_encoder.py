@@ -93,7 +93,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     max_length: int = Field(default=256, gt=0, description="Maximum tokens of a (question, passage) pair; longer pairs are truncated.")
     retrieval_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="Weight of the retriever's (min-max normalized) score in the order; 0: the cross-encoder alone (see the module doc).")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
-    backend: Literal["torch", "onnx", "onnx-int8"] = Field(default="torch", description="torch or onnx: sentence-transformers' backends (onnx needs optimum + onnxruntime); onnx-int8: pipeline.int8.Int8CrossEncoder, quantized int8 weights on the CPU (device is ignored).")
+    backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8"] = Field(default="torch", description="torch or onnx: sentence-transformers' backends (onnx needs optimum + onnxruntime); torch-bf16: torch with bfloat16 weights; onnx-int8: pipeline.int8.Int8CrossEncoder, quantized int8 weights on the CPU (device is ignored).")
     int8_cache_dir: Optional[str] = Field(default=None, description="With backend=onnx-int8: where the export goes when the model folder is read-only ({run_dir}/int8-cache from from_config).")
     show_progress: bool = Field(default=False, description="Show a progress bar while scoring (useful for long candidate lists).")
     allow_pickle_weights: bool = Field(default=False, description="Read pickle weights when the model ships no safetensors (security.allow_pickle_weights).")

@@ -63,6 +63,24 @@ def test_figures_are_the_measured_values_and_their_ratios():
     assert out["generate_identical"] == 0.75 and out["mrr10_delta"] == -0.03
     assert out["retrieve_rerank_p50_ms"] == 41.23 and out["retrieve_rerank_backend"] == "torch"
     assert out["first_token_p50_ms"] == 412.3
+    assert (out["ingest_backend"], out["rerank_backend"], out["mrr10_delta_bf16"]) == ("onnx-int8", "onnx-int8", None)  # no bf16 figures: int8's
+
+
+def test_the_headline_is_the_faster_of_int8_and_bf16_and_bf16s_quality_is_reported():
+    detail = _detail(int8_texts=300.0, int8_pairs=50.0)
+    detail["ingest"].update(bf16_texts_per_s=400.0, bf16_cos_mean=0.9999, bf16_cos_min=0.999)
+    detail["rerank"].update(bf16_pairs_per_s=40.0, bf16_logit_corr=0.9999)
+    detail["quality"].update(mrr10_delta_bf16=0.001, delta_bf16_ci95=[-0.01, 0.01])
+    detail["quality"]["mrr@10"]["torch-bf16"] = {"hybrid": 0.7, "hybrid+rerank": 0.801}
+    out = figures(detail)
+    assert (out["ingest_per_s"], out["ingest_backend"], out["ingest_speedup"]) == (400.0, "torch-bf16", 4.0)
+    assert (out["rerank_pairs_per_s"], out["rerank_backend"]) == (50.0, "onnx-int8")  # int8 is the faster cross-encoder here
+    assert out["mrr10_delta"] == -0.03 and out["mrr10_delta_bf16"] == 0.001
+    text = bench_speed.to_markdown({
+        "mode": "quick", "git_revision": "abc", "wall_s": 1.0, "machine": {"cpus": 2, "cpu": "x", "torch_threads": 2, "load_avg_1m_start": 1.0},
+        "samples": {"passages": 4, "rounds": 2, "candidates": 20}, "seconds": {}, "detail": {**detail, "compare": None}, **out,
+    })
+    assert "400.0 (torch-bf16)" in text and "50.0 (onnx-int8)" in text and "bf16: 0.8010, delta +0.0010" in text and "bf16 400 (cos 0.99990)" in text
 
 
 def test_first_token_latency_waits_for_the_first_words_and_drains_each_stream():
@@ -151,14 +169,14 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
 
     text = readme.read_text()
     assert result["command"] in text and result["git_revision"] in text and f"wall time {result['wall_s']:.0f} s" in text
-    assert "| ingest: embedder passages/s | 300.0 (int8 ONNX) | 100.0 (torch fp32) | 3.00x |" in text
+    assert "| ingest: embedder passages/s | 300.0 (onnx-int8) | 100.0 (torch fp32) | 3.00x |" in text
     assert '"mrr10_delta": -0.03' in text
 
     # --from-json renders the same README again without measuring anything
     monkeypatch.setattr(bench_speed, "load_parts", lambda *a, **k: pytest.fail("--from-json must not measure"))
     again = tmp_path / "again.md"
     assert main(["--from-json", str(out), "--readme", str(again), "--format", "md"]) == 0
-    assert again.read_text() == text and "| rerank: cross-encoder pairs/s | 50.0 (int8 ONNX) | 200.0 (torch fp32) | 0.25x |" in capsys.readouterr().out
+    assert again.read_text() == text and "| rerank: cross-encoder pairs/s | 50.0 (onnx-int8) | 200.0 (torch fp32) | 0.25x |" in capsys.readouterr().out
     assert main(["--from-json", str(data / "train.jsonl")]) == 2
     assert "--from-json" in capsys.readouterr().err
 
@@ -269,17 +287,19 @@ def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, has
     path, how = copy_reranker(config, data, str(tiny_cross_encoder_dir), work, log=lambda *_: None)
     assert path == work / "reranker" and how.endswith("(--reranker)") and not (tiny_cross_encoder_dir / ".ragft-int8").exists()
     configs = backend_configs(config, path, work)
-    assert {n: (c.index.backend, c.rerank.backend, c.rerank.model) for n, c in configs.items()} == {"torch": ("torch", "torch", str(path)), "int8": ("onnx-int8", "onnx-int8", str(path))}
+    assert {n: (c.index.backend, c.rerank.backend, c.rerank.model) for n, c in configs.items()} == {
+        "torch": ("torch", "torch", str(path)), "int8": ("onnx-int8", "onnx-int8", str(path)), "bf16": ("torch-bf16", "torch-bf16", str(path))
+    }
     parts = Parts(
         configs=configs,
-        embedders={"torch": hash_embedding_cls(), "int8": hash_embedding_cls()},
+        embedders={"torch": hash_embedding_cls(), "int8": hash_embedding_cls(), "bf16": hash_embedding_cls()},
         cross_encoders={name: load_cross_encoder(str(path), device="cpu", backend=cfg.rerank.backend, max_length=64) for name, cfg in configs.items()},
         reranker=how,
     )
 
     ingest = measure_ingest(parts, train, passages=25, rounds=2)
     assert ingest["texts"] == 25 and ingest["torch_texts_per_s"] > 0 and ingest["int8_texts_per_s"] > 0
-    assert ingest["cos_mean"] == pytest.approx(1.0)  # the same embedder twice: the same vectors
+    assert ingest["cos_mean"] == pytest.approx(1.0) and ingest["bf16_cos_mean"] == pytest.approx(1.0)  # the same embedder thrice: the same vectors
 
     kb = build_kb(parts, "int8", train)
     try:
@@ -287,6 +307,7 @@ def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, has
         assert [len(hits) for _, hits in lists] == [8, 8, 8]
         rerank = measure_rerank(parts, lists, rounds=1)
         assert rerank["pairs"] == 24 and rerank["queries"] == 3 and rerank["batch"] == config.rerank.batch_size and rerank["int8_pairs_per_s"] > 0
+        assert rerank["bf16_pairs_per_s"] > 0 and -1.0 <= rerank["bf16_logit_corr"] <= 1.0  # a random tiny head: its fidelity is measured on real weights (tests/pipeline/test_models.py)
         latency = measure_retrieve_rerank(parts, kb, "int8", "int8", questions[:3])
         assert latency["queries"] == 3 and latency["rerank_backend"] == "onnx-int8" and latency["candidates"] == 8
         assert latency["p50_ms"] > 0 and latency["retrieve_p50_ms"] > 0 and latency["rerank_p50_ms"] > 0
@@ -300,6 +321,7 @@ def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, has
     assert quality["mrr10_delta"] == pytest.approx(mrr["onnx-int8"]["hybrid+rerank"] - mrr["torch"]["hybrid+rerank"])
     assert mrr["onnx-int8"]["hybrid"] == mrr["torch"]["hybrid"]  # same embedder: retrieval alone cannot differ
     assert quality["delta_ci95"][0] <= quality["mrr10_delta"] <= quality["delta_ci95"][1]
+    assert quality["mrr10_delta_bf16"] == pytest.approx(mrr["torch-bf16"]["hybrid+rerank"] - mrr["torch"]["hybrid+rerank"])
 
 
 def test_readme_from_a_result():

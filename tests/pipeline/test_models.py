@@ -98,3 +98,29 @@ def test_load_embedder_gives_normalized_minilm_vectors(empty_hub_cache):
     assert sum(v * v for v in vectors[0]) == pytest.approx(1.0, abs=1e-4)
     query = embedder.get_query_embedding("What is a B-tree?")
     assert sum(a * b for a, b in zip(query, vectors[1])) > 0.5
+
+
+def test_bf16_backends_load_bfloat16_weights_and_stay_close_to_fp32(empty_hub_cache, tiny_cross_encoder_dir):
+    """index.backend / rerank.backend = torch-bf16: the same models with bfloat16 weights; the
+    embedder's vectors stay within cos 0.998 of fp32's (real MiniLM weights), the cross-encoder
+    returns float scores of the same pairs."""
+    import numpy as np
+    import torch
+
+    from pipeline.models import load_cross_encoder
+
+    texts = ["What is a B-tree?", "A B-tree is a balanced search tree whose nodes fill disk pages.", "TCP slow start doubles the window."]
+    fp32 = np.asarray(load_embedder(load_config("tiny")).get_text_embedding_batch(texts))
+    bf16_embedder = load_embedder(load_config("tiny", ["index.backend=torch-bf16"]))
+    assert next(bf16_embedder._model.parameters()).dtype == torch.bfloat16
+    bf16 = np.asarray(bf16_embedder.get_text_embedding_batch(texts))
+    assert bf16.dtype == np.float64 or bf16.dtype == np.float32
+    cos = (fp32 * bf16).sum(axis=1)
+    assert cos.min() > 0.998 and not np.allclose(fp32, bf16)  # close, and really computed in bf16
+
+    pairs = [("What is a B-tree?", texts[1]), ("What is a B-tree?", texts[2])]
+    ce = load_cross_encoder(str(tiny_cross_encoder_dir), device="cpu", backend="torch-bf16")
+    assert next(ce.model.parameters()).dtype == torch.bfloat16
+    scores = ce.predict(pairs)
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert np.abs(scores - load_cross_encoder(str(tiny_cross_encoder_dir), device="cpu").predict(pairs)).max() < 0.05
