@@ -180,13 +180,25 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
     assert main(["--from-json", str(data / "train.jsonl")]) == 2
     assert "--from-json" in capsys.readouterr().err
 
+    # --readme-block fills the project README's block from the same result, and only that block
+    project = tmp_path / "PROJECT.md"
+    project.write_text("# p\n\nbefore\n<!-- results:bench-speed:start -->\nstale 1.68x\n<!-- results:bench-speed:end -->\nafter\n")
+    assert main(["--from-json", str(out), "--readme-block", str(project)]) == 0
+    filled = project.read_text()
+    assert "stale" not in filled and filled.startswith("# p\n\nbefore\n") and filled.endswith("<!-- results:bench-speed:end -->\nafter\n")
+    assert f"From `{out}`" in filled and "| rerank: cross-encoder pairs/s | 50.0 (onnx-int8) | 200.0 (torch fp32) | 0.25x |" in filled
+    project.write_text("# no block\n")
+    capsys.readouterr()
+    assert main(["--from-json", str(out), "--readme-block", str(project)]) == 2
+    assert "results:bench-speed:start" in capsys.readouterr().err and project.read_text() == "# no block\n"
+
 
 def test_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit) as info:
         bench.main(["speed", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    flags = ("--config", "--set", "--help-config", "--quick", "--data", "--reranker", "--passages", "--queries", "--prompts", "--new-tokens", "--questions", "--rounds", "--no-compare", "--format", "--out", "--readme", "--from-json")
+    flags = ("--config", "--set", "--help-config", "--quick", "--data", "--reranker", "--passages", "--queries", "--prompts", "--new-tokens", "--questions", "--rounds", "--no-compare", "--format", "--out", "--readme", "--readme-block", "--from-json")
     assert [flag for flag in flags if flag not in out] == []
     assert "python -m eval.bench speed --quick" in out  # the docstring's commands are the epilog
 

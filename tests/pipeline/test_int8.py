@@ -156,7 +156,7 @@ def test_backend_switch_picks_the_int8_classes(tmp_path, tiny_ce):
     assert isinstance(reranker.load(), Int8CrossEncoder)
     np.testing.assert_allclose(scores, Int8CrossEncoder(tiny_ce, max_length=64).predict([(QUESTIONS[0], p) for p in PASSAGES[:4]], activation_fn=_identity()), rtol=1e-6)
     assert load_config("tiny", ["rerank.backend=onnx"]).rerank.backend == "onnx"  # still accepted
-    with pytest.raises(ConfigError, match="'torch', 'onnx-int8'"):
+    with pytest.raises(ConfigError, match="'torch', 'torch-bf16', 'onnx-int8'"):
         load_config("tiny", ["index.backend=int8"])
 
 
