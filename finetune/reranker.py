@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from pipeline.config import Config, add_config_arguments, config_from_args, save_resolved_config
+from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import load_split
 from pipeline.errors import UserFacingError, run_cli
 
@@ -339,7 +339,22 @@ def new_cross_encoder(config: Config, *, base_model: str | None = None) -> "Cros
     architectures = getattr(model.model.config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         reset_pooler(model)
+    if settings.layers is not None:
+        keep_first_layers(model, settings.layers)
     return model
+
+
+def keep_first_layers(model: "CrossEncoder", layers: int) -> None:
+    """Drop every transformer layer of the encoder after the first `layers` (in place, with its
+    config), so training and inference run the shallower model."""
+    encoder = getattr(getattr(model.model, "base_model", None), "encoder", None)
+    stack = getattr(encoder, "layer", None)
+    if stack is None:
+        raise ConfigError(f"finetune.reranker.layers={layers}: {type(model.model).__name__} has no encoder.layer stack to cut (BERT-like encoders have one). Fix: --set finetune.reranker.layers=null")
+    if layers > len(stack):
+        raise ConfigError(f"finetune.reranker.layers={layers}: the base model has only {len(stack)} layers. Fix: --set finetune.reranker.layers={len(stack)} or fewer, or null for all")
+    del stack[layers:]
+    model.model.config.num_hidden_layers = layers
 
 
 def reset_pooler(model: "CrossEncoder") -> bool:

@@ -230,6 +230,7 @@ class RerankerTrainConfig:
     random_negatives: int = option(1, "Random negatives per question.", NON_NEGATIVE)
     loss: Literal["bce", "listwise"] = option("bce", "bce: binary cross-entropy on (question, passage, 0/1) pairs, positives weighted by negatives per question; listwise: softmax cross-entropy over each question's positive and its negatives (sentence-transformers' cross-encoder MultipleNegativesRankingLoss, random negatives taken in-batch).")
     max_length: int = option(128, "Maximum tokens of a (question, passage) pair in training and evaluation.", POSITIVE)
+    layers: Optional[int] = option(None, "Keep only the first N transformer layers of base_model (a shallower, faster cross-encoder: its cost per pair is about proportional to N); null keeps them all.", POSITIVE)
     warmup_ratio: float = option(0.1, "Fraction of the optimizer steps with a linear learning-rate warm-up.", FRACTION)
     mine_candidates: int = option(20, "Passages the hybrid retriever returns per training question when mining hard negatives (the hardest `hard_negatives` that are not the positive are kept).", POSITIVE)
     eval_candidates: int = option(20, "Candidates the retriever returns per val question for the before/after evaluation.", POSITIVE)

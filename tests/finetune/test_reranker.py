@@ -178,3 +178,25 @@ def test_fresh_head_gets_an_identity_pooler(tiny_cross_encoder_dir, tmp_path):
     assert torch.equal(dense.weight, torch.eye(dense.weight.shape[0])) and not dense.bias.any()
     kept = new_cross_encoder(config, base_model=str(tiny_cross_encoder_dir))
     assert not torch.equal(kept.model.bert.pooler.dense.weight, torch.eye(dense.weight.shape[0]))
+
+
+def test_layers_keeps_the_first_n_and_the_saved_model_reloads_with_them(tiny_cross_encoder_dir, tmp_path):
+    """finetune.reranker.layers=1 cuts the tiny cross-encoder (2 layers) to its first layer, in the
+    config too, so the saved folder loads as a 1-layer model; more layers than the base has is refused."""
+    import torch
+
+    from finetune.reranker import new_cross_encoder
+    from pipeline.config import ConfigError
+    from pipeline.models import load_cross_encoder
+
+    full = new_cross_encoder(load_config("tiny", [f"run_dir={tmp_path}"]), base_model=str(tiny_cross_encoder_dir))
+    cut = new_cross_encoder(load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.layers=1"]), base_model=str(tiny_cross_encoder_dir))
+    assert len(full.model.bert.encoder.layer) == 2 and len(cut.model.bert.encoder.layer) == 1 and cut.model.config.num_hidden_layers == 1
+    assert torch.equal(cut.model.bert.encoder.layer[0].attention.self.query.weight, full.model.bert.encoder.layer[0].attention.self.query.weight)
+    cut.save(str(tmp_path / "cut"))
+    again = load_cross_encoder(str(tmp_path / "cut"), device="cpu")
+    assert len(again.model.bert.encoder.layer) == 1
+    pairs = [("What is a B-tree?", "A balanced tree."), ("What is DNS?", "Names to addresses.")]
+    assert again.predict(pairs) == pytest.approx(cut.predict(pairs), abs=1e-5)
+    with pytest.raises(ConfigError, match=r"layers=3: the base model has only 2 layers"):
+        new_cross_encoder(load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.layers=3"]), base_model=str(tiny_cross_encoder_dir))
