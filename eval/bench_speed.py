@@ -4,6 +4,7 @@
     python -m eval.bench speed --quick --format json --out results/bench/speed-quick.json --readme results/bench/README.md
     python -m eval.bench speed --from-json results/bench/speed-quick.json --readme results/bench/README.md  # render again
     python -m eval.bench speed                              # larger samples + eval.compare's stages on the demo data
+    python -m eval.bench speed --from-json results/bench/speed.json --readme results/bench/README.md --readme-block README.md
 
 Every figure below is measured in the same process, on the `--data` splits (default: the seed
 splits in ../shared) with the profile's settings (`--config`, default smollm2; `--set` works):
@@ -216,7 +217,6 @@ def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, 
     configs = backend_configs(config, path, work, embedder)
     embedders = {name: load_embedder(cfg) for name, cfg in configs.items()}
     embedders["int8"].load()  # export + quantize (seconds; cached in {run_dir}/int8-cache)
-    embedders["bf16"].get_text_embedding("load")  # HuggingFaceEmbedding loads on construction; this allocates its first batch
     cross_encoders = {
         name: load_cross_encoder(str(path), device="cpu", max_length=cfg.rerank.max_length, backend=cfg.rerank.backend, allow_pickle=cfg.security.allow_pickle_weights, int8_cache_dir=str(work / "int8-cache"))
         for name, cfg in configs.items()
@@ -241,7 +241,7 @@ def faster(detail: Mapping[str, Any], unit: str, names: Sequence[str] = ("int8",
     """The backend among `names` with the most `unit`/s in a section's detail (the first on a tie;
     a backend the detail has no figure for, as in results written before bf16 was measured, is skipped)."""
     rates = {name: detail[f"{name}_{unit}_per_s"] for name in names if f"{name}_{unit}_per_s" in detail}
-    return max(rates, key=lambda name: (rates[name], -list(names).index(name)))
+    return max(rates, key=rates.get)  # max keeps the first of equals
 
 
 def build_kb(parts: Parts, backend: str, train: Sequence[dict[str, str]]) -> Any:
