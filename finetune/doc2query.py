@@ -18,8 +18,9 @@ and duplicates (of a question kept earlier or of a question already in the knowl
 Output (`finetune.doc2query.output`, JSONL, one kept question a line): `question`, `answer` (the
 passage text, the reranker's positive), `source_id` (the passage's node id) and `rank` (where the
 retriever put the passage for this question, 1..top_k). finetune.reranker reads it with
-`--set finetune.reranker.synthetic=PATH` and mines hard negatives for these questions as for the
-train questions. `<stem>.report.json` beside it counts what was generated, kept and dropped.
+`--set finetune.reranker.synthetic=PATH` (finetune.embedder with `finetune.embedder.synthetic`)
+and mines hard negatives for these questions as for the train questions. `<stem>.report.json`
+beside it counts what was generated, kept and dropped.
 
 Long runs (3 generations per passage, ~1,300 seed passages) are resumable: passages are done in
 chunks of `chunk_size`, each finished chunk is appended to a hidden work file beside the output,
@@ -282,12 +283,13 @@ def build_doc2query(
     return report
 
 
-def load_synthetic_pairs(path: str | Path) -> list[dict[str, str]]:
-    """The (question, answer) pairs of a doc2query output, checked row by row (pipeline.data)."""
+def load_synthetic_pairs(path: str | Path, key: str = "finetune.reranker.synthetic") -> list[dict[str, str]]:
+    """The (question, answer) pairs of a doc2query output, checked row by row (pipeline.data);
+    `key`: the setting that named the file, for the error."""
     from pipeline.data import DataError, load_records
 
     if not Path(path).is_file():
-        raise DataError(f"finetune.reranker.synthetic={path}: no such file; build it with python -m finetune.doc2query (same --config and --set), or set finetune.reranker.synthetic=null")
+        raise DataError(f"{key}={path}: no such file; build it with python -m finetune.doc2query (same --config and --set), or set {key}=null")
     return load_records(path, fix="rebuild it with python -m finetune.doc2query").records
 
 

@@ -147,6 +147,10 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     load_split(config.data.dir, "val")  # fail before any work when val is missing
     if settings.limit is not None:
         train = train[: settings.limit]
+    if settings.synthetic:  # doc2query pairs: more questions for the same passages, mined alike
+        from finetune.doc2query import load_synthetic_pairs
+
+        train = [*train, *load_synthetic_pairs(settings.synthetic, "finetune.embedder.synthetic")]
     # the base model too: mining and the base evaluation take minutes on a real knowledge base
     resolve_model(check_model_source(config, settings.base_model, "finetune.embedder.base_model"))
 

@@ -251,6 +251,7 @@ class EmbedderTrainConfig:
     warmup_ratio: float = option(0.1, "Fraction of the optimizer steps with a linear learning-rate warm-up.", FRACTION)
     max_seq_length: int = option(128, "Maximum tokens of a question or passage in training.", POSITIVE)
     limit: Optional[int] = option(None, "Train on the first N training questions only (quick runs); null uses them all.", POSITIVE)
+    synthetic: Optional[str] = option(None, "JSONL of synthetic (question, answer) pairs (python -m finetune.doc2query writes it) appended to the training questions, after `limit`; their hard negatives are mined like the train questions'. null: the train split alone.")
     eval_limit: Optional[int] = option(None, "Evaluate on the first N val questions only (quick runs); null uses them all.", POSITIVE)
     output: str = option("{run_dir}/embedder", "Where the fine-tuned embedder is written.")
 
@@ -265,7 +266,7 @@ class Doc2QueryConfig:
     max_passage_chars: Optional[int] = option(1000, "Each passage is cut to this many characters in the prompt (document chunks can be long); null keeps passages whole.", POSITIVE)
     chunk_size: int = option(64, "Passages per generation pass and per resumable checkpoint: an interrupted run loses at most one chunk.", POSITIVE)
     limit: Optional[int] = option(None, "The first N passages of the knowledge base only (quick runs); null: every passage.", POSITIVE)
-    output: str = option("{run_dir}/synthetic/doc2query.jsonl", "JSONL of the kept questions (question, answer = the passage, source_id, rank) that finetune.reranker.synthetic reads; a .report.json with the counts is written beside it.")
+    output: str = option("{run_dir}/synthetic/doc2query.jsonl", "JSONL of the kept questions (question, answer = the passage, source_id, rank) that finetune.reranker.synthetic and finetune.embedder.synthetic read; a .report.json with the counts is written beside it.")
 
 
 @dataclass

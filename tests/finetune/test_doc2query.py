@@ -251,6 +251,39 @@ def test_reranker_mines_negatives_for_the_synthetic_pairs_too(small_data_dir, sm
     assert all(p["answer"] not in h for p, h in zip(pairs, seen["hard"][4:]))
 
 
+def test_embedder_trains_on_the_synthetic_pairs_too(small_data_dir, small_kb, tmp_path, monkeypatch):
+    """finetune.embedder.synthetic: the pairs follow the (limited) train questions into mining and
+    the triplets; their own passage is never their hard negative."""
+    import finetune.embedder as embedder
+
+    synthetic = tmp_path / "syn.jsonl"
+    train = load_split(small_data_dir, "train")
+    pairs = [{"question": f"what about {r['answer'][:30]}?", "answer": r["answer"]} for r in train[10:13]]
+    synthetic.write_text("".join(json.dumps({**p, "source_id": "x", "rank": 1}) + "\n" for p in pairs))
+    config = _config(small_data_dir, tmp_path, "finetune.embedder.limit=4", "finetune.embedder.hard_negatives=1", f"finetune.embedder.synthetic={synthetic}")
+    seen = {}
+
+    def stop_after(records, hard, num_negatives, seed):
+        seen.update(records=list(records), hard=list(hard))
+        raise KeyboardInterrupt  # enough: training itself is test_embedder's business
+
+    monkeypatch.setattr(embedder, "open_knowledge_base", lambda config: small_kb)
+    monkeypatch.setattr(embedder, "triplet_rows", stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        embedder.run(config, show_progress=False, log=lambda *_: None)
+    assert seen["records"] == [*train[:4], *pairs]
+    assert all(len(h) == 1 for h in seen["hard"])
+    assert all(p["answer"] not in h for p, h in zip(pairs, seen["hard"][4:]))
+
+
+def test_embedder_names_a_missing_synthetic_file(small_data_dir, tmp_path, capsys):
+    from finetune.embedder import main as embedder_main
+
+    code = embedder_main(["--config", "tiny", "--set", f"run_dir={tmp_path}", "--set", f"data.dir={small_data_dir}", "--set", f"finetune.embedder.synthetic={tmp_path}/none.jsonl"])
+    err = capsys.readouterr().err
+    assert code == 2 and "finetune.embedder.synthetic=" in err and "none.jsonl: no such file" in err and "python -m finetune.doc2query" in err
+
+
 def test_reranker_names_a_missing_synthetic_file(small_data_dir, tmp_path, capsys):
     from finetune.reranker import main as reranker_main
 
