@@ -283,7 +283,7 @@ def build_doc2query(
     return report
 
 
-def load_synthetic_pairs(path: str | Path, key: str = "finetune.reranker.synthetic") -> list[dict[str, str]]:
+def load_synthetic_pairs(path: str | Path, key: str) -> list[dict[str, str]]:
     """The (question, answer) pairs of a doc2query output, checked row by row (pipeline.data);
     `key`: the setting that named the file, for the error."""
     from pipeline.data import DataError, load_records

@@ -465,7 +465,7 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     if settings.synthetic:  # doc2query pairs: more questions for the same passages, mined alike
         from finetune.doc2query import load_synthetic_pairs
 
-        train = [*train, *load_synthetic_pairs(settings.synthetic)]
+        train = [*train, *load_synthetic_pairs(settings.synthetic, "finetune.reranker.synthetic")]
     # the base model too: mining and the base evaluation take minutes on a real knowledge base
     resolve_model(check_model_source(config, settings.base_model, "finetune.reranker.base_model"))
 

@@ -186,7 +186,7 @@ def test_builder_writes_the_kept_questions_with_passage_and_rank(small_data_dir,
     assert json.loads(report_path(output).read_text())["kept"] == len(rows)
     assert not list(output.parent.glob(".*.partial"))  # the work file is gone once complete
     # what finetune.reranker.synthetic reads
-    assert load_synthetic_pairs(output) == [{"question": r["question"], "answer": r["answer"]} for r in rows]
+    assert load_synthetic_pairs(output, "finetune.reranker.synthetic") == [{"question": r["question"], "answer": r["answer"]} for r in rows]
 
 
 def test_an_interrupted_run_continues_after_its_last_chunk(small_data_dir, small_kb, tmp_path):
@@ -296,7 +296,7 @@ def test_bad_synthetic_row_names_file_and_line(tmp_path):
     path = tmp_path / "syn.jsonl"
     path.write_text('{"question": "What is it?", "answer": "A thing."}\n{"question": "", "answer": "x"}\n')
     with pytest.raises(DataError, match=r"syn.jsonl:2: field 'question' is empty; rebuild it with python -m finetune.doc2query"):
-        load_synthetic_pairs(path)
+        load_synthetic_pairs(path, "finetune.reranker.synthetic")
 
 
 def test_help_documents_every_flag(capsys):
