@@ -137,6 +137,14 @@ def test_predict_follows_cross_encoder_conventions(tiny_ce):
     assert np.max(np.abs(reference - logits)) < 0.05
 
 
+def test_sessions_stop_spinning_when_a_run_ends(tiny_ce):
+    # an embedder's pool left spinning after its run slows the cross-encoder that runs next
+    session = Int8CrossEncoder(tiny_ce, max_length=64, threads=2).load()._runtime.session
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.intra_op_num_threads == 2
+
+
 def test_backend_switch_picks_the_int8_classes(tmp_path, tiny_ce):
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
