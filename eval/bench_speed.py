@@ -27,7 +27,9 @@ splits in ../shared) with the profile's settings (`--config`, default smollm2; `
   a plain `model.generate` in fp32 (prompts in the given order, same batch size, greedy, same
   repetition penalty and max_new_tokens), on `--prompts` rag_vanilla-style prompts (a val question
   with its dense top-`generator.context_top_k` passages); `generate_identical` is the share of
-  greedy answers that are identical in both, so the quality of the faster path is not assumed;
+  greedy answers that are identical in both, and `generate_rougeL_delta` the paired difference of
+  their mean ROUGE-L against the questions' val answers (95% interval in the detail), so the
+  quality of the faster path is measured, not assumed;
 - quality: open book (eval.retrieval's corpus: every answer of train + val + test; a val question's
   gold is its own answer), MRR@10 of retrieve.mode + rerank with both encoders int8 minus both fp32
   (`mrr10_delta`; bf16 minus fp32: `mrr10_delta_bf16`), on
@@ -91,11 +93,12 @@ FIGURES = (
     "first_token_p50_ms",
     "mrr10_delta",
     "ingest_backend", "rerank_backend", "mrr10_delta_bf16",
+    "generate_rougeL_delta",
 )
 
 
 # figures added after the format was first written: an earlier result renders without them
-LATER_FIGURES = ("first_token_p50_ms", "ingest_backend", "rerank_backend", "mrr10_delta_bf16")
+LATER_FIGURES = ("first_token_p50_ms", "ingest_backend", "rerank_backend", "mrr10_delta_bf16", "generate_rougeL_delta")
 
 
 class BenchError(UserFacingError, RuntimeError):
@@ -339,18 +342,38 @@ def first_token_latency(llm: Any, prompts: Sequence[str]) -> dict[str, Any]:
     return {"prompts": len(waits), "p50_ms": 1000 * statistics.median(waits) if waits else float("nan"), "max_ms": 1000 * max(waits) if waits else float("nan")}
 
 
-def generation_rows(runs: Mapping[str, tuple[Sequence[str], float]], count_tokens: Callable[[Sequence[str]], int]) -> dict[str, Any]:
-    """Seconds, tokens and tokens/s of each run (`name -> (answers, seconds)`), and how many greedy
-    answers of the "project" run are identical to the "baseline" run's."""
-    rows = {}
+def generation_rows(
+    runs: Mapping[str, tuple[Sequence[str], float]],
+    count_tokens: Callable[[Sequence[str]], int],
+    references: Optional[Sequence[str]] = None,
+    *,
+    samples: int = 1000,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """Seconds, tokens and tokens/s of each run (`name -> (answers, seconds)`), how many greedy
+    answers of the "project" run are identical to the "baseline" run's and, given the questions'
+    `references`, each run's mean ROUGE-L against them with the paired bootstrap of project -
+    baseline: greedy answers of a faster path differ in a word here and there, so what counts is
+    whether they are as good, not whether they are the same."""
+    import numpy as np
+
+    from eval.metrics import paired_bootstrap_test, rouge_l_f1
+
+    rows: dict[str, Any] = {}
     for name, (texts, seconds) in runs.items():
         tokens = count_tokens(texts)
         rows[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
-    same = sum(a == b for a, b in zip(runs["project"][0], runs["baseline"][0]))
-    return {**rows, "identical": same, "identical_share": same / len(runs["project"][0])}
+    project, baseline = runs["project"][0], runs["baseline"][0]
+    same = sum(a == b for a, b in zip(project, baseline))
+    rows.update(identical=same, identical_share=same / len(project))
+    if references is not None:
+        a, b = np.asarray(rouge_l_f1(project, references)), np.asarray(rouge_l_f1(baseline, references))
+        test = paired_bootstrap_test(len(a), lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), samples=samples, seed=seed)
+        rows["rougeL"] = {"project": float(a.mean()), "baseline": float(b.mean()), "delta": test["diff"], "delta_ci95": [test["ci95_low"], test["ci95_high"]], "delta_p_value": test["p_value"]}
+    return rows
 
 
-def measure_generate(parts: Parts, kb: Any, embed_backend: str, questions: Sequence[str], *, new_tokens: int, log: Callable[[str], None]) -> dict[str, Any]:
+def measure_generate(parts: Parts, kb: Any, embed_backend: str, questions: Sequence[str], *, new_tokens: int, log: Callable[[str], None], references: Optional[Sequence[str]] = None) -> dict[str, Any]:
     from eval.bench_generate import build_prompts
     from pipeline.models import load_causal_lm, load_llm
 
@@ -371,7 +394,10 @@ def measure_generate(parts: Parts, kb: Any, embed_backend: str, questions: Seque
     log("generate: the same prompts through plain model.generate in float32")
     started = time.perf_counter()
     runs["baseline"] = (plain_generate(model, tokenizer, prompts, batch_size=gen.batch_size, max_new_tokens=new_tokens, repetition_penalty=gen.repetition_penalty), time.perf_counter() - started)
-    rows = generation_rows(runs, lambda texts: sum(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]))
+    rows = generation_rows(
+        runs, lambda texts: sum(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]),
+        references, samples=config.eval.bootstrap_samples, seed=config.eval.seed,
+    )
     rows["project"]["dtype"], rows["baseline"]["dtype"] = gen.torch_dtype, "float32"
     rows["first_token"] = first_token_latency(llm, prompts[:FIRST_TOKEN_PROMPTS])
     prompt_tokens = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -479,6 +505,7 @@ def figures(detail: Mapping[str, Any]) -> dict[str, Any]:
         "generate_identical": round(gen["identical_share"], 4),
         "first_token_p50_ms": round(gen["first_token"]["p50_ms"], 1) if "first_token" in gen else None,
         "mrr10_delta": round(quality["mrr10_delta"], 4),
+        "generate_rougeL_delta": round(gen["rougeL"]["delta"], 4) if "rougeL" in gen else None,
     }
     out["ingest_speedup"] = ratio(out["ingest_per_s"], out["ingest_per_s_baseline"])
     out["rerank_speedup"] = ratio(out["rerank_pairs_per_s"], out["rerank_pairs_per_s_baseline"])
@@ -543,6 +570,7 @@ def run(args: argparse.Namespace, config: Config, *, log: Callable[[str], None] 
     # one fixed sample of val (eval.seed): the first N of it serve every section that asks questions
     picked = random.Random(config.eval.seed).sample(range(len(val)), len(val))
     questions = [val[i]["question"] for i in picked]
+    references = [val[i]["answer"] for i in picked]
     samples.update(passages=min(samples["passages"], len(train)), questions=min(samples["questions"], len(val)), queries=min(samples["queries"], len(val)), prompts=min(samples["prompts"], len(val)))
     result: dict[str, Any] = {"format": FORMAT, "mode": "quick" if args.quick else "full", "command": args.command, **git_revision(), "machine": machine(), "data": str(data)}
     seconds: dict[str, float] = {}
@@ -562,7 +590,7 @@ def run(args: argparse.Namespace, config: Config, *, log: Callable[[str], None] 
             with _section(seconds, "retrieve_rerank", log):
                 detail["retrieve_rerank"] = measure_retrieve_rerank(parts, kb, embed_backend, faster(detail["rerank"], "pairs"), questions[: samples["queries"]])
             with _section(seconds, "generate", log):
-                detail["generate"] = measure_generate(parts, kb, embed_backend, questions[: samples["prompts"]], new_tokens=samples["new_tokens"], log=log)
+                detail["generate"] = measure_generate(parts, kb, embed_backend, questions[: samples["prompts"]], new_tokens=samples["new_tokens"], log=log, references=references[: samples["prompts"]])
         finally:
             kb.close()
         with _section(seconds, "quality", log):
@@ -608,6 +636,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         + (f"; bf16: {q['mrr@10']['torch-bf16'][first + '+rerank']:.4f}, delta {q['mrr10_delta_bf16']:+.4f} (95% CI [{q['delta_bf16_ci95'][0]:+.4f}, {q['delta_bf16_ci95'][1]:+.4f}]), {first} alone {q['mrr@10']['torch-bf16'][first]:.4f}" if "mrr10_delta_bf16" in q else ""),
         *([f"- every backend against torch fp32: ingest int8 {d['ingest']['int8_texts_per_s']:.0f} texts/s (cos {d['ingest']['cos_mean']:.4f}), bf16 {d['ingest']['bf16_texts_per_s']:.0f} (cos {d['ingest']['bf16_cos_mean']:.5f}); "
             f"rerank int8 {d['rerank']['int8_pairs_per_s']:.0f} pairs/s, bf16 {d['rerank']['bf16_pairs_per_s']:.0f} (logit correlation {d['rerank']['bf16_logit_corr']:.5f})"] if "bf16_texts_per_s" in d["ingest"] and "bf16_pairs_per_s" in d["rerank"] else []),
+        *([f"- answers against the val references: ROUGE-L {gen['rougeL']['project']:.4f} ({gen['project']['dtype']}) vs {gen['rougeL']['baseline']:.4f} (float32), "
+            f"delta {gen['rougeL']['delta']:+.4f} (95% CI [{gen['rougeL']['delta_ci95'][0]:+.4f}, {gen['rougeL']['delta_ci95'][1]:+.4f}]) over {gen['prompts']} prompts"] if "rougeL" in gen else []),
         *([f"- streaming (what the chat UI waits for after retrieval): first words p50 {gen['first_token']['p50_ms']:.0f} ms, max {gen['first_token']['max_ms']:.0f} ms over {gen['first_token']['prompts']} with-context prompts at batch 1"] if "first_token" in gen else []),
         *([f"- embedder: {d['ingest']['model']}"] if d["ingest"].get("model") else []),  # recorded since the fine-tuned embedder is in full
         f"- cross-encoder: {d['rerank']['model']}",

@@ -128,9 +128,10 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
     data = _write_splits(tmp_path / "data", demo_dir, {"train": 30, "val": 12, "test": 5})
     detail, calls, kb = _detail(), {}, _FakeKB()
 
-    def fake_generate(parts, kb, embed_backend, questions, *, new_tokens, log):
+    def fake_generate(parts, kb, embed_backend, questions, *, new_tokens, log, references):
         print("a library printing to stdout")  # must not reach the JSON on stdout
         calls["generate"] = (len(questions), new_tokens)
+        calls["references"] = len(references)
         return detail["generate"]
 
     def fake_latency(parts, kb, embed_backend, rerank_backend, questions):
@@ -157,7 +158,7 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
     assert result["rerank_speedup"] == 0.25 and result["generate_speedup"] == 3.5
     # the faster backend of each measured section is the one used next: int8 embedder, torch cross-encoder
     assert calls["kb"] == "int8" and calls["latency"] == ("int8", "torch", 12)
-    assert calls["ingest"] == (30, SAMPLES["quick"]["rounds"]) and calls["generate"] == (12, 48)
+    assert calls["ingest"] == (30, SAMPLES["quick"]["rounds"]) and calls["generate"] == (12, 48) and calls["references"] == 12
     assert sorted(calls["quality"]) == list(range(12))  # every val question: 100 asked, 12 there
     assert result["samples"]["passages"] == 30 and result["samples"]["questions"] == 12 and result["samples"]["new_tokens"] == 48
     assert set(result["seconds"]) == {"setup", "ingest", "index", "rerank", "retrieve_rerank", "generate", "quality"}
@@ -239,6 +240,24 @@ def test_generation_rows_count_tokens_and_identical_answers():
     rows = generation_rows({"project": (["a b c", "d e", "f"], 2.0), "baseline": (["a b c", "d x", "f"], 4.0)}, lambda texts: sum(len(t.split()) for t in texts))
     assert rows["project"] == {"seconds": 2.0, "tokens": 6, "tokens_per_s": 3.0}
     assert rows["baseline"]["tokens_per_s"] == 1.5 and rows["identical"] == 2 and rows["identical_share"] == pytest.approx(2 / 3)
+
+
+def test_generation_rows_score_both_runs_against_the_references():
+    references = ["the cat sat on the mat", "a b c d", "x y z"]
+    project = ["the cat sat on the mat", "a b", "x y z"]  # one answer worse than the baseline's
+    baseline = ["the cat sat on the mat", "a b c d", "x y z"]
+    rows = generation_rows({"project": (project, 1.0), "baseline": (baseline, 1.0)}, lambda texts: len(texts), references, samples=200, seed=0)
+    quality = rows["rougeL"]
+    assert quality["baseline"] == pytest.approx(1.0)
+    assert quality["project"] == pytest.approx((1.0 + 2 * 0.5 * 1.0 / 1.5 + 1.0) / 3)  # "a b" vs "a b c d": P 1, R 0.5, F 2/3
+    assert quality["delta"] == pytest.approx(quality["project"] - 1.0) and quality["delta"] < 0
+    low, high = quality["delta_ci95"]
+    assert low <= quality["delta"] <= high <= 0.0
+    assert "rougeL" not in generation_rows({"project": (project, 1.0), "baseline": (baseline, 1.0)}, lambda texts: len(texts))
+    detail = _detail()
+    detail["generate"]["rougeL"] = {**quality}
+    assert figures(detail)["generate_rougeL_delta"] == round(quality["delta"], 4)
+    assert figures(_detail())["generate_rougeL_delta"] is None  # results written before it was measured
 
 
 def test_plain_generate_cuts_each_answer_at_the_first_stop_token():
