@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -97,7 +98,7 @@ def hash_embedding_cls():
 
 
 @pytest.fixture(scope="session")
-def tiny_cross_encoder_dir(tmp_path_factory) -> Path:
+def tiny_cross_encoder_dir(tmp_path_factory) -> Iterator[Path]:
     """A cross-encoder folder with random weights: BertForSequenceClassification (2 layers, hidden
     32, one logit) and the bundled all-MiniLM-L6-v2 WordPiece tokenizer. Built once per session in
     about a second; loads with `sentence_transformers.CrossEncoder(path)` like any reranker.
@@ -123,7 +124,12 @@ def tiny_cross_encoder_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-cross-encoder") / "model"
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    return out
+    files = sorted(p.name for p in out.iterdir())
+    yield out
+    # an int8 export (rerank.backend: onnx-int8, e.g. the default profile's) caches itself beside the
+    # model: a test that wrote here made later tests see a cache they did not build
+    written = sorted(set(p.name for p in out.iterdir()) - set(files))
+    assert not written, f"a test wrote {written} into the shared tiny cross-encoder {out}; copy it into tmp_path first (shutil.copytree)"
 
 
 def make_adapter(base_dir, out_dir):
