@@ -126,8 +126,8 @@ def tiny_cross_encoder_dir(tmp_path_factory) -> Iterator[Path]:
     tokenizer.save_pretrained(out)
     files = sorted(p.name for p in out.iterdir())
     yield out
-    # an int8 export (rerank.backend: onnx-int8, e.g. the default profile's) caches itself beside the
-    # model: a test that wrote here made later tests see a cache they did not build
+    # an int8 export (rerank.backend: onnx-int8) caches itself beside the model: a test that wrote
+    # here would make later tests see a cache they did not build
     written = sorted(set(p.name for p in out.iterdir()) - set(files))
     assert not written, f"a test wrote {written} into the shared tiny cross-encoder {out}; copy it into tmp_path first (shutil.copytree)"
 
