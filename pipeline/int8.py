@@ -491,10 +491,10 @@ class _Runtime:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The pool's threads spin while a run lasts (between its operators) but stop when it ends.
         # Left spinning after a run, the embedder's threads took the two cores from the cross-encoder
-        # that runs next: 20 fine-tuned seed candidates reranked in 63-71 ms p50 after an int8 query
-        # embedding, 36-37 ms with the stop (AMD EPYC, 2 cores). Turning spinning off altogether
-        # did as well for latency (36-40 ms) but cost bulk speed: 693 vs 774 texts/s, 538 vs 591
-        # pairs/s; the stop kept 766 and 591 (runs/exp/lat.py, thr2.py).
+        # that runs next: 20 seed candidates reranked after an int8 query embedding in 94-96 ms p50
+        # without the stop, 46-61 ms with it (AMD EPYC, 2 cores, two runs each). Turning spinning
+        # off altogether (session.intra_op.allow_spinning=0) cost bulk speed instead: 405-406
+        # against 419-421 pairs/s with the stop (one-off scripts, not in the repository).
         options.add_session_config_entry("session.force_spinning_stop", "1")
         onnx_file = folder / ONNX_NAME
         try:

@@ -124,11 +124,11 @@ def tiny_cross_encoder_dir(tmp_path_factory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("tiny-cross-encoder") / "model"
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    files = sorted(p.name for p in out.iterdir())
+    built = {p.name for p in out.iterdir()}
     yield out
     # an int8 export (rerank.backend: onnx-int8) caches itself beside the model: a test that wrote
     # here would make later tests see a cache they did not build
-    written = sorted(set(p.name for p in out.iterdir()) - set(files))
+    written = sorted({p.name for p in out.iterdir()} - built)
     assert not written, f"a test wrote {written} into the shared tiny cross-encoder {out}; copy it into tmp_path first (shutil.copytree)"
 
 
