@@ -357,7 +357,7 @@ def generation_rows(
     whether they are as good, not whether they are the same."""
     import numpy as np
 
-    from eval.metrics import paired_bootstrap_test, rouge_l_f1
+    from eval.metrics import paired_mean_test, rouge_l_f1
 
     rows: dict[str, Any] = {}
     for name, (texts, seconds) in runs.items():
@@ -367,9 +367,9 @@ def generation_rows(
     same = sum(a == b for a, b in zip(project, baseline))
     rows.update(identical=same, identical_share=same / len(project))
     if references is not None:
-        a, b = np.asarray(rouge_l_f1(project, references)), np.asarray(rouge_l_f1(baseline, references))
-        test = paired_bootstrap_test(len(a), lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), samples=samples, seed=seed)
-        rows["rougeL"] = {"project": float(a.mean()), "baseline": float(b.mean()), "delta": test["diff"], "delta_ci95": [test["ci95_low"], test["ci95_high"]], "delta_p_value": test["p_value"]}
+        a, b = rouge_l_f1(project, references), rouge_l_f1(baseline, references)
+        test = paired_mean_test(a, b, samples=samples, seed=seed)
+        rows["rougeL"] = {"project": float(np.mean(a)), "baseline": float(np.mean(b)), "delta": test["diff"], "delta_ci95": [test["ci95_low"], test["ci95_high"]], "delta_p_value": test["p_value"]}
     return rows
 
 
@@ -413,7 +413,7 @@ def measure_quality(parts: Parts, data: Path, picked: Sequence[int], *, log: Cal
     (rerank.evaluate.evaluate_variants, eval.metrics), and the paired bootstrap of int8 - fp32."""
     import numpy as np
 
-    from eval.metrics import paired_bootstrap_test, retrieval_per_query
+    from eval.metrics import paired_mean_test, retrieval_per_query
     from eval.retrieval import DEPTH, open_book_corpus, run_retriever
     from pipeline.index import KnowledgeBase
     from pipeline.retrieve import build_retriever
@@ -434,11 +434,7 @@ def measure_quality(parts: Parts, data: Path, picked: Sequence[int], *, log: Cal
             kb.close()
         mrr[name] = {variant: retrieval_per_query(lists, gold)["mrr@10"] for variant, lists in ranked.items()}
     config = parts.configs["torch"]
-    b = np.asarray(mrr["torch"][f"{mode}+rerank"])
-    tests = {}
-    for name in FAST:
-        a = np.asarray(mrr[name][f"{mode}+rerank"])
-        tests[name] = paired_bootstrap_test(len(a), lambda idx, a=a: float(a[idx].mean()), lambda idx: float(b[idx].mean()), samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+    tests = {name: paired_mean_test(mrr[name][f"{mode}+rerank"], mrr["torch"][f"{mode}+rerank"], samples=config.eval.bootstrap_samples, seed=config.eval.seed) for name in FAST}
     test, bf16 = tests["int8"], tests["bf16"]
     return {
         "protocol": "open-book", "retriever": mode, "questions": len(asked), "corpus": len(nodes), "candidates": config.rerank.candidates,

@@ -99,6 +99,15 @@ def paired_bootstrap_test(
     return {"diff": float(observed), "ci95_low": float(low), "ci95_high": float(high), "p_value": p_value}
 
 
+def paired_mean_test(a: Sequence[float], b: Sequence[float], *, samples: int = 1000, seed: int = 42) -> dict[str, float]:
+    """Paired bootstrap of mean(a) - mean(b), where a[i] and b[i] score the same question (per-query
+    MRR@10 of two retrievers, ROUGE-L of two runs' answers); returns what paired_bootstrap_test does."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_mean_test needs one score per question in both, in the same order; got shapes {a.shape} and {b.shape}")
+    return paired_bootstrap_test(len(a), lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), samples=samples, seed=seed)
+
+
 # --------------------------------------------------------------------------------------------
 # retrieval metrics (per query; the gold is a set of relevant ids)
 # --------------------------------------------------------------------------------------------

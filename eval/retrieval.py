@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from eval.metrics import DEFAULT_KS, paired_bootstrap_test, retrieval_per_query, rouge_l_f1, summarize
+from eval.metrics import DEFAULT_KS, paired_mean_test, retrieval_per_query, rouge_l_f1, summarize
 from pipeline.config import Config, ConfigError, add_config_arguments, save_resolved_config
 from pipeline.data import SPLITS, load_split
 from pipeline.errors import run_cli
@@ -295,7 +295,7 @@ def evaluate_open_book(
                 a, b = (per_query[name]["mrr@10"], per_query[anchor]["mrr@10"]) if anchor == "dense" else (per_query[anchor]["mrr@10"], per_query[name]["mrr@10"])
                 tests[name] = {
                     "metric": "mrr@10",
-                    **paired_bootstrap_test(len(a), lambda idx, a=a: float(sum(a[i] for i in idx) / len(idx)), lambda idx, b=b: float(sum(b[i] for i in idx) / len(idx)), samples=config.eval.bootstrap_samples, seed=config.eval.seed),
+                    **paired_mean_test(a, b, samples=config.eval.bootstrap_samples, seed=config.eval.seed),
                 }
     finally:
         kb.close()

@@ -99,7 +99,7 @@ def evaluate_rewriters(
     in the dense search vector (rewrite.hyde_question_weight; None: the plain mean), from one
     generation of its rewrites, and reported as `VARIANT@w` (default: the profile's weight only,
     reported under the variant's own name)."""
-    from eval.metrics import paired_bootstrap_test, retrieval_per_query, summarize
+    from eval.metrics import paired_mean_test, retrieval_per_query, summarize
     from eval.retrieval import DEPTH, open_book_corpus, rewrite_texts
     from pipeline.index import KnowledgeBase
     from rerank.evaluate import evaluate_variants, parse_variant
@@ -165,9 +165,7 @@ def evaluate_rewriters(
             if variant == "none" or base_key not in per_query:
                 continue
             a, b = values["mrr@10"], per_query[base_key]["mrr@10"]
-            result["paired_vs_none"][key] = paired_bootstrap_test(
-                len(a), lambda idx, a=a: sum(a[i] for i in idx) / len(idx), lambda idx, b=b: sum(b[i] for i in idx) / len(idx), samples=config.eval.bootstrap_samples, seed=config.eval.seed
-            )
+            result["paired_vs_none"][key] = paired_mean_test(a, b, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
     finally:
         kb.close()
         if ft_kb is not None:

@@ -218,7 +218,7 @@ def interpolation_grid(
     from llama_index.core.schema import MetadataMode, QueryBundle
     from tqdm.auto import tqdm
 
-    from eval.metrics import paired_bootstrap_test, retrieval_per_query, summarize
+    from eval.metrics import paired_mean_test, retrieval_per_query, summarize
     from eval.retrieval import open_book_corpus
     from pipeline.index import KnowledgeBase, finetuned_embedder_config
     from pipeline.retrieve import DenseRetriever, build_retriever
@@ -272,7 +272,7 @@ def interpolation_grid(
             "weights": {str(w): {"mrr@10": mean(v["mrr@10"]), "recall@1": mean(v["recall@1"])} for w, v in per_weight.items()},
             "best_weight": best,
             "at_best": summarize(per_weight[best], samples=samples, seed=seed),
-            "delta_vs_first_stage": paired_bootstrap_test(len(a), lambda idx, a=a: float(sum(a[i] for i in idx) / len(idx)), lambda idx, b=b: float(sum(b[i] for i in idx) / len(idx)), samples=samples, seed=seed),
+            "delta_vs_first_stage": paired_mean_test(a, b, samples=samples, seed=seed),
             "ms_per_query_p50": round(statistics.median(millis), 1),
         }
         row = result["rerankers"][name]

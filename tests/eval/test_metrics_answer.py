@@ -212,3 +212,14 @@ def test_latency_summary():
     assert "total" not in summary["stages"]
     with pytest.raises(ValueError):
         M.latency_summary([])
+
+
+def test_paired_mean_test_bootstraps_the_difference_of_means():
+    a, b = [1.0, 0.5, 0.0, 1.0], [0.5, 0.5, 0.0, 0.0]
+    test = M.paired_mean_test(a, b, samples=300, seed=3)
+    assert test["diff"] == pytest.approx(0.375)
+    expected = M.paired_bootstrap_test(4, lambda idx: sum(a[i] for i in idx) / len(idx), lambda idx: sum(b[i] for i in idx) / len(idx), samples=300, seed=3)
+    assert test["ci95_low"] == pytest.approx(expected["ci95_low"]) and test["ci95_high"] == pytest.approx(expected["ci95_high"])
+    assert 0.0 <= test["ci95_low"] <= 0.375 <= test["ci95_high"]  # a is never below b
+    with pytest.raises(ValueError, match="one score per question"):
+        M.paired_mean_test(a, b[:3])
