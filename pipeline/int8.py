@@ -610,6 +610,20 @@ class Int8Embedding(BaseEmbedding):
                 vectors[i] = row
         return np.stack(vectors).astype(np.float32)
 
+    def get_text_embedding_batch(self, texts: List[str], show_progress: bool = False, **kwargs: Any) -> List[List[float]]:
+        """LlamaIndex's batching (events, progress, `embed_batch_size` chunks) over the texts
+        ordered by length, the vectors returned in the given order. LlamaIndex cuts its chunks in
+        the order it is given and `embed` can sort only within one; ordered first, each chunk holds
+        texts of about one length and its batches carry little padding: 512 seed passages embedded
+        at 295-356 texts/s against 260-295 unordered (the same order made torch fp32 1.12x faster
+        too; runs/exp-style one-off measurement, README "int8 and bf16 encoders")."""
+        order = _by_length(texts)
+        vectors = super().get_text_embedding_batch([texts[i] for i in order], show_progress=show_progress, **kwargs)
+        out: List[List[float]] = [[]] * len(texts)
+        for i, vector in zip(order, vectors):
+            out[i] = vector
+        return out
+
     def _get_query_embedding(self, query: str) -> List[float]:
         return self.embed([query])[0].tolist()
 

@@ -195,6 +195,24 @@ def test_the_index_records_its_embedding_backend(tmp_path):
     assert "backend" in _INDEX_KEYS
 
 
+def test_batch_embedding_orders_texts_by_length_and_returns_them_in_the_given_order(tmp_path, monkeypatch):
+    """get_text_embedding_batch hands LlamaIndex's chunks of embed_batch_size the texts longest
+    first (each chunk of about one length: less padding) and gives each text its own vector back."""
+    (tmp_path / "model").mkdir()
+    chunks = []
+
+    def fake(self, texts):
+        chunks.append(list(texts))
+        return [[float(len(t)), float(ord(t[0]))] for t in texts]
+
+    monkeypatch.setattr(Int8Embedding, "_get_text_embeddings", fake)
+    embedder = Int8Embedding(model_path=str(tmp_path / "model"), embed_batch_size=2)
+    texts = ["bb", "a", "dddd", "ccc", "eeeee"]
+    assert embedder.get_text_embedding_batch(texts) == [[float(len(t)), float(ord(t[0]))] for t in texts]
+    assert chunks == [["eeeee", "dddd"], ["ccc", "bb"], ["a"]]
+    assert embedder.get_text_embedding_batch([]) == []
+
+
 @pytest.mark.realweights
 def test_int8_minilm_embeddings_agree_with_torch(tmp_path_factory):
     from pipeline.models import load_embedder

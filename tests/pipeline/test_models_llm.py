@@ -167,3 +167,33 @@ def test_static_kv_cache_reaches_generate_and_keeps_greedy_answers(config, llm, 
     dynamic = llm.generate_batch(prompts, show_progress=False)
     assert static.generate_batch(prompts, show_progress=False) == dynamic
     assert seen == [None, "static"]  # the second LM generated rather than answering from the first one's memo
+
+
+def test_prepacked_linear_layers_compute_exactly_what_nn_linear_does():
+    """prepack_linear_weights swaps the CPU bf16 nn.Linear layers (not the fp32 ones) for packed
+    ones with the same outputs; a weight changed in place afterwards is repacked, and with
+    autograd on, gradients still flow (through nn.Linear's own path)."""
+    from pipeline.models import prepack_linear_weights
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(), torch.nn.Linear(40, 8, bias=False), torch.nn.Linear(8, 8)).to(torch.bfloat16)
+    model[3].to(torch.float32)  # an fp32 layer (a LoRA matrix, say) is left alone
+    x = torch.randn(5, 7, 24, dtype=torch.bfloat16)
+
+    def forward(inputs):
+        return model[3](model[:3](inputs).float())
+
+    with torch.inference_mode():
+        before = forward(x)
+    assert prepack_linear_weights(model) == 2
+    assert [type(m).__name__ for m in model] == ["PackedLinear", "GELU", "PackedLinear", "Linear"]
+    assert isinstance(model[0], torch.nn.Linear)  # PEFT can still wrap it
+    with torch.inference_mode():
+        assert torch.equal(forward(x), before)
+    with torch.no_grad():
+        model[2].weight.mul_(2)  # in place: the packed copy is stale and must be rebuilt
+        expected = torch.nn.functional.linear(model[:2](x), model[2].weight)
+        assert torch.equal(model[2](model[:2](x)), expected)
+    out = forward(x).sum()  # autograd on: no packed op (it has no backward)
+    out.backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0

@@ -195,3 +195,32 @@ def test_int8_quantization_keeps_adapters_switchable_and_refuses_a_late_adapter(
     late.share_base(bank)
     with pytest.raises(ModelLoadError, match="was not there when the shared int8 model was built"):
         late.generate_batch([prompt], max_new_tokens=4, show_progress=False)
+
+
+@needs_gguf
+def test_prepacked_weights_give_smollm2_the_same_greedy_answers(smollm2_config, tmp_path):
+    """generator.prepack_weights (on in the profile): SmolLM2 in bf16 with its linear layers
+    prepacked for oneDNN writes exactly the unpacked model's greedy answers, with and without a
+    LoRA adapter over the shared base (whose base layers stay packed under it)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = converted_dir(SMOLLM2, smollm2_config.generator.convert_dir)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, lora_alpha=64))
+    adapter = str(tmp_path / "adapter")
+    peft_model.save_pretrained(adapter, safe_serialization=True)
+    packed = dataclasses.replace(smollm2_config, security=dataclasses.replace(smollm2_config.security, model_dirs=[*smollm2_config.security.model_dirs, str(tmp_path)]))
+    assert packed.generator.prepack_weights and packed.generator.torch_dtype == "bfloat16"
+    plain = dataclasses.replace(packed, generator=dataclasses.replace(packed.generator, prepack_weights=False))
+    prompts = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in ("What is a hash table?", "Name a sorting algorithm.", "What does TCP stand for?")]
+
+    packed_lms = [load_llm(packed, adapter=a, verbose=False) for a in (None, adapter)]
+    bank = packed_lms[0].share_base()
+    packed_lms[1].share_base(bank)
+    answers = [lm.generate_batch(prompts, max_new_tokens=12, batch_size=3, show_progress=False) for lm in packed_lms]
+    assert answers == [load_llm(plain, adapter=a, verbose=False).generate_batch(prompts, max_new_tokens=12, batch_size=3, show_progress=False) for a in (None, adapter)]
+    assert answers[0] != answers[1] and all(len(a.split()) >= 3 for a in answers[0]), answers  # real answers; the adapter changes them
+    layers = {type(m).__name__ for m in packed_lms[0].model.base_model.model.model.layers[0].self_attn.q_proj.modules()}
+    assert "PackedLinear" in layers  # the base layer under the LoRA wrapper
