@@ -647,6 +647,69 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# issue 15's targets, each with how a result meets it: (figure, target, rendered value, met)
+def _target_rows(result: Mapping[str, Any]) -> list[tuple[str, str, str, Optional[bool]]]:
+    d = result["detail"]
+    lat, gen, compare = d["retrieve_rerank"], d["generate"], d.get("compare")
+    rouge = gen.get("rougeL")
+    first = result.get("first_token_p50_ms")
+    return [
+        ("ingest vs torch fp32", ">= 3x", f"{result['ingest_speedup']:.2f}x ({result.get('ingest_backend') or 'onnx-int8'})", result["ingest_speedup"] >= 3),
+        ("cross-encoder vs torch fp32", ">= 3x", f"{result['rerank_speedup']:.2f}x ({result.get('rerank_backend') or 'onnx-int8'})", result["rerank_speedup"] >= 3),
+        ("retrieve + rerank top 20, p50", "<= 50 ms", f"{result['retrieve_rerank_p50_ms']:.0f} ms (retrieve {lat['retrieve_p50_ms']:.0f}, rerank {lat['rerank_p50_ms']:.0f})", result["retrieve_rerank_p50_ms"] <= 50),
+        ("generation vs fp32 `model.generate`", ">= 2x", f"{result['generate_speedup']:.2f}x", result["generate_speedup"] >= 2),
+        ("MRR@10 int8 - fp32", ">= -0.005", f"{result['mrr10_delta']:+.4f}", result["mrr10_delta"] >= -0.005),
+        (
+            "ROUGE-L of the faster answers - fp32's", "0 within the interval",
+            f"{rouge['delta']:+.4f} [{rouge['delta_ci95'][0]:+.4f}, {rouge['delta_ci95'][1]:+.4f}]" if rouge else "-",
+            rouge["delta_ci95"][0] <= 0 <= rouge["delta_ci95"][1] if rouge else None,
+        ),
+        ("first streamed words after retrieval, p50", "<= 1 s", f"{first:.0f} ms" if first is not None else "-", first <= 1000 if first is not None else None),
+        # the install (creating the venv, pip) is part of `make run` but not of a result: no verdict
+        ("`eval.compare` on the demo, fresh run_dir", "`make run` (this + the install) <= 15 min", f"{compare['wall_s']:.0f} s ({compare['wall_s'] / 60:.1f} min) + the install" if compare else "-", None),
+    ]
+
+
+def targets_table(columns: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """One row per target of the speed issue, one column per (label, result): the figure and
+    whether it meets the target, so the README's comparison of machines is generated, not typed."""
+    rows = [_target_rows(result) for _, result in columns]
+    header = [f"{label}, {result['git_revision']}" for label, result in columns]
+    lines = ["| figure | target | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(columns)]
+    for i, (name, target, _, _) in enumerate(rows[0]):
+        cells = []
+        for column in rows:
+            value, met = column[i][2], column[i][3]
+            cells.append(value if met is None else f"{value} ({'met' if met else 'not met'})")
+        lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _read_result(path: Path, flag: str) -> dict[str, Any]:
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{flag} {path}: cannot read it ({exc}). Fix: pass a file written by --out") from None
+    missing = [key for key in FIGURES if key not in result and key not in LATER_FIGURES]
+    if result.get("format") != FORMAT or missing:
+        raise BenchError(f"{flag} {path}: not a {FORMAT} result (missing {', '.join(missing) or 'format'}). Fix: pass a file written by python -m eval.bench speed --out")
+    return result
+
+
+def _fill_block(path_arg: str, flag: str, block: str, body: str) -> None:
+    from eval.publish import PublishError, replace_block
+
+    path = Path(path_arg)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BenchError(f"{flag} {path}: cannot read it ({exc}). Fix: pass the project README") from None
+    try:
+        atomic_write_text(path, replace_block(text, block, body))
+    except PublishError as exc:
+        raise BenchError(f"{flag} {path}: {exc}") from None
+
+
 def readme_text(result: Mapping[str, Any], json_path: Optional[str] = None) -> str:
     """results/bench/README.md: the command, revision, wall time and figures, all from `result`."""
     flat = {key: result.get(key) for key in FIGURES}
@@ -700,6 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readme", metavar="FILE", help="Also write a README (command, git revision, wall time, figures) made from the result to FILE.")
     parser.add_argument("--readme-block", metavar="FILE", help="Also fill the block <!-- results:bench-speed:start --> ... <!-- results:bench-speed:end --> of FILE (the project README) with the result's tables, so no figure there is typed by hand.")
     parser.add_argument("--from-json", metavar="FILE", help="Measure nothing: render a result written earlier with --out (with --format, --readme).")
+    parser.add_argument("--targets", action="append", default=[], metavar="LABEL=FILE", help="Measure nothing: a column (LABEL, e.g. the machine) of the targets table from a result written with --out; repeat for one column per result. Written with --targets-block.")
+    parser.add_argument("--targets-block", metavar="FILE", help="With --targets: fill the block <!-- results:bench-targets:start --> ... <!-- results:bench-targets:end --> of FILE with the table of each target and each result's figure, met or not.")
     return parser
 
 
@@ -709,15 +774,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command = shlex.join(["python", "-m", "eval.bench", "speed", *argv])
 
     def body() -> None:
+        if args.targets or args.targets_block:
+            if not (args.targets and args.targets_block):
+                raise BenchError("--targets and --targets-block go together. Fix: --targets 'AMD EPYC=results/bench/speed.json' --targets-block README.md")
+            columns = []
+            for item in args.targets:
+                label, sep, file = item.partition("=")
+                if not sep or not label.strip() or not file:
+                    raise BenchError(f"--targets {item!r} is not LABEL=FILE. Fix: e.g. --targets 'AMD EPYC=results/bench/speed.json'")
+                columns.append((label.strip(), _read_result(Path(file), "--targets")))
+            table = targets_table(columns)
+            sources = ", ".join(f"`{item.partition('=')[2]}`" for item in args.targets)
+            _fill_block(args.targets_block, "--targets-block", "bench-targets", f"From {sources}, generated by `--targets-block`:\n\n{table}")
+            print(table)
+            return
         if args.from_json:
-            path = Path(args.from_json)
-            try:
-                result = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise BenchError(f"--from-json {path}: cannot read it ({exc}). Fix: pass a file written by --out") from None
-            missing = [key for key in FIGURES if key not in result and key not in LATER_FIGURES]
-            if result.get("format") != FORMAT or missing:
-                raise BenchError(f"--from-json {path}: not a {FORMAT} result (missing {', '.join(missing) or 'format'}). Fix: pass a file written by python -m eval.bench speed --out")
+            result = _read_result(Path(args.from_json), "--from-json")
         else:
             config = config_from_args(args)
             with contextlib.redirect_stdout(sys.stderr):  # libraries' prints must not mix with the result
@@ -727,19 +799,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.readme:
             atomic_write_text(args.readme, readme_text(result, args.out or args.from_json))
         if args.readme_block:
-            from eval.publish import PublishError, replace_block
-
-            path = Path(args.readme_block)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise BenchError(f"--readme-block {path}: cannot read it ({exc}). Fix: pass the project README") from None
             source = args.out or args.from_json
-            body = "\n".join([(f"From `{source}`" if source else "From this run") + f" (command `{result['command']}`, revision `{result['git_revision']}`{' with uncommitted changes' if result.get('git_dirty') else ''}, finished {result['finished']}), generated by `--readme-block`:", "", to_markdown(result)])
-            try:
-                atomic_write_text(path, replace_block(text, "bench-speed", body))
-            except PublishError as exc:
-                raise BenchError(f"--readme-block {path}: {exc}") from None
+            header = (f"From `{source}`" if source else "From this run") + f" (command `{result['command']}`, revision `{result['git_revision']}`{' with uncommitted changes' if result.get('git_dirty') else ''}, finished {result['finished']}), generated by `--readme-block`:"
+            _fill_block(args.readme_block, "--readme-block", "bench-speed", "\n".join([header, "", to_markdown(result)]))
         print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
 
     return run_cli(body)

@@ -32,6 +32,7 @@ from eval.bench_speed import (
     plain_generate,
     readme_text,
     reranker_sources,
+    targets_table,
 )
 from pipeline.config import load_config
 from pipeline.data import load_split
@@ -199,7 +200,7 @@ def test_help_lists_every_flag(capsys):
         bench.main(["speed", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    flags = ("--config", "--set", "--help-config", "--quick", "--data", "--reranker", "--passages", "--queries", "--prompts", "--new-tokens", "--questions", "--rounds", "--no-compare", "--format", "--out", "--readme", "--readme-block", "--from-json")
+    flags = ("--config", "--set", "--help-config", "--quick", "--data", "--reranker", "--passages", "--queries", "--prompts", "--new-tokens", "--questions", "--rounds", "--no-compare", "--format", "--out", "--readme", "--readme-block", "--from-json", "--targets", "--targets-block")
     assert [flag for flag in flags if flag not in out] == []
     assert "python -m eval.bench speed --quick" in out  # the docstring's commands are the epilog
 
@@ -364,3 +365,47 @@ def test_readme_from_a_result():
     text = readme_text(result, "results/bench/speed-quick.json")
     assert "`python -m eval.bench speed --quick`" in text and "`abc1234` (with uncommitted changes)" in text and "wall time 201 s" in text
     assert "from `results/bench/speed-quick.json`" in text and "delta -0.0300" in text and "identical answers 3/4" in text
+
+
+def _result(**overrides):
+    detail = {**_detail(), "compare": {"wall_s": 930.0, "profile": "smollm2", "data": "data/demo", "split": "test", "build": {}, "systems": {}}}
+    result = {
+        "format": bench_speed.FORMAT, "mode": "full", "command": "python -m eval.bench speed", "git_revision": "abc1234", "git_dirty": False,
+        "finished": "2026-01-01T00:00:00+00:00", "wall_s": 1201.4, "machine": {"cpus": 2, "cpu": "x", "torch_threads": 2, "load_avg_1m_start": 1.0, "load_avg_1m_end": 2.0},
+        "samples": {"passages": 4, "rounds": 2, "candidates": 20}, "seconds": {"ingest": 3.0}, "detail": detail, **figures(detail),
+    }
+    result.update(overrides)
+    return result
+
+
+def test_targets_table_gives_each_result_its_figure_and_verdict(tmp_path, capsys):
+    """One column per result: 3.0x ingest meets >= 3x, 0.25x rerank does not, the p50 of 41 ms meets
+    50 ms; the make-run row has no verdict (the install is not in a result); a result without a
+    ROUGE-L figure shows a dash."""
+    table = targets_table([("fast box", _result()), ("old box", _result(git_revision="def5678", ingest_speedup=2.5))])
+    lines = table.splitlines()
+    assert lines[0] == "| figure | target | fast box, abc1234 | old box, def5678 |"
+    assert "| ingest vs torch fp32 | >= 3x | 3.00x (onnx-int8) (met) | 2.50x (onnx-int8) (not met) |" in lines
+    assert "| cross-encoder vs torch fp32 | >= 3x | 0.25x (onnx-int8) (not met) | 0.25x (onnx-int8) (not met) |" in lines
+    assert "| retrieve + rerank top 20, p50 | <= 50 ms | 41 ms (retrieve 11, rerank 30) (met) | 41 ms (retrieve 11, rerank 30) (met) |" in lines
+    assert "| MRR@10 int8 - fp32 | >= -0.005 | -0.0300 (not met) | -0.0300 (not met) |" in lines
+    assert "| ROUGE-L of the faster answers - fp32's | 0 within the interval | - | - |" in lines
+    assert any(line.startswith("| `eval.compare` on the demo") and line.endswith("| 930 s (15.5 min) + the install | 930 s (15.5 min) + the install |") for line in lines)
+
+    # the CLI fills the README's block from result files, measuring nothing
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(_result()))
+    second.write_text(json.dumps(_result(git_revision="def5678")))
+    project = tmp_path / "PROJECT.md"
+    project.write_text("top\n<!-- results:bench-targets:start -->\nold 1.00x\n<!-- results:bench-targets:end -->\nend\n")
+    assert main(["--targets", f"fast box={first}", "--targets", f"old box={second}", "--targets-block", str(project)]) == 0
+    text = project.read_text()
+    assert "old 1.00x" not in text and "| figure | target | fast box, abc1234 | old box, def5678 |" in text and text.endswith("<!-- results:bench-targets:end -->\nend\n")
+    capsys.readouterr()
+    assert main(["--targets", str(first), "--targets-block", str(project)]) == 2
+    assert "is not LABEL=FILE" in capsys.readouterr().err
+    assert main(["--targets", f"x={first}"]) == 2
+    assert "--targets and --targets-block go together" in capsys.readouterr().err
+    assert main(["--targets", f"x={tmp_path / 'missing.json'}", "--targets-block", str(project)]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
