@@ -616,7 +616,8 @@ class Int8Embedding(BaseEmbedding):
         the order it is given and `embed` can sort only within one; ordered first, each chunk holds
         texts of about one length and its batches carry little padding: 512 seed passages embedded
         at 295-356 texts/s against 260-295 unordered (the same order made torch fp32 1.12x faster
-        too; runs/exp-style one-off measurement, README "int8 and bf16 encoders")."""
+        too; one-off measurement, README "int8 and bf16 encoders"). The int8 vectors change with
+        the batching (one activation scale per batch): see README "What each part earns"."""
         order = _by_length(texts)
         vectors = super().get_text_embedding_batch([texts[i] for i in order], show_progress=show_progress, **kwargs)
         out: List[List[float]] = [[]] * len(texts)
