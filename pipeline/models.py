@@ -432,9 +432,9 @@ def quantize_linear_int8(model: Any) -> Any:
     return model
 
 
-# oneDNN picks the blocked layout of a packed weight for this many rows per call: decoding a
-# batch of 16 (generator.batch_size), where the saving is (prefill's thousands of rows were as fast
-# with any hint in a one-off test on 2 EPYC cores)
+# oneDNN chooses a packed weight's blocked layout for this many rows per call: one decoding step
+# of a batch of 16 (generator.batch_size), where the saving lies; prefill's thousands of rows ran
+# as fast with any hint (one-off test on 2 EPYC cores)
 PACK_ROWS_HINT = 16
 
 
