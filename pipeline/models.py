@@ -481,20 +481,42 @@ def prepack_linear_weights(model: Any) -> int:
     with-context answers were identical and the batch-16 generation 1.1-1.2x faster on 2 AMD EPYC
     cores (decoding multiplies 16 rows at a time, where the per-call re-layout of the weight was a
     third of a matmul's time; README, "Language models"). Pack after merging adapters: PEFT's
-    unsafe merge (`weight.data += delta`) changes a weight where no check can see it."""
+    unsafe merge (`weight.data += delta`) changes a weight where no check can see it.
+
+    The packed copies come on top of the weights: when they would take more than half of the
+    memory still available (a 7B model in bf16 on a laptop), nothing is packed and a warning says
+    so, rather than risking the process."""
     import torch
 
     packed_class = _packed_linear_class()
     if packed_class is None:
         return 0
-    count = 0
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if type(module) is torch.nn.Linear and weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
-            module.__class__ = packed_class
-            module.pack()
-            count += 1
-    return count
+    layers = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"]
+    needed = sum(m.weight.numel() * m.weight.element_size() for m in layers)
+    available = available_memory_bytes()
+    if available is not None and needed > available / 2:
+        logger.warning(
+            "not prepacking the LM's linear weights: their packed copies need %.1f GB and %.1f GB of memory is available. "
+            "Generation runs unpacked (slower on a CPU, the same answers); set generator.prepack_weights=false to silence this",
+            needed / 1e9, available / 1e9,
+        )
+        return 0
+    for module in layers:
+        module.__class__ = packed_class
+        module.pack()
+    return len(layers)
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Memory the OS can still give this process (Linux: MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class AdapterBank:

@@ -197,3 +197,22 @@ def test_prepacked_linear_layers_compute_exactly_what_nn_linear_does():
     out = forward(x).sum()  # autograd on: no packed op (it has no backward)
     out.backward()
     assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+
+
+def test_prepacking_is_skipped_when_the_packed_copies_would_not_fit(monkeypatch, caplog):
+    """The packed weights are a second copy: with less than twice their size available, nothing
+    is swapped and a warning names both sizes and the setting."""
+    import logging
+
+    import pipeline.models as models
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)).to(torch.bfloat16)  # 2 x 8 KiB of weights
+    monkeypatch.setattr(models, "available_memory_bytes", lambda: 30_000)
+    with caplog.at_level(logging.WARNING, logger="pipeline.models"):
+        assert models.prepack_linear_weights(model) == 0
+    assert [type(m).__name__ for m in model] == ["Linear", "Linear"]
+    assert "not prepacking" in caplog.text and "generator.prepack_weights=false" in caplog.text
+    monkeypatch.setattr(models, "available_memory_bytes", lambda: 40_000)
+    assert models.prepack_linear_weights(model) == 2
+    assert models.available_memory_bytes() is None or models.available_memory_bytes() > 0
+
