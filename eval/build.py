@@ -59,7 +59,9 @@ _INDEX_KEYS = (
     "data.knowledge_splits", "index.embed_model", "index.backend", "index.collection", "index.sources", "index.chunk_size",
     "index.chunk_overlap", "index.chroma_host", "index.chroma_port", "retrieve.bm25_stemmer",
 )
-_LM_KEYS = ("generator.model", "generator.train_torch_dtype", "generator.load_in_4bit", "generator.trust_remote_code", "finetune.seed")
+_LM_KEYS = ("generator.model", "generator.train_torch_dtype", "generator.train_cpu_autocast", "generator.load_in_4bit", "generator.trust_remote_code", "finetune.seed")
+# keys that count only when switched on, so artifacts built before they existed keep their fingerprints
+_ONLY_WHEN_SET = ("generator.train_cpu_autocast",)
 ARTIFACT_KEYS: dict[str, tuple[str, ...]] = {
     "base_lm": ("finetune.tiny.*", "finetune.seed"),
     "index": _INDEX_KEYS,
@@ -150,7 +152,7 @@ def relevant_settings(config: Config | dict[str, Any], artifact: str) -> dict[st
         if key.endswith(".*"):
             section = _lookup(tree, key[:-2])
             values.update({f"{key[:-2]}.{k}": v for k, v in section.items() if k not in _IGNORED_SUBKEYS})
-        else:
+        elif key not in _ONLY_WHEN_SET or _lookup(tree, key):
             values[key] = _lookup(tree, key)
     return values
 

@@ -265,7 +265,7 @@ def train_lora_adapter(
         log(f"resuming        from {checkpoint}")
 
     score_completion_tokens_only()
-    use_bf16 = bool(gen.load_in_4bit or (device.startswith("cuda") and gen.train_torch_dtype in ("auto", "bfloat16")))
+    use_bf16 = bool(gen.load_in_4bit or (device.startswith("cuda") and gen.train_torch_dtype in ("auto", "bfloat16")) or (device == "cpu" and gen.train_cpu_autocast))
     args = sft_config(train_cfg, work_dir=work_dir, seed=seed, use_bf16=use_bf16, has_eval=bool(val_rows), disable_tqdm=not show_progress, **extra)
     trainer = SFTTrainer(
         model=model,

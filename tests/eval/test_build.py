@@ -272,3 +272,18 @@ def test_oracle_raft_does_not_depend_on_reranking_settings(tmp_path, demo_dir):
         _all_built(config)
         changed = _config(root, demo_dir, f"finetune.raft.context={context}", "rerank.top_n=2", "generator.context_top_k=2")
         assert _actions(plan_builds(changed, ["full"]))["generator-raft"] == raft_action, context
+
+
+def test_cpu_autocast_training_rebuilds_the_lm_adapters_only_when_switched_on(tmp_path, demo_dir):
+    """generator.train_cpu_autocast trains other adapters, so switching it on rebuilds the three
+    LoRA adapters and nothing else; off (the default) it is no part of their settings, so adapters
+    built before the setting existed are reused."""
+    config = _config(tmp_path, demo_dir)
+    _all_built(config)
+    assert "generator.train_cpu_autocast" not in build.relevant_settings(config, "generator-raft")
+    assert set(_actions(plan_builds(config, list(SYSTEM_NAMES))).values()) == {"reuse"}
+    on = _config(tmp_path, demo_dir, "generator.train_cpu_autocast=true")
+    assert build.relevant_settings(on, "generator-plain")["generator.train_cpu_autocast"] is True
+    plan = plan_builds(on, list(SYSTEM_NAMES))
+    assert _actions(plan) == {"data": "reuse", "base_lm": "reuse", "index": "reuse", "reranker": "reuse", "generator-plain": "rebuild", "generator-raft": "rebuild", "rewriter": "rebuild"}
+    assert "generator.train_cpu_autocast" in {s.artifact: s.reason for s in plan.steps}["generator-raft"]

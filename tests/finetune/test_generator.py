@@ -188,3 +188,29 @@ def test_qlora_trains_on_cuda(tiny_lm_dir, small_data_dir, tmp_path):
     config = _config(tiny_lm_dir, small_data_dir, tmp_path, "generator.load_in_4bit=true", "generator.device=cuda")
     report = train_generator(config, "plain", log=lambda *_: None, show_progress=False)
     assert report["steps"] > 0
+
+
+def test_cpu_autocast_trains_the_forward_in_bf16_with_float32_weights(tiny_lm_dir, small_data_dir, tmp_path, monkeypatch):
+    """generator.train_cpu_autocast: the training forward runs under CPU autocast (bfloat16
+    matmuls) while the base weights and the LoRA matrices stay float32, and the adapter trains."""
+    import pipeline.models as models
+
+    config = _config(tiny_lm_dir, small_data_dir, tmp_path / "run", "generator.train_cpu_autocast=true", "finetune.generator.limit=8")
+    seen = {"autocast": [], "dtypes": set()}
+    real_load = models.load_causal_lm  # finetune.common imports it at call time
+
+    def load_and_watch(*args, **kwargs):
+        model, tokenizer = real_load(*args, **kwargs)
+
+        def watch(module, inputs):
+            if module.training:
+                seen["autocast"].append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+        model.model.layers[-1].mlp.register_forward_pre_hook(watch)
+        return model, tokenizer
+
+    monkeypatch.setattr(models, "load_causal_lm", load_and_watch)
+    report = train_generator(config, "plain", log=lambda *_: None, show_progress=False, after_training=lambda trainer: seen.update(dtypes={p.dtype for p in trainer.model.parameters()}))
+    assert seen["autocast"] and all(seen["autocast"]), seen["autocast"]
+    assert seen["dtypes"] == {torch.float32}
+    assert report["steps"] >= 1 and report["train_loss"] > 0
