@@ -508,15 +508,14 @@ def prepack_linear_weights(model: Any) -> int:
 
 
 def available_memory_bytes() -> Optional[int]:
-    """Memory the OS can still give this process (Linux: MemAvailable), None where unknown."""
+    """Memory the OS can still give this process (psutil, which accelerate, peft and trl already
+    require), None where it cannot tell."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except (ImportError, OSError, RuntimeError):
+        return None
 
 
 class AdapterBank:
