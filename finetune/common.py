@@ -211,7 +211,7 @@ def train_lora_adapter(
 
     from pipeline.config import config_digest, save_resolved_config
     from pipeline.fileio import atomic_write_text, write_json
-    from pipeline.models import apply_cpu_threads, check_model_source, load_causal_lm, resolve_device
+    from pipeline.models import apply_cpu_threads, check_model_source, cpu_has_native_bf16, load_causal_lm, resolve_device
 
     started = time.perf_counter()
     gen = config.generator
@@ -265,7 +265,11 @@ def train_lora_adapter(
         log(f"resuming        from {checkpoint}")
 
     score_completion_tokens_only()
-    use_bf16 = bool(gen.load_in_4bit or (device.startswith("cuda") and gen.train_torch_dtype in ("auto", "bfloat16")) or (device == "cpu" and gen.train_cpu_autocast))
+    cpu_autocast = device == "cpu" and gen.train_cpu_autocast
+    if cpu_autocast and not cpu_has_native_bf16():
+        log("warning: generator.train_cpu_autocast is on, but this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), where autocast is slower than float32: training in float32")
+        cpu_autocast = False
+    use_bf16 = bool(gen.load_in_4bit or (device.startswith("cuda") and gen.train_torch_dtype in ("auto", "bfloat16")) or cpu_autocast)
     args = sft_config(train_cfg, work_dir=work_dir, seed=seed, use_bf16=use_bf16, has_eval=bool(val_rows), disable_tqdm=not show_progress, **extra)
     trainer = SFTTrainer(
         model=model,

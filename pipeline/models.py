@@ -301,6 +301,18 @@ def resolve_dtype(name: str, device: str) -> Any:
     return table[name]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16). Elsewhere torch
+    emulates bf16 matmuls through float32, so mixed precision only adds conversions."""
+    import torch
+
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:  # older torch: the private probes it had
+        return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    found = capabilities()
+    return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+
+
 def apply_cpu_threads(threads: Optional[int], device: str = "cpu") -> None:
     """Set torch's CPU thread count (process-wide) when running on CPU and a count is given."""
     if threads is None or resolve_device(device) != "cpu":

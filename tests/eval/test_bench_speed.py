@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -200,7 +201,7 @@ def test_help_lists_every_flag(capsys):
         bench.main(["speed", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    flags = ("--config", "--set", "--help-config", "--quick", "--data", "--reranker", "--passages", "--queries", "--prompts", "--new-tokens", "--questions", "--rounds", "--no-compare", "--format", "--out", "--readme", "--readme-block", "--from-json", "--targets", "--targets-block")
+    flags = ("--config", "--set", "--help-config", "--quick", "--data", "--reranker", "--passages", "--queries", "--prompts", "--new-tokens", "--questions", "--rounds", "--no-compare", "--time-install", "--format", "--out", "--readme", "--readme-block", "--from-json", "--targets", "--targets-block")
     assert [flag for flag in flags if flag not in out] == []
     assert "python -m eval.bench speed --quick" in out  # the docstring's commands are the epilog
 
@@ -380,8 +381,8 @@ def _result(**overrides):
 
 def test_targets_table_gives_each_result_its_figure_and_verdict(tmp_path, capsys):
     """One column per result: 3.0x ingest meets >= 3x, 0.25x rerank does not, the p50 of 41 ms meets
-    50 ms; the make-run row has no verdict (the install is not in a result); a result without a
-    ROUGE-L figure shows a dash."""
+    50 ms; the make-run row has a verdict only when the result timed the install too; a result
+    without a ROUGE-L figure shows a dash."""
     table = targets_table([("fast box", _result()), ("old box", _result(git_revision="def5678", ingest_speedup=2.5))])
     lines = table.splitlines()
     assert lines[0] == "| figure | target | fast box, abc1234 | old box, def5678 |"
@@ -390,7 +391,19 @@ def test_targets_table_gives_each_result_its_figure_and_verdict(tmp_path, capsys
     assert "| retrieve + rerank top 20, p50 | <= 50 ms | 41 ms (retrieve 11, rerank 30) (met) | 41 ms (retrieve 11, rerank 30) (met) |" in lines
     assert "| MRR@10 int8 - fp32 | >= -0.005 | -0.0300 (not met) | -0.0300 (not met) |" in lines
     assert "| ROUGE-L of the faster answers - fp32's | 0 within the interval | - | - |" in lines
-    assert any(line.startswith("| `eval.compare` on the demo") and line.endswith("| 930 s (15.5 min) + the install | 930 s (15.5 min) + the install |") for line in lines)
+    assert any(line.startswith("| `make run` from a fresh clone") and line.endswith("| 930 s (15.5 min) + the install (not timed) | 930 s (15.5 min) + the install (not timed) |") for line in lines)
+
+    # with the install timed (--time-install), make run gets its verdict: install + eval.compare <= 15 min
+    timed = _result()
+    timed["detail"]["install"] = {"wall_s": 60.0, "command": "make install VENV=/tmp/v"}
+    slow = _result()
+    slow["detail"]["install"] = {"wall_s": 120.0, "command": "make install VENV=/tmp/v"}
+    row = next(line for line in targets_table([("a", timed), ("b", slow)]).splitlines() if line.startswith("| `make run`"))
+    assert row.endswith("| 60 + 930 s = 16.5 min (not met) | 120 + 930 s = 17.5 min (not met) |")
+    timed["detail"]["compare"]["wall_s"] = 830.0
+    row = next(line for line in targets_table([("a", timed)]).splitlines() if line.startswith("| `make run`"))
+    assert row.endswith("| 60 + 830 s = 14.8 min (met) |")
+    assert "`make install` into a fresh venv (`make install VENV=/tmp/v`): 60 s" in readme_text(timed)
 
     # the CLI fills the README's block from result files, measuring nothing
     first, second = tmp_path / "a.json", tmp_path / "b.json"
@@ -409,3 +422,28 @@ def test_targets_table_gives_each_result_its_figure_and_verdict(tmp_path, capsys
     assert main(["--targets", f"x={tmp_path / 'missing.json'}", "--targets-block", str(project)]) == 2
     assert "missing.json" in capsys.readouterr().err
 
+
+
+def test_install_is_timed_with_the_makefiles_install_into_a_fresh_venv(monkeypatch, tmp_path):
+    """--time-install runs `make install VENV=<a temporary folder>` in the repository and reports its
+    wall time; a failing install or a missing make is a BenchError that names the fix."""
+    calls = []
+
+    def fake_run(command, cwd, stdout, stderr):
+        calls.append((command, cwd))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bench_speed.shutil, "which", lambda name: "/usr/bin/make")
+    monkeypatch.setattr(bench_speed.subprocess, "run", fake_run)
+    out = bench_speed.measure_install(lambda message: None)
+    (command, cwd), = calls
+    assert command[:3] == ["/usr/bin/make", "--no-print-directory", "install"] and command[3].startswith("VENV=") and command[3].endswith("/venv")
+    assert not Path(command[3][len("VENV="):]).parent.exists()  # the temporary venv is gone afterwards
+    assert cwd == bench_speed.REPO_ROOT and out["wall_s"] >= 0 and out["command"].startswith("/usr/bin/make --no-print-directory install VENV=")
+
+    monkeypatch.setattr(bench_speed.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 2))
+    with pytest.raises(bench_speed.BenchError, match="exited with 2.*registries"):
+        bench_speed.measure_install(lambda message: None)
+    monkeypatch.setattr(bench_speed.shutil, "which", lambda name: None)
+    with pytest.raises(bench_speed.BenchError, match="needs `make`"):
+        bench_speed.measure_install(lambda message: None)

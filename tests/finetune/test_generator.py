@@ -210,7 +210,27 @@ def test_cpu_autocast_trains_the_forward_in_bf16_with_float32_weights(tiny_lm_di
         return model, tokenizer
 
     monkeypatch.setattr(models, "load_causal_lm", load_and_watch)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)  # the same on any test machine
     report = train_generator(config, "plain", log=lambda *_: None, show_progress=False, after_training=lambda trainer: seen.update(dtypes={p.dtype for p in trainer.model.parameters()}))
     assert seen["autocast"] and all(seen["autocast"]), seen["autocast"]
     assert seen["dtypes"] == {torch.float32}
     assert report["steps"] >= 1 and report["train_loss"] > 0
+
+    # on a CPU without bf16 instructions autocast would only add conversions: float32, with a warning
+    seen["autocast"].clear()
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    logged = []
+    train_generator(config, "plain", log=logged.append, show_progress=False, resume=False)
+    assert seen["autocast"] and not any(seen["autocast"]), seen["autocast"]
+    assert any("train_cpu_autocast is on, but this CPU has no bfloat16 instructions" in line and "training in float32" in line for line in logged)
+
+
+def test_cpu_bf16_probe_reads_the_cpus_capabilities(monkeypatch):
+    import pipeline.models as models
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": True})
+    assert models.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False, "avx2": True})
+    assert not models.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert models.cpu_has_native_bf16()
