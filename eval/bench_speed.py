@@ -471,12 +471,7 @@ def measure_compare(args: argparse.Namespace, log: Callable[[str], None]) -> dic
         command = [sys.executable, "-m", "eval.compare", "--no-progress", "--out", str(out), *(["--config", args.config] if args.config else [])]
         for override in [*args.overrides, f"run_dir={run_dir}"]:
             command += ["--set", override]
-        log(f"compare: {shlex.join(command)}")
-        started = time.perf_counter()
-        code = subprocess.run(command, cwd=REPO_ROOT, stdout=sys.__stderr__, stderr=sys.__stderr__).returncode
-        wall = time.perf_counter() - started
-        if code != 0:
-            raise BenchError(f"eval.compare exited with {code} after {wall:.0f} s (its log is above). Fix what it names, or leave it out with --no-compare. Command: {shlex.join(command)}")
+        wall = _run_timed("compare", command, "Fix what it names, or leave it out with --no-compare", log)
         return {**compare_timings(out, wall), "command": shlex.join(command)}
 
 
@@ -488,13 +483,20 @@ def measure_install(log: Callable[[str], None]) -> dict[str, Any]:
         raise BenchError(f"--time-install runs `make install`, which needs `make` on PATH (found: {make}) and {REPO_ROOT / 'Makefile'}. Fix: install make, or leave --time-install out")
     with tempfile.TemporaryDirectory(prefix="ragft-bench-install-") as tmp:
         command = [make, "--no-print-directory", "install", f"VENV={Path(tmp) / 'venv'}"]
-        log(f"install: {shlex.join(command)}")
-        started = time.perf_counter()
-        code = subprocess.run(command, cwd=REPO_ROOT, stdout=sys.__stderr__, stderr=sys.__stderr__).returncode
-        wall = time.perf_counter() - started
-        if code != 0:
-            raise BenchError(f"`make install` exited with {code} after {wall:.0f} s (its log is above). Fix what it names (the package registries must be reachable), or leave --time-install out. Command: {shlex.join(command)}")
+        wall = _run_timed("install", command, "Fix what it names (the package registries must be reachable), or leave --time-install out", log)
     return {"wall_s": round(wall, 1), "command": shlex.join(command)}
+
+
+def _run_timed(name: str, command: Sequence[str], fix: str, log: Callable[[str], None]) -> float:
+    """Run `command` in the repository with its output on stderr; its wall seconds, or a BenchError
+    with `fix` when it fails."""
+    log(f"{name}: {shlex.join(command)}")
+    started = time.perf_counter()
+    code = subprocess.run(command, cwd=REPO_ROOT, stdout=sys.__stderr__, stderr=sys.__stderr__).returncode
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise BenchError(f"{name}: `{shlex.join(command[:3])} ...` exited with {code} after {wall:.0f} s (its log is above). {fix}. Command: {shlex.join(command)}")
+    return wall
 
 
 # --------------------------------------------------------------------------------------------
