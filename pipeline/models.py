@@ -306,10 +306,7 @@ def cpu_has_native_bf16() -> bool:
     emulates bf16 matmuls through float32, so mixed precision only adds conversions."""
     import torch
 
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is None:  # older torch: the private probes it had
-        return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    found = capabilities()
+    found = getattr(torch.cpu, "get_capabilities", dict)()  # a torch without the probe: no, so float32
     return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
 
 
@@ -519,6 +516,15 @@ def prepack_linear_weights(model: Any) -> int:
     return len(layers)
 
 
+def speed_up_cpu_inference(model: Any, *, quantize: str, prepack: bool) -> None:
+    """What generator.quantize / generator.prepack_weights do to a loaded model, in place: dynamic
+    int8 linear layers, else (bf16 CPU layers) weights prepacked for oneDNN, else nothing."""
+    if quantize == "int8":
+        quantize_linear_int8(model)
+    elif prepack:
+        prepack_linear_weights(model)
+
+
 def available_memory_bytes() -> Optional[int]:
     """Memory the OS can still give this process (psutil, which accelerate, peft and trl already
     require), None where it cannot tell."""
@@ -562,10 +568,8 @@ class AdapterBank:
                 self._model, self._tokenizer = self._load_base()
                 for path in dict.fromkeys([*self._preload, *([adapter] if adapter else [])]):
                     self._add(path, allow_pickle)
-                if self.quantize == "int8":
-                    quantize_linear_int8(self._model)
-                elif self.prepack:
-                    prepack_linear_weights(self._model)  # adapters added later wrap the packed layers
+                # adapters added later wrap the packed layers
+                speed_up_cpu_inference(self._model, quantize=self.quantize, prepack=self.prepack)
             if adapter and adapter not in self._names:
                 if self.quantize == "int8":
                     raise ModelLoadError(f"the adapter {adapter!r} was not there when the shared int8 model was built, and an adapter cannot be added to quantized layers. Fix: build it before the first query (eval.compare does), or --set generator.quantize=none")
@@ -703,10 +707,7 @@ def _make_local_llm_class():
                 if self.adapter:
                     model = attach_adapter(model, self.adapter, merge=self.merge_adapter, allow_pickle=self.allow_pickle_weights)
                     model.eval()
-                if self.quantize == "int8":
-                    quantize_linear_int8(model)
-                elif self.prepack_weights:
-                    prepack_linear_weights(model)
+                speed_up_cpu_inference(model, quantize=self.quantize, prepack=self.prepack_weights)
                 self._tokenizer = tokenizer
                 self._model = model
             return self
