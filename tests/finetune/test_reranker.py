@@ -198,5 +198,72 @@ def test_layers_keeps_the_first_n_and_the_saved_model_reloads_with_them(tiny_cro
     assert len(again.model.bert.encoder.layer) == 1
     pairs = [("What is a B-tree?", "A balanced tree."), ("What is DNS?", "Names to addresses.")]
     assert again.predict(pairs) == pytest.approx(cut.predict(pairs), abs=1e-5)
-    with pytest.raises(ConfigError, match=r"layers=3: the base model has only 2 layers"):
+    with pytest.raises(ConfigError, match=r"finetune.reranker.layers=3: the model has only 2 layers"):
         new_cross_encoder(load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.layers=3"]), base_model=str(tiny_cross_encoder_dir))
+
+
+def test_distillation_rows_label_each_candidate_with_the_teachers_score_and_keep_the_positive():
+    """Each question's candidates become (question, passage, teacher logit) rows; a question whose
+    own answer the first stage missed gets it in place of its last candidate; repeats are dropped;
+    the caller's lists are not changed."""
+    from finetune.reranker import distillation_rows
+
+    records = [{"question": "q1", "answer": "gold one"}, {"question": "q2", "answer": "gold two"}]
+    candidates = [["x", "gold one", "y", "x"], ["a", "b", "c"]]
+    kept = [list(c) for c in candidates]
+    seen = []
+
+    def teacher(question, passages):
+        seen.append((question, list(passages)))
+        return [10.0 * len(p) + (1.0 if question == "q2" else 0.0) for p in passages]
+
+    rows = distillation_rows(records, candidates, teacher)
+    assert candidates == kept
+    assert seen == [("q1", ["x", "gold one", "y"]), ("q2", ["a", "b", "gold two"])]
+    assert rows["query"] == ["q1"] * 3 + ["q2"] * 3
+    assert rows["passage"] == ["x", "gold one", "y", "a", "b", "gold two"]
+    assert rows["label"] == [10.0, 80.0, 10.0, 11.0, 11.0, 81.0]
+    with pytest.raises(ValueError, match="must pair up"):
+        distillation_rows(records, candidates[:1], teacher)
+
+
+def test_distilled_student_keeps_the_first_layers_and_learns_the_teachers_logits(demo_dir, tiny_cross_encoder_dir, tmp_path):
+    """The student is a 1-layer copy of the 2-layer teacher (the teacher itself unchanged); after
+    training its logits are closer to the teacher's than the untrained cut's were, on the pairs it
+    trained on; a student deeper than the teacher is refused naming distill_layers."""
+    import copy
+
+    import torch
+
+    from finetune.common import seed_everything
+    from finetune.reranker import distill_cross_encoder, distillation_rows, keep_first_layers, new_cross_encoder, teacher_logits
+    from pipeline.config import ConfigError
+
+    train = load_split(demo_dir, "train")[:12]
+    config = load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.distill_layers=1", "finetune.reranker.distill_epochs=8", "finetune.reranker.distill_learning_rate=3.0e-3", "finetune.reranker.batch_size=16"])
+    seed_everything(0)
+    teacher = new_cross_encoder(config, base_model=str(tiny_cross_encoder_dir))
+    with torch.no_grad():  # a teacher whose last layer matters and whose logits spread (a random one's are all ~0)
+        torch.manual_seed(1)
+        teacher.model.bert.encoder.layer[1].output.dense.weight.normal_(0.0, 1.0)
+        teacher.model.classifier.weight.mul_(40.0)
+    teacher_weights = {n: p.detach().clone() for n, p in teacher.named_parameters()}
+    candidates = [[r["answer"] for r in train[i : i + 4]] for i in range(len(train))]
+    rows = distillation_rows(train, candidates, teacher_logits(teacher, 32))
+    pairs = list(zip(rows["query"], rows["passage"]))
+    target = torch.tensor(rows["label"])
+
+    untrained = copy.deepcopy(teacher)
+    keep_first_layers(untrained, 1)
+    before = float(((torch.tensor(untrained.predict(pairs, activation_fn=torch.nn.Identity())) - target) ** 2).mean())
+    student, history = distill_cross_encoder(teacher, rows, config, work_dir=tmp_path / "work", show_progress=False)
+    after = float(((torch.tensor(student.predict(pairs, activation_fn=torch.nn.Identity())) - target) ** 2).mean())
+
+    assert len(student.model.bert.encoder.layer) == 1 and student.model.config.num_hidden_layers == 1
+    assert len(teacher.model.bert.encoder.layer) == 2
+    assert all(torch.equal(p.detach(), teacher_weights[n]) for n, p in teacher.named_parameters())
+    assert any("loss" in entry for entry in history)
+    assert after < 0.5 * before, (before, after)
+    deeper = load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.distill_layers=3"])
+    with pytest.raises(ConfigError, match=r"finetune.reranker.distill_layers=3: the model has only 2 layers"):
+        distill_cross_encoder(teacher, rows, deeper, work_dir=tmp_path / "work2", show_progress=False)
