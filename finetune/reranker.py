@@ -263,25 +263,32 @@ class CandidateSet:
 
 def openbook_candidates(config: Config, split: str, k: int, *, limit: int | None = None, embed_model: Any = None, mode: str | None = None, show_progress: bool = True) -> CandidateSet:
     """Candidates of the open-book protocol for the questions of `split` (see eval.retrieval)."""
-    from llama_index.core.schema import QueryBundle
-    from tqdm.auto import tqdm
-
     from pipeline.retrieve import build_retriever
 
     kb, queries, relevant = openbook_setup(config, split, embed_model=embed_model, show_progress=show_progress)
     if limit is not None:
         queries, relevant = queries[:limit], relevant[:limit]
-    ids, passages = [], []
     try:
         retriever = build_retriever(config, mode=mode or config.retrieve.mode, top_k=k, kb=kb)
         vectors = query_vectors(kb, queries) if (mode or config.retrieve.mode) != "bm25" else None
-        for i, question in enumerate(tqdm(queries, desc=f"retrieving {split} candidates", unit="q", disable=not show_progress)):
-            hits = retriever.retrieve(QueryBundle(query_str=question, embedding=list(vectors[i]) if vectors is not None else None))
-            ids.append([h.node.node_id for h in hits])
-            passages.append([passage_text(h.node) for h in hits])
+        hits = retrieve_each(retriever, queries, vectors, desc=f"retrieving {split} candidates", show_progress=show_progress)
     finally:
         kb.close()
+    ids = [[h.node.node_id for h in found] for found in hits]
+    passages = [[passage_text(h.node) for h in found] for found in hits]
     return CandidateSet(list(queries), ids, passages, [set(r) for r in relevant])
+
+
+def retrieve_each(retriever: "BaseRetriever", questions: Sequence[str], vectors: Sequence[Sequence[float]] | None, *, desc: str, show_progress: bool = True) -> list[list[Any]]:
+    """The retriever's hits (best first) for each question; `vectors`: their query vectors computed
+    in one batch (query_vectors), or None to let the retriever embed (or not, for BM25)."""
+    from llama_index.core.schema import QueryBundle
+    from tqdm.auto import tqdm
+
+    return [
+        retriever.retrieve(QueryBundle(query_str=question, embedding=list(vectors[i]) if vectors is not None else None))
+        for i, question in enumerate(tqdm(questions, desc=desc, unit="q", disable=not show_progress))
+    ]
 
 
 def rerank_order(score_fn: Callable[[str, Sequence[str]], Sequence[float]], candidates: CandidateSet, *, show_progress: bool = True) -> list[list[str]]:
@@ -467,17 +474,6 @@ def distillation_rows(records: Sequence[dict[str, str]], candidates: Sequence[Se
     return rows
 
 
-def candidate_passages(retriever: "BaseRetriever", records: Sequence[dict[str, str]], embeddings: Sequence[Sequence[float]], *, show_progress: bool = True) -> list[list[str]]:
-    """The retriever's passages for each record's question, best first."""
-    from llama_index.core.schema import QueryBundle
-    from tqdm.auto import tqdm
-
-    return [
-        [passage_text(hit.node) for hit in retriever.retrieve(QueryBundle(query_str=record["question"], embedding=list(embeddings[i])))]
-        for i, record in enumerate(tqdm(records, desc="first-stage candidates for distillation", unit="q", disable=not show_progress))
-    ]
-
-
 def distill_cross_encoder(
     teacher: "CrossEncoder", rows: dict[str, list], config: Config, *, work_dir: str | Path, show_progress: bool = True
 ) -> tuple["CrossEncoder", list[dict[str, Any]]]:
@@ -506,17 +502,6 @@ def distill_cross_encoder(
     )
     student.eval()
     return student, history
-
-
-def teacher_logits(model: "CrossEncoder", batch_size: int) -> Callable[[str, Sequence[str]], list[float]]:
-    """score_fn giving the cross-encoder's raw logits (the distillation target: a sigmoid would
-    squash the confident ends that order the top of a list)."""
-    import torch
-
-    def score(question: str, passages: Sequence[str]) -> list[float]:
-        return [float(x) for x in model.predict([(question, p) for p in passages], batch_size=batch_size, activation_fn=torch.nn.Identity(), show_progress_bar=False)]
-
-    return score
 
 
 @dataclass
@@ -555,9 +540,11 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     t = time.perf_counter()
     kb = open_knowledge_base(config)
     hard: list[list[str]] = [[] for _ in train]
+    needs_vectors = settings.hard_negatives > 0 or settings.distill_layers is not None
+    vectors = query_vectors(kb, [r["question"] for r in train]) if needs_vectors else None  # mining and distillation share them
     if settings.hard_negatives > 0:
         retriever = build_retriever(config, mode="hybrid", top_k=max(settings.mine_candidates, settings.hard_negatives + 2), kb=kb)
-        hard = mine_hard_negatives(retriever, train, settings.hard_negatives, show_progress=show_progress, embeddings=query_vectors(kb, [r["question"] for r in train]))
+        hard = mine_hard_negatives(retriever, train, settings.hard_negatives, show_progress=show_progress, embeddings=vectors)
     random_count = settings.random_negatives if settings.loss == "bce" else 0
     examples = build_examples(train, hard, random_count, config.finetune.seed)
     seconds["mining"] = time.perf_counter() - t
@@ -574,6 +561,10 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     before = ranking_metrics(candidates.ids, candidates.relevant, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
     seconds["eval_base"] = time.perf_counter() - t
 
+    def evaluate(model: "CrossEncoder") -> dict[str, Any]:
+        ranked = rerank_order(cross_encoder_scorer(model, config.rerank.batch_size), candidates, show_progress=show_progress)
+        return ranking_metrics(ranked, candidates.relevant, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
+
     # 3. train
     t = time.perf_counter()
     model = new_cross_encoder(config)
@@ -585,11 +576,12 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     teacher_after = None
     if settings.distill_layers is not None:
         t = time.perf_counter()
-        ranked = rerank_order(cross_encoder_scorer(model, config.rerank.batch_size), candidates, show_progress=show_progress)
-        teacher_after = ranking_metrics(ranked, candidates.relevant, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
+        teacher_after = evaluate(model)
         retriever = build_retriever(config, mode="hybrid", top_k=settings.mine_candidates, kb=kb)
-        passages = candidate_passages(retriever, train, query_vectors(kb, [r["question"] for r in train]), show_progress=show_progress)
-        rows = distillation_rows(train, passages, teacher_logits(model, config.rerank.batch_size))
+        hits = retrieve_each(retriever, [r["question"] for r in train], vectors, desc="first-stage candidates for distillation", show_progress=show_progress)
+        # the postprocessor's scores are raw logits, the distillation target (a sigmoid would squash
+        # the confident ends that order the top of a list)
+        rows = distillation_rows(train, [[passage_text(h.node) for h in found] for found in hits], cross_encoder_scorer(model, config.rerank.batch_size))
         counts["distillation_pairs"] = len(rows["label"])
         log(f"distilling the {len(model.model.base_model.encoder.layer)}-layer cross-encoder into its first {settings.distill_layers} layers: {len(rows['label'])} teacher-scored pairs")
         with tempfile.TemporaryDirectory(prefix="ragft-reranker-student-") as work:
@@ -599,8 +591,7 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
 
     # 4. rerank the same candidates with the trained model
     t = time.perf_counter()
-    ranked = rerank_order(cross_encoder_scorer(model, config.rerank.batch_size), candidates, show_progress=show_progress)
-    after = ranking_metrics(ranked, candidates.relevant, seed=config.eval.seed, samples=config.eval.bootstrap_samples)
+    after = evaluate(model)
     seconds["eval_reranked"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
 

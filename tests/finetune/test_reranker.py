@@ -236,7 +236,7 @@ def test_distilled_student_keeps_the_first_layers_and_learns_the_teachers_logits
     import torch
 
     from finetune.common import seed_everything
-    from finetune.reranker import distill_cross_encoder, distillation_rows, keep_first_layers, new_cross_encoder, teacher_logits
+    from finetune.reranker import cross_encoder_scorer, distill_cross_encoder, distillation_rows, keep_first_layers, new_cross_encoder
     from pipeline.config import ConfigError
 
     train = load_split(demo_dir, "train")[:12]
@@ -249,7 +249,7 @@ def test_distilled_student_keeps_the_first_layers_and_learns_the_teachers_logits
         teacher.model.classifier.weight.mul_(40.0)
     teacher_weights = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     candidates = [[r["answer"] for r in train[i : i + 4]] for i in range(len(train))]
-    rows = distillation_rows(train, candidates, teacher_logits(teacher, 32))
+    rows = distillation_rows(train, candidates, cross_encoder_scorer(teacher, 32))
     pairs = list(zip(rows["query"], rows["passage"]))
     target = torch.tensor(rows["label"])
 
@@ -267,3 +267,33 @@ def test_distilled_student_keeps_the_first_layers_and_learns_the_teachers_logits
     deeper = load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.distill_layers=3"])
     with pytest.raises(ConfigError, match=r"finetune.reranker.distill_layers=3: the model has only 2 layers"):
         distill_cross_encoder(teacher, rows, deeper, work_dir=tmp_path / "work2", show_progress=False)
+
+
+def test_run_with_distill_layers_saves_the_student_and_reports_the_teacher(small_data_dir, tiny_cross_encoder_dir, hash_embedding_cls, tmp_path, monkeypatch):
+    """The whole command with finetune.reranker.distill_layers=1: the saved model has 1 layer (the
+    teacher 2), eval_val.json holds the teacher's figures beside the student's, the train log counts
+    the teacher-scored pairs (one list of first-stage passages per train question, own answer in)."""
+    import json
+
+    import finetune.reranker as reranker
+    from pipeline.index import KnowledgeBase, qa_nodes
+    from pipeline.models import load_cross_encoder
+
+    config = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={small_data_dir}", f"finetune.reranker.base_model={tiny_cross_encoder_dir}",
+                                  "finetune.reranker.limit=6", "finetune.reranker.eval_limit=4", "finetune.reranker.mine_candidates=5",
+                                  "finetune.reranker.distill_layers=1", "finetune.reranker.distill_epochs=1"])
+    kb = KnowledgeBase.from_nodes(config, qa_nodes(load_split(small_data_dir, "train"), split="train"), embed_model=hash_embedding_cls())
+    monkeypatch.setattr(reranker, "open_knowledge_base", lambda config: kb)
+    logged = []
+    try:
+        result = reranker.run(config, show_progress=False, log=logged.append)
+    finally:
+        kb.close()
+    saved = load_cross_encoder(str(result.output), device="cpu")
+    assert len(saved.model.bert.encoder.layer) == 1
+    evaluation = json.loads((result.output / reranker.EVAL_NAME).read_text())
+    assert set(evaluation) >= {"base", "teacher", "reranked"} and evaluation["teacher"]["n"] == evaluation["reranked"]["n"] == 4
+    train_log = json.loads((result.output / reranker.TRAIN_LOG_NAME).read_text())
+    assert 6 <= train_log["counts"]["distillation_pairs"] <= 6 * 5
+    assert any(entry.get("distillation") for entry in train_log["log_history"]) and "distillation" in train_log["seconds"]
+    assert any("into its first 1 layers" in line for line in logged) and any("reranked by the teacher" in line for line in logged)
