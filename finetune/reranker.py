@@ -28,6 +28,8 @@ What it does:
    copy of its first N layers (`distill_cross_encoder`): the student learns the teacher's logits
    (MSE) on the hybrid top `mine_candidates` passages of every training question, the pairs it
    will rerank, and is what gets evaluated and saved (the teacher's val figures are logged too).
+   `finetune.reranker.distill_synthetic` adds the questions of a doc2query file to the student's
+   pairs only (the hybrid top `distill_synthetic_candidates` each, labelled by the teacher).
 4. Evaluate on val before and after, open-book protocol (the corpus is every answer of
    train+val+test, the gold passage is the question's own answer): the retriever's ranking of its
    top `eval_candidates` (base) -> the same candidates reranked, MRR@10, nDCG@10, R@1 with
@@ -533,6 +535,16 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
         from finetune.doc2query import load_synthetic_pairs
 
         train = [*train, *load_synthetic_pairs(settings.synthetic, "finetune.reranker.synthetic")]
+    distill_only: list[dict[str, str]] = []  # questions only the student learns from (the teacher labels them)
+    if settings.distill_synthetic:
+        if settings.distill_layers is None:
+            raise ConfigError(
+                f"finetune.reranker.distill_synthetic={settings.distill_synthetic}: these questions train the distilled student, and "
+                "finetune.reranker.distill_layers is null (no student). Fix: set finetune.reranker.distill_layers (e.g. 4), or distill_synthetic=null"
+            )
+        from finetune.doc2query import load_synthetic_pairs
+
+        distill_only = load_synthetic_pairs(settings.distill_synthetic, "finetune.reranker.distill_synthetic")
     # the base model too: mining and the base evaluation take minutes on a real knowledge base
     resolve_model(check_model_source(config, settings.base_model, "finetune.reranker.base_model"))
 
@@ -579,11 +591,19 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
         teacher_after = evaluate(model)
         retriever = build_retriever(config, mode="hybrid", top_k=settings.mine_candidates, kb=kb)
         hits = retrieve_each(retriever, [r["question"] for r in train], vectors, desc="first-stage candidates for distillation", show_progress=show_progress)
+        if distill_only:  # fewer candidates each: the pairs, so the student's training time, grow with them
+            retriever = build_retriever(config, mode="hybrid", top_k=settings.distill_synthetic_candidates, kb=kb)
+            questions = [r["question"] for r in distill_only]
+            hits += retrieve_each(retriever, questions, query_vectors(kb, questions), desc="first-stage candidates of the synthetic questions", show_progress=show_progress)
         # the postprocessor's scores are raw logits, the distillation target (a sigmoid would squash
         # the confident ends that order the top of a list)
-        rows = distillation_rows(train, [[passage_text(h.node) for h in found] for found in hits], cross_encoder_scorer(model, config.rerank.batch_size))
+        rows = distillation_rows([*train, *distill_only], [[passage_text(h.node) for h in found] for found in hits], cross_encoder_scorer(model, config.rerank.batch_size))
         counts["distillation_pairs"] = len(rows["label"])
-        log(f"distilling the {len(model.model.base_model.encoder.layer)}-layer cross-encoder into its first {settings.distill_layers} layers: {len(rows['label'])} teacher-scored pairs")
+        counts["distillation_synthetic_questions"] = len(distill_only)
+        log(
+            f"distilling the {len(model.model.base_model.encoder.layer)}-layer cross-encoder into its first {settings.distill_layers} layers: {len(rows['label'])} teacher-scored pairs"
+            + (f" ({len(train)} training and {len(distill_only)} synthetic questions)" if distill_only else "")
+        )
         with tempfile.TemporaryDirectory(prefix="ragft-reranker-student-") as work:
             model, distill_history = distill_cross_encoder(model, rows, config, work_dir=work, show_progress=show_progress)
         history = [*history, *({"distillation": True, **entry} for entry in distill_history)]

@@ -297,3 +297,61 @@ def test_run_with_distill_layers_saves_the_student_and_reports_the_teacher(small
     assert 6 <= train_log["counts"]["distillation_pairs"] <= 6 * 5
     assert any(entry.get("distillation") for entry in train_log["log_history"]) and "distillation" in train_log["seconds"]
     assert any("into its first 1 layers" in line for line in logged) and any("reranked by the teacher" in line for line in logged)
+
+
+def test_distill_synthetic_questions_are_scored_by_the_teacher_for_the_student_only(small_data_dir, tiny_cross_encoder_dir, hash_embedding_cls, tmp_path, monkeypatch):
+    """finetune.reranker.distill_synthetic: the synthetic questions join the student's pairs (the
+    hybrid top distill_synthetic_candidates each, own passage put in) but not the teacher's
+    training examples; the counts and the log say how many."""
+    import json
+
+    import finetune.reranker as reranker
+    from pipeline.index import KnowledgeBase, qa_nodes
+
+    train = load_split(small_data_dir, "train")
+    synthetic = [{"question": f"Which passage explains this, variant {i}?", "answer": train[i]["answer"], "source_id": f"train-{i}", "rank": 1} for i in range(3)]
+    path = tmp_path / "doc2query.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in synthetic), encoding="utf-8")
+    config = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={small_data_dir}", f"finetune.reranker.base_model={tiny_cross_encoder_dir}",
+                                  "finetune.reranker.limit=6", "finetune.reranker.eval_limit=4", "finetune.reranker.mine_candidates=5",
+                                  "finetune.reranker.distill_layers=1", f"finetune.reranker.distill_synthetic={path}",
+                                  "finetune.reranker.distill_synthetic_candidates=2"])
+    kb = KnowledgeBase.from_nodes(config, qa_nodes(train, split="train"), embed_model=hash_embedding_cls())
+    monkeypatch.setattr(reranker, "open_knowledge_base", lambda config: kb)
+    seen = {}
+    real_train = reranker.train_cross_encoder
+
+    def spy_train(model, examples, config, **kwargs):
+        seen["teacher_questions"] = [e.query for e in examples]
+        return real_train(model, examples, config, **kwargs)
+
+    def spy_distill(teacher, rows, config, **kwargs):  # the rows are what matters; the student's training is tested above
+        seen["rows"] = rows
+        return teacher, []
+
+    monkeypatch.setattr(reranker, "train_cross_encoder", spy_train)
+    monkeypatch.setattr(reranker, "distill_cross_encoder", spy_distill)
+    logged = []
+    try:
+        result = reranker.run(config, show_progress=False, log=logged.append)
+    finally:
+        kb.close()
+    rows = seen["rows"]
+    for row in synthetic:
+        passages = [p for q, p in zip(rows["query"], rows["passage"]) if q == row["question"]]
+        assert len(passages) == 2 and row["answer"] in passages
+    assert not {r["question"] for r in synthetic} & set(seen["teacher_questions"])
+    assert len(rows["label"]) == len(rows["query"]) and all(isinstance(x, float) for x in rows["label"])
+    train_log = json.loads((result.output / reranker.TRAIN_LOG_NAME).read_text())
+    assert train_log["counts"]["distillation_synthetic_questions"] == 3 and train_log["counts"]["distillation_pairs"] == len(rows["label"])
+    assert any("(6 training and 3 synthetic questions)" in line for line in logged)
+
+
+def test_distill_synthetic_without_a_student_is_refused_before_any_work(small_data_dir, tmp_path, monkeypatch):
+    import finetune.reranker as reranker
+    from pipeline.config import ConfigError
+
+    config = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={small_data_dir}", f"finetune.reranker.distill_synthetic={tmp_path / 'd.jsonl'}"])
+    monkeypatch.setattr(reranker, "open_knowledge_base", lambda config: pytest.fail("no work should start"))
+    with pytest.raises(ConfigError, match=r"finetune.reranker.distill_layers"):
+        reranker.run(config, show_progress=False, log=lambda line: None)
