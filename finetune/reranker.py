@@ -518,6 +518,7 @@ class RerankerRun:
 def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None] = print) -> RerankerRun:
     """The whole command: mine, build examples, evaluate base, train, evaluate, save."""
     from finetune.common import seed_everything
+    from finetune.doc2query import load_synthetic_pairs
     from pipeline.fileio import atomic_directory
     from pipeline.models import check_model_source, resolve_model
     from pipeline.retrieve import build_retriever
@@ -531,20 +532,15 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     load_split(config.data.dir, "val")  # fail before any work when val is missing
     if settings.limit is not None:
         train = train[: settings.limit]
+    if settings.distill_synthetic and settings.distill_layers is None:
+        raise ConfigError(
+            f"finetune.reranker.distill_synthetic={settings.distill_synthetic}: these questions train the distilled student, and "
+            "finetune.reranker.distill_layers is null (no student). Fix: set finetune.reranker.distill_layers (e.g. 4), or distill_synthetic=null"
+        )
     if settings.synthetic:  # doc2query pairs: more questions for the same passages, mined alike
-        from finetune.doc2query import load_synthetic_pairs
-
         train = [*train, *load_synthetic_pairs(settings.synthetic, "finetune.reranker.synthetic")]
-    distill_only: list[dict[str, str]] = []  # questions only the student learns from (the teacher labels them)
-    if settings.distill_synthetic:
-        if settings.distill_layers is None:
-            raise ConfigError(
-                f"finetune.reranker.distill_synthetic={settings.distill_synthetic}: these questions train the distilled student, and "
-                "finetune.reranker.distill_layers is null (no student). Fix: set finetune.reranker.distill_layers (e.g. 4), or distill_synthetic=null"
-            )
-        from finetune.doc2query import load_synthetic_pairs
-
-        distill_only = load_synthetic_pairs(settings.distill_synthetic, "finetune.reranker.distill_synthetic")
+    # questions only the student learns from (the teacher labels their candidates)
+    distill_only = load_synthetic_pairs(settings.distill_synthetic, "finetune.reranker.distill_synthetic") if settings.distill_synthetic else []
     # the base model too: mining and the base evaluation take minutes on a real knowledge base
     resolve_model(check_model_source(config, settings.base_model, "finetune.reranker.base_model"))
 
