@@ -20,7 +20,8 @@ passage text, the reranker's positive), `source_id` (the passage's node id) and 
 retriever put the passage for this question, 1..top_k). finetune.reranker reads it with
 `--set finetune.reranker.synthetic=PATH` (finetune.embedder with `finetune.embedder.synthetic`)
 and mines hard negatives for these questions as for the train questions. `<stem>.report.json`
-beside it counts what was generated, kept and dropped.
+beside it counts what was generated, kept and dropped, and records the digest of the settings it
+was built with (`digest`, `limit`): eval.build reuses the file while they match the config.
 
 Long runs (3 generations per passage, ~1,300 seed passages) are resumable: passages are done in
 chunks of `chunk_size`, each finished chunk is appended to a hidden work file beside the output,
@@ -228,7 +229,8 @@ def build_doc2query(
             raise TrainingSetupError(f"the knowledge base at {config.index.dir} has no passages; build it with python -m pipeline.index --config {config.profile}")
         passages = {n.node_id: passage_text(n) for n in nodes}
         known = [n.metadata["question"] for n in every if isinstance(n.metadata.get("question"), str)]
-        work = ChunkLog(output, builder_digest(config, "doc2query", settings), resume=resume)
+        digest = builder_digest(config, "doc2query", settings)
+        work = ChunkLog(output, digest, resume=resume)
         done = work.load()
         todo = [n for n in nodes if n.node_id not in done]
         seen = [*known, *(k["question"] for n in nodes if n.node_id in done for k in done[n.node_id]["kept"])]
@@ -260,6 +262,9 @@ def build_doc2query(
     dropped = {reason: sum(done[n.node_id]["dropped"].get(reason, 0) for n in nodes) for reason in DROP_REASONS}
     report = {
         "kind": "doc2query",
+        # what eval.build compares to decide whether this file is still the one the config asks for
+        "digest": digest,
+        "limit": limit,
         "model": config.generator.model,
         "retriever": mode,
         "top_k": settings.top_k,

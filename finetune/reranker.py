@@ -4,6 +4,7 @@
     python -m finetune.reranker  --config tiny
     python -m finetune.reranker  --config tiny --set data.dir=runs/seed/data --set run_dir=runs/seed
     python -m finetune.reranker  --config tiny --set finetune.reranker.epochs=2 --set finetune.reranker.loss=listwise
+    python -m finetune.doc2query --config smollm2 && python -m finetune.reranker --config smollm2   # its student reads the doc2query questions
 
 What it does:
 
@@ -537,12 +538,12 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
             f"finetune.reranker.distill_synthetic={settings.distill_synthetic}: these questions train the distilled student, and "
             "finetune.reranker.distill_layers is null (no student). Fix: set finetune.reranker.distill_layers (e.g. 4), or distill_synthetic=null"
         )
+    # the base model too: mining and the base evaluation take minutes on a real knowledge base
+    resolve_model(check_model_source(config, settings.base_model, "finetune.reranker.base_model"))
     if settings.synthetic:  # doc2query pairs: more questions for the same passages, mined alike
         train = [*train, *load_synthetic_pairs(settings.synthetic, "finetune.reranker.synthetic")]
     # questions only the student learns from (the teacher labels their candidates)
     distill_only = load_synthetic_pairs(settings.distill_synthetic, "finetune.reranker.distill_synthetic") if settings.distill_synthetic else []
-    # the base model too: mining and the base evaluation take minutes on a real knowledge base
-    resolve_model(check_model_source(config, settings.base_model, "finetune.reranker.base_model"))
 
     # 1. hard negatives from the knowledge base (train pairs) with the hybrid retriever
     t = time.perf_counter()

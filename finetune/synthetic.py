@@ -55,8 +55,10 @@ def sample_texts(
 def builder_digest(config: "Config", kind: str, settings: Any, sections: Sequence[str] = ("data", "generator", "index", "retrieve")) -> str:
     """A short hash of what a builder's output depends on: the config `sections`, its own
     `settings` (a dataclass or mapping; keys that only size the work, limit, chunk_size, output,
-    are left out so a quick run's work is reused by the full one) and `finetune.seed`."""
+    are left out so a quick run's work is reused by the full one) and `finetune.seed`. data.input
+    is left out too: the splits in data.dir are what is read (eval.compare --data blanks it)."""
     data = config.to_dict()
+    data["data"] = {k: v for k, v in data["data"].items() if k != "input"}
     own = settings if isinstance(settings, Mapping) else {k: v for k, v in vars(settings).items()}
     own = {k: v for k, v in own.items() if k not in ("limit", "chunk_size", "output")}
     payload = {"kind": kind, "sections": {name: data[name] for name in sections}, "settings": own, "seed": config.finetune.seed}

@@ -238,12 +238,12 @@ class RerankerTrainConfig:
     distill_layers: Optional[int] = option(None, "After training, distil the cross-encoder (the teacher) into a copy of its first N layers and its head (the student), trained to reproduce the teacher's logits (MSE) on the hybrid top `mine_candidates` passages of every training question, its own answer included; the student is what is saved. Its cost per pair is about N / the teacher's layers. null: save the trained cross-encoder itself.", POSITIVE)
     distill_epochs: float = option(3.0, "Epochs of the student's training (distill_layers).", POSITIVE)
     distill_learning_rate: float = option(1e-4, "Peak learning rate of the student's training (distill_layers).", POSITIVE)
-    distill_synthetic: Optional[str] = option(None, "JSONL of synthetic questions (python -m finetune.doc2query writes it; `question` and `answer` are read) whose first-stage candidates the teacher also scores for the student (distill_layers): distillation needs no labels, so they add student pairs without training the teacher on them; the consistency filter matters less here (finetune.doc2query.top_k may be large). null: the training questions alone.")
+    distill_synthetic: Optional[str] = option(None, "JSONL of synthetic questions (python -m finetune.doc2query writes it; `question` and `answer` are read) whose first-stage candidates the teacher also scores for the student (distill_layers): distillation needs no labels, so they add student pairs without training the teacher on them; the consistency filter matters less here (finetune.doc2query.top_k may be large). eval.compare generates it first when it is finetune.doc2query.output. null: the training questions alone.")
     distill_synthetic_candidates: int = option(10, "Passages per distill_synthetic question the teacher scores: the hybrid top N, its own passage put in when missed.", POSITIVE)
     eval_candidates: int = option(20, "Candidates the retriever returns per val question for the before/after evaluation.", POSITIVE)
     limit: Optional[int] = option(None, "Train on the first N training questions only (quick runs); null uses them all.", POSITIVE)
     eval_limit: Optional[int] = option(None, "Evaluate on the first N val questions only (quick runs); null uses them all.", POSITIVE)
-    synthetic: Optional[str] = option(None, "JSONL of synthetic (question, answer) pairs (python -m finetune.doc2query writes it) appended to the training questions, after `limit`; their hard and random negatives are mined like the train questions'. null: the train split alone.")
+    synthetic: Optional[str] = option(None, "JSONL of synthetic (question, answer) pairs (python -m finetune.doc2query writes it) appended to the training questions, after `limit`; their hard and random negatives are mined like the train questions'. eval.compare generates it first when it is finetune.doc2query.output. null: the train split alone.")
     output: str = option("{run_dir}/reranker", "Where the trained cross-encoder is written.")
 
 
@@ -258,7 +258,7 @@ class EmbedderTrainConfig:
     warmup_ratio: float = option(0.1, "Fraction of the optimizer steps with a linear learning-rate warm-up.", FRACTION)
     max_seq_length: int = option(128, "Maximum tokens of a question or passage in training.", POSITIVE)
     limit: Optional[int] = option(None, "Train on the first N training questions only (quick runs); null uses them all.", POSITIVE)
-    synthetic: Optional[str] = option(None, "JSONL of synthetic (question, answer) pairs (python -m finetune.doc2query writes it) appended to the training questions, after `limit`; their hard negatives are mined like the train questions'. null: the train split alone.")
+    synthetic: Optional[str] = option(None, "JSONL of synthetic (question, answer) pairs (python -m finetune.doc2query writes it) appended to the training questions, after `limit`; their hard negatives are mined like the train questions'. eval.compare generates it first when it is finetune.doc2query.output. null: the train split alone.")
     eval_limit: Optional[int] = option(None, "Evaluate on the first N val questions only (quick runs); null uses them all.", POSITIVE)
     output: str = option("{run_dir}/embedder", "Where the fine-tuned embedder is written.")
 

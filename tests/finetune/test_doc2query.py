@@ -21,7 +21,7 @@ from finetune.doc2query import (
     main,
     parse_question,
 )
-from finetune.synthetic import ChunkLog, report_path
+from finetune.synthetic import ChunkLog, builder_digest, report_path
 from pipeline.config import load_config
 from pipeline.data import DataError, load_split
 
@@ -183,7 +183,14 @@ def test_builder_writes_the_kept_questions_with_passage_and_rank(small_data_dir,
         ranked = [h.node.node_id for h in retriever.retrieve(QueryBundle(row["question"]))]
         assert 1 <= row["rank"] <= 3 and ranked.index(row["source_id"]) + 1 == row["rank"]
     assert sum(report["kept_by_rank"].values()) == len(rows)
-    assert json.loads(report_path(output).read_text())["kept"] == len(rows)
+    written = json.loads(report_path(output).read_text())
+    assert written["kept"] == len(rows)
+    # what eval.build compares to reuse the file: the digest its work file is keyed by, and the limit
+    assert (written["digest"], written["limit"]) == (builder_digest(config, "doc2query", config.finetune.doc2query), None)
+    # where the splits were prepared from is not what is read; the filter's depth is
+    moved = _config(small_data_dir, tmp_path, "data.input=elsewhere/raw.jsonl")
+    deeper = _config(small_data_dir, tmp_path, "finetune.doc2query.top_k=4")
+    assert builder_digest(moved, "doc2query", moved.finetune.doc2query) == written["digest"] != builder_digest(deeper, "doc2query", deeper.finetune.doc2query)
     assert not list(output.parent.glob(".*.partial"))  # the work file is gone once complete
     # what finetune.reranker.synthetic reads
     assert load_synthetic_pairs(output, "finetune.reranker.synthetic") == [{"question": r["question"], "answer": r["answer"]} for r in rows]
