@@ -40,6 +40,7 @@ rebuilt when its content changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -142,8 +143,7 @@ def artifact_config(config: Config, artifact: str) -> Config:
 
 def synthetic_inputs(config: Config, artifact: str) -> list[tuple[str, str]]:
     """(setting, path) of each synthetic-question file `artifact` is trained on."""
-    tree = config.to_dict()
-    return [(key, value) for key in SYNTHETIC_READERS.get(artifact, ()) if (value := _lookup(tree, key))]
+    return [(key, value) for key in SYNTHETIC_READERS.get(artifact, ()) if (value := functools.reduce(getattr, key.split("."), config))]
 
 
 def reads_doc2query(config: Config, artifact: str) -> bool:
@@ -362,6 +362,12 @@ def _index_state(path: Path) -> str | None:
     return None
 
 
+def _rebuilt_upstream(config: Config, artifact: str, rebuilt_upstream: set[str]) -> Optional[str]:
+    """Why `artifact` must be rebuilt because something it is built from is (re)built in this run; None if nothing is."""
+    stale = [u for u in upstream_of(config, artifact) if u in rebuilt_upstream]
+    return f"{', '.join(stale)} is (re)built in this run" if stale else None
+
+
 def _check_doc2query(config: Config, rebuilt_upstream: set[str]) -> tuple[str, str]:
     """(action, reason) for the doc2query questions: a file whose report records the digest of
     the settings it was generated with (finetune.synthetic.builder_digest, as its resumable work
@@ -371,9 +377,9 @@ def _check_doc2query(config: Config, rebuilt_upstream: set[str]) -> tuple[str, s
     path = Path(config.finetune.doc2query.output)
     if not path.is_file():
         return "build", "not built"
-    stale_upstream = [u for u in UPSTREAM["doc2query"] if u in rebuilt_upstream]
-    if stale_upstream:
-        return "rebuild", f"{', '.join(stale_upstream)} is (re)built in this run"
+    stale = _rebuilt_upstream(config, "doc2query", rebuilt_upstream)
+    if stale:
+        return "rebuild", stale
     try:
         report = json.loads(report_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -414,9 +420,9 @@ def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebu
         return "build", "not built"
     if not (path / RESOLVED_CONFIG_NAME).is_file():
         return "rebuild", f"no {RESOLVED_CONFIG_NAME}: not written by ragft, or not completely"
-    stale_upstream = [u for u in upstream_of(config, artifact) if u in rebuilt_upstream]
-    if stale_upstream:
-        return "rebuild", f"{', '.join(stale_upstream)} is (re)built in this run"
+    stale = _rebuilt_upstream(config, artifact, rebuilt_upstream)
+    if stale:
+        return "rebuild", stale
     stamp = _read_stamp(path)
     if stamp is not None:
         if stamp.get("inputs") == inputs_fingerprint(config, artifact, upstream):
@@ -597,6 +603,6 @@ def upstream_fingerprints(config: Config, artifacts: Iterable[str]) -> dict[str,
 
 __all__ = [
     "ARTIFACT_KEYS", "BuildError", "BuildPlan", "Step", "artifact_fingerprint", "artifact_path", "buildable", "check_artifact",
-    "data_sha", "execute_plan", "inputs_fingerprint", "plan_builds", "reads_doc2query", "relevant_settings", "required_artifacts", "split_sha",
+    "data_sha", "execute_plan", "inputs_fingerprint", "plan_builds", "relevant_settings", "required_artifacts", "split_sha",
     "upstream_fingerprints", "write_stamp",
 ]

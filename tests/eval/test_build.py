@@ -331,7 +331,7 @@ def test_the_doc2query_file_is_reused_while_its_report_digest_matches_and_its_co
     overrides = ("finetune.reranker.synthetic='{run_dir}/synthetic/doc2query.jsonl'", "finetune.raft.context=oracle")
     config = _config(tmp_path, demo_dir, *overrides)
     _all_built(config)
-    questions = _fake_doc2query(config)
+    _fake_doc2query(config)
     assert _actions(execute_plan(plan_builds(config, ["full"]), config, log=lambda *_: None)) == {a: "reuse" for a in ("data", "base_lm", "index", "doc2query", "reranker", "generator-raft", "rewriter")}
 
     # other generation settings: the questions are generated again, and the reranker retrained on them
