@@ -649,7 +649,7 @@ def _make_local_llm_class():
         convert_dir: Optional[str] = Field(default=None, description="Where a model bundled as GGUF is converted to safetensors (generator.convert_dir).")
         repetition_penalty: float = Field(default=1.0, gt=0.0, description="transformers' repetition penalty (1.0: none).")
         quantize: str = Field(default="none", description="none, or int8: dynamic int8 quantization of the frozen linear layers (CPU inference).")
-        cache_implementation: Optional[str] = Field(default=None, description="transformers' cache_implementation of generate (static: a preallocated KV cache); None: the dynamic default.")
+        cache_implementation: Optional[str] = Field(default=None, description="KV cache of generate: static (transformers' preallocated cache), append (ragft's append-only cache with the shared prompt prefix prefilled once, CPU; pipeline.kv_cache); None: transformers' dynamic default.")
         prepack_weights: bool = Field(default=True, description="Keep the bf16 linear weights prepacked for oneDNN on the CPU (prepack_linear_weights): the same outputs, faster.")
         verbose: bool = Field(default=True, description="Print tokens/s after batched generation.")
 
@@ -738,7 +738,7 @@ def _make_local_llm_class():
         def _generation_kwargs(self, max_new_tokens: Optional[int], temperature: Optional[float]) -> dict[str, Any]:
             temperature = self.temperature if temperature is None else temperature
             kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens or self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id, "repetition_penalty": self.repetition_penalty}
-            if self.cache_implementation:
+            if self.cache_implementation == "static":  # "append" is ragft's own (_run_generate), not a transformers name
                 kwargs["cache_implementation"] = self.cache_implementation
             if temperature > 0:
                 kwargs.update(do_sample=True, temperature=temperature)
@@ -758,10 +758,37 @@ def _make_local_llm_class():
 
             if self._bank is None:
                 with torch.inference_mode():
-                    return self.model.generate(**kwargs)
+                    return self._run_generate(self.model, kwargs)
             self.load()
             with self._bank.active(self.adapter) as model, torch.inference_mode():
+                return self._run_generate(model, kwargs)
+
+        def _run_generate(self, model: Any, kwargs: dict[str, Any]) -> Any:
+            """model.generate; with cache_implementation=append, for a batch on the CPU, through
+            ragft's append-only KV cache and decoding attention, the batch's shared prompt prefix
+            prefilled once (pipeline.kv_cache). The output has the same width as the plain
+            left-padded batch's."""
+            plain = (
+                self.cache_implementation != "append" or model.device.type != "cpu" or len(kwargs["input_ids"]) < 2
+                # beams and repeated sequences reorder or repeat the cache, which it does not do
+                or kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1
+            )
+            if plain:  # one prompt (the chat UI's stream) has no padding and no prefix to share: the plain path was ~10% faster to its first words
                 return model.generate(**kwargs)
+            from pipeline import kv_cache
+
+            if model.config._attn_implementation != kv_cache.DECODE_ATTENTION:
+                try:
+                    model.set_attn_implementation(kv_cache.register_decode_attention())
+                except (ValueError, NotImplementedError) as exc:  # a model that transformers cannot run through SDPA
+                    logger.warning("generator.cache_implementation=append: %s cannot switch its attention (%s); generating through the dynamic cache", self.model_ref, exc)
+                    self.cache_implementation = None
+                    return model.generate(**kwargs)
+            cache = kv_cache.append_only_cache(model.config.get_text_config().num_hidden_layers)
+            mask = kwargs["attention_mask"]
+            rows = [ids[m.bool()].tolist() for ids, m in zip(kwargs["input_ids"], mask)]
+            prefixed = kv_cache.prefixed_batch(model, rows, self.tokenizer.pad_token_id, cache)
+            return model.generate(**kwargs, **{kv_cache.cache_keyword(model): cache}) if prefixed is None else model.generate(**{**kwargs, **prefixed})
 
         def clear_memo(self) -> None:
             """Forget memoized greedy generations (shared with every LM of the same bank)."""
@@ -795,7 +822,7 @@ def _make_local_llm_class():
             outputs: list[str] = [""] * len(prompts)
             # greedy output is a function of (adapter, prompt, settings): answer repeats from the memo
             greedy = not kwargs.get("do_sample")
-            settings = tuple(sorted((k, v) for k, v in kwargs.items() if k != "pad_token_id"))
+            settings = tuple(sorted((k, v) for k, v in kwargs.items() if k != "pad_token_id")) + ((("cache_implementation", "append"),) if self.cache_implementation == "append" else ())
             keys = [(self.model_ref, self.adapter, prompt, settings) for prompt in prompts]
             todo: dict[tuple, int] = {}
             # what each answer cost to generate: a memoized one is charged what it cost the first

@@ -169,6 +169,27 @@ def test_static_kv_cache_reaches_generate_and_keeps_greedy_answers(config, llm, 
     assert seen == [None, "static"]  # the second LM generated rather than answering from the first one's memo
 
 
+def test_append_only_cache_with_a_shared_prefix_keeps_greedy_answers(config, llm, monkeypatch):
+    """generator.cache_implementation=append (pipeline.kv_cache): the batch's shared prompt prefix
+    is prefilled once and decoding reads the append-only cache; on the micro LM in float32 the
+    greedy answers equal those of transformers' dynamic cache, batched and streamed."""
+    import dataclasses
+
+    from pipeline import kv_cache
+
+    appending = load_llm(dataclasses.replace(config, generator=dataclasses.replace(config.generator, cache_implementation="append")), verbose=False)
+    shared = []
+    original = kv_cache.prefixed_batch
+    monkeypatch.setattr(kv_cache, "prefixed_batch", lambda *a, **kw: shared.append(kv_cache.shared_prefix_length(a[1])) or original(*a, **kw))
+    prompts = [answer_prompt("What is a B-tree?"), answer_prompt("Define latency.", ["Latency is delay."]), answer_prompt("Why cache?")]
+    llm.clear_memo()
+    assert appending.generate_batch(prompts, show_progress=False) == llm.generate_batch(prompts, show_progress=False)
+    assert shared and shared[0] >= kv_cache.MIN_SHARED_PREFIX  # the instructions were prefilled once
+    assert appending.model.config._attn_implementation == kv_cache.DECODE_ATTENTION
+    streamed = "".join(r.delta for r in appending.stream_complete(prompts[0], formatted=True))
+    assert streamed.strip() == llm.complete(prompts[0], formatted=True).text.strip()
+
+
 def test_prepacked_linear_layers_compute_exactly_what_nn_linear_does():
     """prepack_linear_weights swaps the CPU bf16 nn.Linear layers (not the fp32 ones) for packed
     ones with the same outputs; a weight changed in place afterwards is repacked, and with
