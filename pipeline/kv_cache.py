@@ -81,13 +81,13 @@ def _layer_class() -> type:
     return AppendOnlyLayer
 
 
-def append_only_cache(num_layers: int) -> Any:
-    """A transformers `DynamicCache` whose layers are append-only buffers (see the module doc)."""
+def append_only_cache() -> Any:
+    """A transformers `DynamicCache` whose layers, made as the model first writes to each, are
+    append-only buffers (see the module doc)."""
     from transformers import DynamicCache
-    from transformers.cache_utils import Cache
 
-    cache = DynamicCache.__new__(DynamicCache)
-    Cache.__init__(cache, layers=[_layer_class()() for _ in range(num_layers)])
+    cache = DynamicCache()  # no config: one layer per layer index, of layer_class_to_replicate
+    cache.layer_class_to_replicate = _layer_class()
     return cache
 
 
@@ -149,19 +149,23 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 def cache_keyword(model: Any) -> str:
     """The name under which this transformers version takes a cache object: `cache` (5.x, where
     `past_key_values` is deprecated), else `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's forward takes **kwargs
+    return _cache_keyword_of(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword_of(model_class: type) -> str:
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's forward takes **kwargs
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def prefixed_batch(model: Any, rows: Sequence[Sequence[int]], pad_token_id: int, cache: Any) -> Optional[dict[str, Any]]:
-    """`generate` inputs for `rows` (token ids) with their shared prefix prefilled once (input_ids,
-    attention_mask and the cache under `cache_keyword`), or None
-    when they share fewer than MIN_SHARED_PREFIX tokens. The prefix runs at batch 1 into a
-    DynamicCache and is copied into `cache` (an empty cache) for every row; the rows are laid out
-    as [prefix, padding, rest], the attention mask zero on the padding, so the positions that
-    transformers derives from the mask are those of the unpadded prompt."""
+    """`generate`'s input_ids and attention_mask for `rows` (token ids) with their shared prefix
+    prefilled into `cache` (an empty cache) for every row, or None when they share fewer than
+    MIN_SHARED_PREFIX tokens. The prefix runs once at batch 1; the rows are laid out as [prefix,
+    padding, rest], the attention mask zero on the padding, so the positions that transformers
+    derives from the mask are those of the unpadded prompt."""
     import torch
     from transformers import DynamicCache
 
@@ -173,8 +177,8 @@ def prefixed_batch(model: Any, rows: Sequence[Sequence[int]], pad_token_id: int,
     with torch.inference_mode():
         model(input_ids=torch.tensor([list(rows[0][:shared])], device=device), use_cache=True, logits_to_keep=1, **{cache_keyword(model): prefix})
     batch = len(rows)
-    for index, layer in enumerate(prefix.layers):
-        cache.update(layer.keys.expand(batch, -1, -1, -1).contiguous(), layer.values.expand(batch, -1, -1, -1).contiguous(), index)
+    for index, layer in enumerate(prefix.layers):  # update copies the broadcast rows into the cache's own storage
+        cache.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), index)
     longest = max(len(r) for r in rows) - shared
     input_ids, attention_mask = [], []
     for row in rows:
@@ -182,4 +186,4 @@ def prefixed_batch(model: Any, rows: Sequence[Sequence[int]], pad_token_id: int,
         padding = longest - len(rest)
         input_ids.append(list(row[:shared]) + [pad_token_id] * padding + rest)
         attention_mask.append([1] * shared + [0] * padding + [1] * len(rest))
-    return {"input_ids": torch.tensor(input_ids, device=device), "attention_mask": torch.tensor(attention_mask, device=device), cache_keyword(model): cache}
+    return {"input_ids": torch.tensor(input_ids, device=device), "attention_mask": torch.tensor(attention_mask, device=device)}

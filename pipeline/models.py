@@ -784,11 +784,10 @@ def _make_local_llm_class():
                     logger.warning("generator.cache_implementation=append: %s cannot switch its attention (%s); generating through the dynamic cache", self.model_ref, exc)
                     self.cache_implementation = None
                     return model.generate(**kwargs)
-            cache = kv_cache.append_only_cache(model.config.get_text_config().num_hidden_layers)
-            mask = kwargs["attention_mask"]
-            rows = [ids[m.bool()].tolist() for ids, m in zip(kwargs["input_ids"], mask)]
-            prefixed = kv_cache.prefixed_batch(model, rows, self.tokenizer.pad_token_id, cache)
-            return model.generate(**kwargs, **{kv_cache.cache_keyword(model): cache}) if prefixed is None else model.generate(**{**kwargs, **prefixed})
+            cache = kv_cache.append_only_cache()
+            rows = [ids[m.bool()].tolist() for ids, m in zip(kwargs["input_ids"], kwargs["attention_mask"])]
+            layout = kv_cache.prefixed_batch(model, rows, self.tokenizer.pad_token_id, cache) or {}
+            return model.generate(**{**kwargs, **layout, kv_cache.cache_keyword(model): cache})
 
         def clear_memo(self) -> None:
             """Forget memoized greedy generations (shared with every LM of the same bank)."""

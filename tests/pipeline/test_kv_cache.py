@@ -20,11 +20,14 @@ def test_the_shared_prefix_leaves_every_row_a_token_of_its_own():
 
 def test_the_append_only_layer_holds_what_concatenation_would_and_grows_past_its_buffer():
     torch.manual_seed(0)
-    layer = kv_cache.append_only_cache(1).layers[0]
-    chunks = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, layer.GROW + 7, 1)]  # prefill, steps, a chunk past the buffer
+    cache = kv_cache.append_only_cache()
+    grow = kv_cache._layer_class().GROW
+    chunks = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, grow + 7, 1)]  # prefill, steps, a chunk past the buffer
     values = [torch.randn(2, 3, c.shape[2], 4) for c in chunks]
     for k, v in zip(chunks, values):
-        keys, vals = layer.update(k, v)
+        keys, vals = cache.update(k, v, 0)
+    layer = cache.layers[0]
+    assert isinstance(layer, kv_cache._layer_class())
     assert torch.equal(keys, torch.cat(chunks, dim=2)) and torch.equal(vals, torch.cat(values, dim=2))
     assert keys.shape == (2, 3, sum(c.shape[2] for c in chunks), 4)
     assert keys.stride(-2) == 1  # K is stored transposed: what decode_attention recognises
@@ -41,8 +44,7 @@ def test_decode_attention_equals_sdpa_with_grouped_heads_and_padding(mask_kind):
 
     torch.manual_seed(1)
     batch, kv_heads, group, length, dim = 3, 2, 3, 9, 8
-    layer = kv_cache.append_only_cache(1).layers[0]
-    keys, values = layer.update(torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim))
+    keys, values = kv_cache.append_only_cache().update(torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim), 0)
     query = torch.randn(batch, kv_heads * group, 1, dim)
     mask = None
     if mask_kind == "bool":
@@ -59,8 +61,8 @@ def test_decode_attention_equals_sdpa_with_grouped_heads_and_padding(mask_kind):
         torch.testing.assert_close(again, ours)
 
 
-def test_prefill_and_training_go_to_sdpa():
-    """More than one query position (prefill) is SDPA's job; so is a K that is not the cache's."""
+def test_prefill_goes_to_sdpa():
+    """More than one query position (prefill) is SDPA's job, causal as transformers runs it."""
     torch.manual_seed(2)
     module = types.SimpleNamespace(training=False, num_key_value_groups=1, is_causal=True)
     q, k, v = (torch.randn(1, 2, 5, 4) for _ in range(3))
