@@ -20,7 +20,7 @@ install: $(VENV)/.ragft-installed
 # (PRECOMPILE), with bytecode writing on even where PYTHONDONTWRITEBYTECODE is set (as pip's own
 # pass is), so that no later command compiles them again (~9 s per process otherwise). 79 s in all.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
-PRECOMPILE := import pipeline, pytest, torch, transformers, peft, trl, accelerate, datasets, evaluate, sentence_transformers, onnx, onnxruntime, onnxruntime.quantization, gguf, bm25s, Stemmer, chromadb, sacrebleu.metrics, rouge_score.rouge_scorer, bert_score, yaml, matplotlib.pyplot, llama_index.core, llama_index.core.workflow; \
+PRECOMPILE := import pipeline, pytest, torch, transformers, peft, trl, accelerate, datasets, evaluate, sentence_transformers, onnx, onnxruntime, onnxruntime.quantization, torchao.quantization.pt2e.quantize_pt2e, torchao.quantization.pt2e.quantizer.x86_inductor_quantizer, gguf, bm25s, Stemmer, chromadb, sacrebleu.metrics, rouge_score.rouge_scorer, bert_score, yaml, matplotlib.pyplot, llama_index.core, llama_index.core.workflow; \
 	from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM, BertModel, TextIteratorStreamer, Trainer; \
 	from peft import LoraConfig, PeftModel; from trl import SFTConfig, SFTTrainer; \
 	from sentence_transformers import SentenceTransformer, CrossEncoder, SentenceTransformerTrainer; \

@@ -23,6 +23,32 @@ def _hide_bitsandbytes_without_cuda() -> None:
 
 _hide_bitsandbytes_without_cuda()
 
+
+class _DropMessages:
+    """A logging filter that drops records whose message contains one of `fragments`."""
+
+    def __init__(self, *fragments: str):
+        self.fragments = fragments
+
+    def filter(self, record: object) -> bool:
+        message = str(getattr(record, "msg", ""))
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def _quiet_torchao_import() -> None:
+    """torchao (pipeline/int8.py's torch-int8 backend) is imported by transformers whenever it loads
+    a model, and at import it warns that a CPU build cannot load its CUDA/MX kernel libraries nor
+    find Triton, and torch warns about its enum registrations: none concerns ragft, which uses its
+    CPU PT2E quantizer only. Only those messages are dropped."""
+    import logging
+
+    logging.getLogger("torchao").addFilter(_DropMessages("Failed to load"))
+    logging.getLogger("torchao.kernel.intmm").addFilter(_DropMessages("Detected no triton"))
+    logging.getLogger("torch.utils._pytree").addFilter(_DropMessages("is an Enum subclass and is now natively supported"))
+
+
+_quiet_torchao_import()
+
 from pipeline.config import Config, ConfigError, load_config  # noqa: E402
 
 __all__ = ["Config", "ConfigError", "load_config", "build_query_engine", "Components", "SYSTEMS", "SYSTEM_NAMES", "__version__"]

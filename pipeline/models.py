@@ -236,22 +236,23 @@ def load_sentence_transformer(reference: str, *, device: str = "auto", trust_rem
 
 def load_embedder(config: Config, *, reference: str | None = None) -> "BaseEmbedding":
     """The LlamaIndex embedding model of the dense index (`index.embed_model` by default):
-    sentence-transformers in torch (fp32, or bfloat16 weights with `index.backend=torch-bf16`), or with `index.backend=onnx-int8` pipeline.int8's
+    sentence-transformers in torch (fp32, or bfloat16 weights with `index.backend=torch-bf16`), or with `index.backend=onnx-int8` / `torch-int8` pipeline.int8's
     `Int8Embedding` (exported on first use, cached beside the model or in {run_dir}/int8-cache)."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
     reference = check_model_source(config, reference or config.index.embed_model, "index.embed_model")
     path = resolve_model(reference)
-    if config.index.backend == "onnx-int8":
-        from pipeline.int8 import Int8Embedding
+    if config.index.backend in ("onnx-int8", "torch-int8"):
+        from pipeline.int8 import INT8_BACKENDS, Int8Embedding, Int8Settings
 
         if not Path(path).is_dir():  # a hub id left unresolved: only a local folder can be exported
-            raise ModelLoadError(f"index.backend=onnx-int8 exports a local model folder, and {reference!r} is not on this machine. Fix: download it first (`huggingface-cli download {reference}`) or --set index.backend=torch")
+            raise ModelLoadError(f"index.backend={config.index.backend} exports a local model folder, and {reference!r} is not on this machine. Fix: download it first (`huggingface-cli download {reference}`) or --set index.backend=torch")
         return Int8Embedding(
             model_path=path,
             model_name=reference,
             embed_batch_size=config.index.embed_batch_size,
             cache_dir=str(Path(config.run_dir) / "int8-cache"),
+            settings=Int8Settings(runtime=INT8_BACKENDS[config.index.backend]),
             allow_pickle_weights=config.security.allow_pickle_weights,
         )
     model_kwargs: dict[str, Any] = {"use_safetensors": safetensors_flag(config.security.allow_pickle_weights)}
@@ -987,18 +988,18 @@ def load_cross_encoder(
     `num_labels=1` on an encoder checkpoint that has no classification head (e.g. the bundled
     all-MiniLM-L6-v2) adds a fresh one-logit head: the starting point of `finetune.reranker`.
     `backend="onnx"` needs `optimum` and `onnxruntime` (exported on first load when the folder
-    holds no ONNX file); `backend="torch-bf16"` loads the weights in bfloat16. `backend="onnx-int8"` returns pipeline.int8's `Int8CrossEncoder`, whose
+    holds no ONNX file); `backend="torch-bf16"` loads the weights in bfloat16. `backend="onnx-int8"` (or `"torch-int8"`, the inductor runtime) returns pipeline.int8's `Int8CrossEncoder`, whose
     `predict` is CrossEncoder's (exported and quantized on first use, cached in the model folder or,
     when that is read-only, in `int8_cache_dir`); it needs a trained head (num_labels None or 1)."""
-    if backend == "onnx-int8":
-        from pipeline.int8 import Int8CrossEncoder
+    if backend in ("onnx-int8", "torch-int8"):
+        from pipeline.int8 import INT8_BACKENDS, Int8CrossEncoder, Int8Settings
 
         path = resolve_model(reference)
         if not Path(path).is_dir():
-            raise ModelLoadError(f"rerank.backend=onnx-int8 exports a local model folder, and {reference!r} is not on this machine. Fix: download it first (`huggingface-cli download {reference}`) or --set rerank.backend=torch")
+            raise ModelLoadError(f"rerank.backend={backend} exports a local model folder, and {reference!r} is not on this machine. Fix: download it first (`huggingface-cli download {reference}`) or --set rerank.backend=torch")
         if num_labels not in (None, 1):
-            raise ModelLoadError(f"rerank.backend=onnx-int8 scores with the model's own head; num_labels={num_labels!r} cannot be changed. Fix: load it with backend=torch")
-        return Int8CrossEncoder(path, max_length=max_length, cache_dir=int8_cache_dir, allow_pickle_weights=allow_pickle)
+            raise ModelLoadError(f"rerank.backend={backend} scores with the model's own head; num_labels={num_labels!r} cannot be changed. Fix: load it with backend=torch")
+        return Int8CrossEncoder(path, max_length=max_length, cache_dir=int8_cache_dir, settings=Int8Settings(runtime=INT8_BACKENDS[backend]), allow_pickle_weights=allow_pickle)
     from sentence_transformers import CrossEncoder
 
     model_kwargs: dict[str, Any] = {}

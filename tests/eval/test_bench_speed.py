@@ -321,18 +321,18 @@ def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, has
     assert path == work / "reranker" and how.endswith("(--reranker)") and not (tiny_cross_encoder_dir / ".ragft-int8").exists()
     configs = backend_configs(config, path, work)
     assert {n: (c.index.backend, c.rerank.backend, c.rerank.model) for n, c in configs.items()} == {
-        "torch": ("torch", "torch", str(path)), "int8": ("onnx-int8", "onnx-int8", str(path)), "bf16": ("torch-bf16", "torch-bf16", str(path))
+        "torch": ("torch", "torch", str(path)), "int8": ("onnx-int8", "onnx-int8", str(path)), "int8_torch": ("torch-int8", "torch-int8", str(path)), "bf16": ("torch-bf16", "torch-bf16", str(path))
     }
     parts = Parts(
         configs=configs,
-        embedders={"torch": hash_embedding_cls(), "int8": hash_embedding_cls(), "bf16": hash_embedding_cls()},
+        embedders={name: hash_embedding_cls() for name in configs},
         cross_encoders={name: load_cross_encoder(str(path), device="cpu", backend=cfg.rerank.backend, max_length=64) for name, cfg in configs.items()},
         reranker=how,
     )
 
     ingest = measure_ingest(parts, train, passages=25, rounds=2)
     assert ingest["texts"] == 25 and ingest["torch_texts_per_s"] > 0 and ingest["int8_texts_per_s"] > 0
-    assert ingest["cos_mean"] == pytest.approx(1.0) and ingest["bf16_cos_mean"] == pytest.approx(1.0)  # the same embedder thrice: the same vectors
+    assert ingest["cos_mean"] == pytest.approx(1.0) and ingest["bf16_cos_mean"] == pytest.approx(1.0) == ingest["int8_torch_cos_mean"]  # the same embedder four times: the same vectors
 
     kb = build_kb(parts, "int8", train)
     try:
@@ -341,6 +341,7 @@ def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, has
         rerank = measure_rerank(parts, lists, rounds=1)
         assert rerank["pairs"] == 24 and rerank["queries"] == 3 and rerank["batch"] == config.rerank.batch_size and rerank["int8_pairs_per_s"] > 0
         assert rerank["bf16_pairs_per_s"] > 0 and -1.0 <= rerank["bf16_logit_corr"] <= 1.0  # a random tiny head: its fidelity is measured on real weights (tests/pipeline/test_models.py)
+        assert rerank["int8_torch_pairs_per_s"] > 0 and -1.0 <= rerank["int8_torch_logit_corr"] <= 1.0
         latency = measure_retrieve_rerank(parts, kb, "int8", "int8", questions[:3])
         assert latency["queries"] == 3 and latency["rerank_backend"] == "onnx-int8" and latency["candidates"] == 8
         assert latency["p50_ms"] > 0 and latency["retrieve_p50_ms"] > 0 and latency["rerank_p50_ms"] > 0
@@ -355,6 +356,7 @@ def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, has
     assert mrr["onnx-int8"]["hybrid"] == mrr["torch"]["hybrid"]  # same embedder: retrieval alone cannot differ
     assert quality["delta_ci95"][0] <= quality["mrr10_delta"] <= quality["delta_ci95"][1]
     assert quality["mrr10_delta_bf16"] == pytest.approx(mrr["torch-bf16"]["hybrid+rerank"] - mrr["torch"]["hybrid+rerank"])
+    assert quality["mrr10_delta_int8_torch"] == pytest.approx(mrr["torch-int8"]["hybrid+rerank"] - mrr["torch"]["hybrid+rerank"])
 
 
 def test_readme_from_a_result():

@@ -1,4 +1,5 @@
-"""pipeline/int8.py: the int8 ONNX export cache, the backend switch, and agreement with torch fp32.
+"""pipeline/int8.py: the int8 export caches (onnxruntime and torch inductor), the backend switch,
+and agreement with torch fp32.
 
 Cache logic runs on a copy of the session's random-weight 2-layer cross-encoder (exports in about
 a second); agreement with torch on the real all-MiniLM-L6-v2 (bi-encoder) and on MiniLM with a
@@ -15,7 +16,7 @@ import pytest
 import pipeline.int8 as int8
 from helpers import TECH_PASSAGES
 from pipeline.config import MINILM, ConfigError, load_config
-from pipeline.int8 import CACHE_DIRNAME, META_NAME, ONNX_NAME, Int8CacheError, Int8CrossEncoder, Int8Embedding, Int8Settings, cache_folder
+from pipeline.int8 import CACHE_DIRNAME, INDUCTOR, META_NAME, ONNX_NAME, PT2_NAME, Int8CacheError, Int8CrossEncoder, Int8Embedding, Int8Settings, cache_folder
 from pipeline.models import resolve_model
 
 QUESTIONS = ["What does a B-tree index speed up?", "How does TCP slow start grow the window?", "What is garbage collection?"]
@@ -112,6 +113,43 @@ def test_damaged_cache_is_refused_with_the_file_and_the_fix(tiny_ce):
     assert Int8CrossEncoder(tiny_ce).predict([("q", "p")]).shape == (1,)
 
 
+def test_inductor_export_is_cached_reused_and_refused_when_damaged(tiny_ce, monkeypatch):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    spy = ExportSpy(monkeypatch)
+    settings = Int8Settings(runtime=INDUCTOR)
+    pairs = list(zip(QUESTIONS * 2, PASSAGES[:6]))
+    first = Int8CrossEncoder(tiny_ce, max_length=64, settings=settings).load()
+    folder = tiny_ce / f"{CACHE_DIRNAME}-inductor"
+    assert first.cache_folder == folder and spy.calls == 1 and not (tiny_ce / CACHE_DIRNAME).exists()
+    meta = json.loads((folder / META_NAME).read_text())
+    assert meta["settings"]["runtime"] == INDUCTOR and {"torchao", "calibration_sha256", "torch"} <= set(meta["settings"])
+    assert meta["int8_probe_cosine"] > 0.95 and meta["fp32_check_max_abs_diff"] < 1e-3
+    logits = first.predict(pairs, batch_size=4, activation_fn=torch.nn.Identity())
+    reference = CrossEncoder(str(tiny_ce), device="cpu", max_length=64).predict(pairs, activation_fn=torch.nn.Identity())
+    assert logits.shape == (6,) and np.max(np.abs(reference - logits)) < 0.05
+    # static activation scales: a pair scores the same alone (run as two copies of itself) as in a batch
+    assert abs(float(first.predict(pairs[1], activation_fn=torch.nn.Identity())) - logits[1]) < 1e-3
+
+    again = Int8CrossEncoder(tiny_ce, max_length=64, settings=settings).load()
+    assert spy.calls == 1, "a matching cache must be reused, not exported again"
+    np.testing.assert_allclose(again.predict(pairs, batch_size=4, activation_fn=torch.nn.Identity()), logits, atol=1e-5)
+
+    pt2_file = folder / PT2_NAME
+    pt2_file.write_bytes(pt2_file.read_bytes()[:1000])  # truncated
+    with pytest.raises(Int8CacheError) as caught:
+        Int8CrossEncoder(tiny_ce, settings=settings).load()
+    assert str(pt2_file) in str(caught.value) and f"delete {folder}" in str(caught.value)
+    pt2_file.write_bytes(b"not a program")  # garbage whose sha256 matches the record
+    meta["pt2_sha256"] = int8._sha256_file(pt2_file)
+    (folder / META_NAME).write_text(json.dumps(meta))
+    with pytest.raises(Int8CacheError, match="torch.export cannot load"):
+        Int8CrossEncoder(tiny_ce, settings=settings).load()
+    shutil.rmtree(folder)  # the fix the message names
+    assert Int8CrossEncoder(tiny_ce, max_length=64, settings=settings).predict([("q", "p")]).shape == (1,) and spy.calls == 2
+
+
 def test_package_folders_are_cached_under_the_callers_folder(tmp_path):
     bundled = resolve_model(MINILM)  # site-packages: never written into
     folder = cache_folder(bundled, tmp_path / "int8-cache")
@@ -164,7 +202,13 @@ def test_backend_switch_picks_the_int8_classes(tmp_path, tiny_ce):
     assert isinstance(reranker.load(), Int8CrossEncoder)
     np.testing.assert_allclose(scores, Int8CrossEncoder(tiny_ce, max_length=64).predict([(QUESTIONS[0], p) for p in PASSAGES[:4]], activation_fn=_identity()), rtol=1e-6)
     assert load_config("tiny", ["rerank.backend=onnx"]).rerank.backend == "onnx"  # still accepted
-    with pytest.raises(ConfigError, match="'torch', 'torch-bf16', 'onnx-int8'"):
+    # torch-int8: the same classes on the inductor runtime, with a cache folder of its own
+    inductor_embedder = load_embedder(load_config("tiny", [*run, "index.backend=torch-int8"]))
+    assert isinstance(inductor_embedder, Int8Embedding) and inductor_embedder.settings.runtime == INDUCTOR and not inductor_embedder.loaded
+    inductor_ce = CrossEncoderReranker.from_config(load_config("tiny", [*run, "rerank.backend=torch-int8", f"rerank.model={tiny_ce}"]))
+    assert inductor_ce.backend == "torch-int8" and not inductor_ce.loaded
+    assert cache_folder(tiny_ce, runtime=INDUCTOR) == tiny_ce / f"{CACHE_DIRNAME}-inductor" != cache_folder(tiny_ce)
+    with pytest.raises(ConfigError, match="'torch', 'torch-bf16', 'onnx-int8', 'torch-int8'"):
         load_config("tiny", ["index.backend=int8"])
 
 
@@ -214,12 +258,13 @@ def test_batch_embedding_orders_texts_by_length_and_returns_them_in_the_given_or
 
 
 @pytest.mark.realweights
-def test_int8_minilm_embeddings_agree_with_torch(tmp_path_factory):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "inductor"])
+def test_int8_minilm_embeddings_agree_with_torch(tmp_path_factory, runtime):
     from pipeline.models import load_embedder
 
     config = load_config("tiny", [f"run_dir={tmp_path_factory.mktemp('int8-run')}"])
     reference = np.asarray(load_embedder(config).get_text_embedding_batch(QUESTIONS + PASSAGES))
-    embedder = Int8Embedding(model_path=resolve_model(MINILM), cache_dir=config.run_dir + "/int8-cache", embed_batch_size=4, threads=2)
+    embedder = Int8Embedding(model_path=resolve_model(MINILM), cache_dir=config.run_dir + "/int8-cache", embed_batch_size=4, threads=2, settings=Int8Settings(runtime=runtime))
     vectors = np.asarray(embedder.get_text_embedding_batch(QUESTIONS + PASSAGES))
     assert vectors.shape == reference.shape == (11, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
