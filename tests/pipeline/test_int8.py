@@ -149,6 +149,10 @@ def test_inductor_export_is_cached_reused_and_refused_when_damaged(tiny_ce, monk
     shutil.rmtree(folder)  # the fix the message names
     assert Int8CrossEncoder(tiny_ce, max_length=64, settings=settings).predict([("q", "p")]).shape == (1,) and spy.calls == 2
 
+    # other settings: exported again; keep_fp32 names the inductor runtime's Linear modules
+    _, meta = int8.ensure_int8(tiny_ce, "cross-encoder", settings=Int8Settings(runtime=INDUCTOR, keep_fp32=(r"^model\.classifier$",)))
+    assert spy.calls == 3 and meta["fp32_modules"] == ["model.classifier"] and meta["settings"]["keep_fp32"] == [r"^model\.classifier$"]
+
 
 def test_package_folders_are_cached_under_the_callers_folder(tmp_path):
     bundled = resolve_model(MINILM)  # site-packages: never written into
