@@ -37,6 +37,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_PROFILE = "smollm2"
 RESOLVED_CONFIG_NAME = "ragft_config.yaml"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+# index.backend / rerank.backend values served by pipeline/int8.py, and the runtime of each
+INT8_BACKENDS = {"onnx-int8": "onnxruntime", "torch-int8": "inductor"}
 
 
 class ConfigError(UserFacingError, ValueError):

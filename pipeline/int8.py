@@ -113,8 +113,6 @@ Runtime = Literal["onnxruntime", "inductor"]
 # the quantized file of each runtime, and the key of its sha256 in ragft_int8.json
 _MODEL_FILE = {ONNXRUNTIME: ONNX_NAME, INDUCTOR: PT2_NAME}
 _SHA_KEY = {ONNXRUNTIME: "onnx_sha256", INDUCTOR: "pt2_sha256"}
-# index.backend / rerank.backend values served by this module, and the runtime of each
-INT8_BACKENDS = {"onnx-int8": ONNXRUNTIME, "torch-int8": INDUCTOR}
 # what the inductor runtime's activation scales are calibrated on (see _calibration_batches)
 CALIBRATION_FILE = Path(__file__).with_name("int8_calibration.jsonl")
 CACHE_ENV = "RAGFT_INT8_CACHE"

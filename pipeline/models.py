@@ -38,7 +38,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from pipeline.config import MINILM, Config
+from pipeline.config import INT8_BACKENDS, MINILM, Config
 from pipeline.errors import UserFacingError
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `--help` and config errors must be instant
@@ -242,8 +242,8 @@ def load_embedder(config: Config, *, reference: str | None = None) -> "BaseEmbed
 
     reference = check_model_source(config, reference or config.index.embed_model, "index.embed_model")
     path = resolve_model(reference)
-    if config.index.backend in ("onnx-int8", "torch-int8"):
-        from pipeline.int8 import INT8_BACKENDS, Int8Embedding, Int8Settings
+    if config.index.backend in INT8_BACKENDS:
+        from pipeline.int8 import Int8Embedding, Int8Settings
 
         if not Path(path).is_dir():  # a hub id left unresolved: only a local folder can be exported
             raise ModelLoadError(f"index.backend={config.index.backend} exports a local model folder, and {reference!r} is not on this machine. Fix: download it first (`huggingface-cli download {reference}`) or --set index.backend=torch")
@@ -991,8 +991,8 @@ def load_cross_encoder(
     holds no ONNX file); `backend="torch-bf16"` loads the weights in bfloat16. `backend="onnx-int8"` (or `"torch-int8"`, the inductor runtime) returns pipeline.int8's `Int8CrossEncoder`, whose
     `predict` is CrossEncoder's (exported and quantized on first use, cached in the model folder or,
     when that is read-only, in `int8_cache_dir`); it needs a trained head (num_labels None or 1)."""
-    if backend in ("onnx-int8", "torch-int8"):
-        from pipeline.int8 import INT8_BACKENDS, Int8CrossEncoder, Int8Settings
+    if backend in INT8_BACKENDS:
+        from pipeline.int8 import Int8CrossEncoder, Int8Settings
 
         path = resolve_model(reference)
         if not Path(path).is_dir():
