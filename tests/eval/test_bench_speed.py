@@ -28,10 +28,12 @@ from eval.bench_speed import (
     generation_rows,
     main,
     measure_ingest,
+    measure_one_query,
     measure_quality,
     measure_rerank,
     measure_retrieve_rerank,
     plain_generate,
+    quickest,
     readme_text,
     reranker_sources,
     targets_table,
@@ -86,6 +88,12 @@ def test_the_headline_is_the_faster_of_int8_and_bf16_and_bf16s_quality_is_report
     assert "400.0 (torch-bf16)" in text and "50.0 (onnx-int8)" in text and "bf16: 0.8010, delta +0.0010" in text and "bf16 400 (cos 0.99990)" in text
 
 
+def test_quickest_is_the_short_name_of_the_lowest_p50_and_the_first_on_a_tie():
+    assert quickest({"onnx-int8": 4.0, "torch-int8": 2.5, "torch": 9.0}) == "int8_torch"
+    assert quickest({"onnx-int8": 3.0, "torch-int8": 3.0}) == "int8"
+    assert quickest({"torch": 1.0, "torch-bf16": 2.0}) == "torch"
+
+
 def test_first_token_latency_waits_for_the_first_words_and_drains_each_stream():
     import time
     from types import SimpleNamespace
@@ -129,7 +137,12 @@ class _FakeKB:
 
 def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_dir, capsys):
     data = _write_splits(tmp_path / "data", demo_dir, {"train": 30, "val": 12, "test": 5})
-    detail, calls, kb = _detail(), {}, _FakeKB()
+    detail, calls, kbs = _detail(), {"kb": []}, []
+
+    def fake_kb(parts, backend, train):
+        calls["kb"].append(backend)
+        kbs.append(_FakeKB())
+        return kbs[-1]
 
     def fake_generate(parts, kb, embed_backend, questions, *, new_tokens, log, references):
         print("a library printing to stdout")  # must not reach the JSON on stdout
@@ -143,7 +156,10 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
 
     monkeypatch.setattr(bench_speed, "load_parts", lambda *a, **k: Parts(configs={"torch": None, "int8": None}, embedders={}, cross_encoders={}, reranker="fake"))
     monkeypatch.setattr(bench_speed, "measure_ingest", lambda parts, train, *, passages, rounds: calls.setdefault("ingest", (len(train[:passages]), rounds)) and detail["ingest"])
-    monkeypatch.setattr(bench_speed, "build_kb", lambda parts, backend, train: calls.setdefault("kb", backend) and kb)
+    monkeypatch.setattr(bench_speed, "build_kb", fake_kb)
+    # one query: torch-int8 embeds a question fastest (not onnx-int8, the faster one on batches), onnx-int8 reranks its list fastest
+    one_query = {"queries": 12, "embed_p50_ms": {"onnx-int8": 4.0, "torch-int8": 2.5, "torch-bf16": 6.0, "torch": 9.0}, "rerank_p50_ms": {"onnx-int8": 40.0, "torch-int8": 41.0, "torch-bf16": 70.0, "torch": 120.0}}
+    monkeypatch.setattr(bench_speed, "measure_one_query", lambda parts, lists: one_query)
     monkeypatch.setattr(bench_speed, "candidate_lists", lambda config, kb, questions: [(q, []) for q in questions])
     monkeypatch.setattr(bench_speed, "measure_rerank", lambda parts, lists, *, rounds: detail["rerank"])
     monkeypatch.setattr(bench_speed, "measure_retrieve_rerank", fake_latency)
@@ -159,13 +175,15 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
     assert all(key in result for key in FIGURES)
     assert result["ingest_speedup"] == round(result["ingest_per_s"] / result["ingest_per_s_baseline"], 3) == 3.0
     assert result["rerank_speedup"] == 0.25 and result["generate_speedup"] == 3.5
-    # the faster backend of each measured section is the one used next: int8 embedder, torch cross-encoder
-    assert calls["kb"] == "int8" and calls["latency"] == ("int8", "torch", 12)
+    # the faster backend on batches embeds the shared index (int8); the latency is measured with the
+    # quickest of each on one query, over an index of its own embedder, closed afterwards
+    assert calls["kb"] == ["int8", "int8_torch"] and calls["latency"] == ("int8_torch", "int8", 12)
+    assert result["detail"]["one_query"] == one_query and all(kb.closed for kb in kbs)
     assert calls["ingest"] == (30, SAMPLES["quick"]["rounds"]) and calls["generate"] == (12, 48) and calls["references"] == 12
     assert sorted(calls["quality"]) == list(range(12))  # every val question: 100 asked, 12 there
     assert result["samples"]["passages"] == 30 and result["samples"]["questions"] == 12 and result["samples"]["new_tokens"] == 48
     assert set(result["seconds"]) == {"setup", "ingest", "index", "rerank", "retrieve_rerank", "generate", "quality"}
-    assert result["detail"]["compare"] is None and result["mode"] == "quick" and kb.closed
+    assert result["detail"]["compare"] is None and result["mode"] == "quick"
     assert result["machine"]["cpus"] == os.cpu_count() and result["machine"]["torch_threads"] >= 1
     assert isinstance(result["git_revision"], str) and len(result["git_revision"]) >= 7
     assert result["command"].startswith("python -m eval.bench speed --quick --data ")
@@ -175,6 +193,7 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
     assert result["command"] in text and result["git_revision"] in text and f"wall time {result['wall_s']:.0f} s" in text
     assert "| ingest: embedder passages/s | 300.0 (onnx-int8) | 100.0 (torch fp32) | 3.00x |" in text
     assert '"mrr10_delta": -0.03' in text
+    assert "embed the question onnx-int8 4.0 ms, torch-int8 2.5 ms, torch-bf16 6.0 ms, torch 9.0 ms; score its 20 candidates onnx-int8 40.0 ms" in text
 
     # --from-json renders the same README again without measuring anything
     monkeypatch.setattr(bench_speed, "load_parts", lambda *a, **k: pytest.fail("--from-json must not measure"))
@@ -344,6 +363,9 @@ def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, has
         assert rerank["bf16_pairs_per_s"] > 0 and -1.0 <= rerank["bf16_logit_corr"] <= 1.0  # a random tiny head: its fidelity is measured on real weights (tests/pipeline/test_models.py)
         # a random tiny head's logits barely vary, so their correlation says little; it must still be a number
         assert rerank["int8_torch_pairs_per_s"] > 0 and math.isfinite(rerank["int8_torch_logit_corr"])
+        one_query = measure_one_query(parts, lists)
+        assert one_query["queries"] == 3 and set(one_query["embed_p50_ms"]) == set(one_query["rerank_p50_ms"]) == {"onnx-int8", "torch-int8", "torch-bf16", "torch"}
+        assert all(ms > 0 for ms in [*one_query["embed_p50_ms"].values(), *one_query["rerank_p50_ms"].values()])
         latency = measure_retrieve_rerank(parts, kb, "int8", "int8", questions[:3])
         assert latency["queries"] == 3 and latency["rerank_backend"] == "onnx-int8" and latency["candidates"] == 8
         assert latency["p50_ms"] > 0 and latency["retrieve_p50_ms"] > 0 and latency["rerank_p50_ms"] > 0
