@@ -30,7 +30,7 @@ the dynamic onnxruntime path's: seed val, open book over 1,806 answers, dense MR
 -0.0009 [-0.0117, +0.0095] for the base MiniLM (onnxruntime -0.0051 [-0.0172, +0.0063]) and
 +0.0033 [-0.0066, +0.0136] for the fine-tuned embedder (onnxruntime -0.0004; one-off scripts, AMD
 EPYC). `python -m eval.bench speed` measures both runtimes in one process; in
-results/bench/speed.json (AMD EPYC, 2 cores) the fine-tuned embedder ran at 415 texts/s against
+results/bench/speed-4def86b.json (AMD EPYC, 2 cores) the fine-tuned embedder ran at 415 texts/s against
 onnxruntime's 349 (fp32 124), the 4-layer cross-encoder at 513 pairs/s against 458 (fp32 181),
 logit correlation with fp32 0.9926. One query alone takes longer (3-4.5 ms against 1.5-2.3 ms):
 each compiled kernel starts its threads for two rows. Each runtime has its own cache folder
