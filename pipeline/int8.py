@@ -115,6 +115,13 @@ _MODEL_FILE = {ONNXRUNTIME: ONNX_NAME, INDUCTOR: PT2_NAME}
 _SHA_KEY = {ONNXRUNTIME: "onnx_sha256", INDUCTOR: "pt2_sha256"}
 # what the inductor runtime's activation scales are calibrated on (see _calibration_batches)
 CALIBRATION_FILE = Path(__file__).with_name("int8_calibration.jsonl")
+# The attention both runtimes trace: for onnxruntime the plain MatMul/Softmax pattern its fusions
+# know; for inductor too, which fuses the mask, softmax and scaling around two bmm calls where
+# torch's CPU flash attention took 27% of the int8 cross-encoder's time on 20 rows of ~70 tokens
+# (torch.profiler: attention and the fused kernels 300 vs 326 ms of CPU over 20 lists; throughput
+# interleaved with SDPA in two one-off A/Bs of 5 rounds each, 800 seed pairs: +1.6% on the mean
+# both times, 461.5 vs 454.3 and 463.7 vs 456.3 pairs/s; 20 candidates p50 45.3 vs 45.2 ms).
+_ATTENTION = "eager"
 CACHE_ENV = "RAGFT_INT8_CACHE"
 EMBEDDING = "embedding"
 CROSS_ENCODER = "cross-encoder"
@@ -255,8 +262,9 @@ def settings_digest(settings: Int8Settings, kind: str) -> tuple[str, dict[str, A
 
     described = {"format": FORMAT, "kind": kind, **settings.to_dict(), "torch": torch.__version__}
     if settings.runtime == INDUCTOR:
-        # the calibration texts set the activation scales, so they are part of the export
-        described.update(torchao=_torchao().__version__, calibration_sha256=_sha256_file(CALIBRATION_FILE))
+        # the calibration texts set the activation scales, so they are part of the export; so is
+        # the attention implementation traced (exports before it was recorded traced SDPA)
+        described.update(torchao=_torchao().__version__, calibration_sha256=_sha256_file(CALIBRATION_FILE), attention=_ATTENTION)
     else:
         import onnxruntime
 
@@ -359,10 +367,7 @@ def _export(source: Path, kind: str, settings: Int8Settings, out: Path, *, allow
         loader, output = AutoModel, "last_hidden_state"
     tokenizer = AutoTokenizer.from_pretrained(source)
     facts["max_length"] = _max_length(source, tokenizer, model_config, kind)
-    # onnxruntime: eager attention, the plain MatMul/Softmax pattern its fusions know; inductor
-    # compiles torch's fused attention
-    attention = "sdpa" if settings.runtime == INDUCTOR else "eager"
-    model = loader.from_pretrained(source, use_safetensors=safetensors_flag(allow_pickle), attn_implementation=attention).eval()
+    model = loader.from_pretrained(source, use_safetensors=safetensors_flag(allow_pickle), attn_implementation=_ATTENTION).eval()
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
 
     class Wrapped(torch.nn.Module):
