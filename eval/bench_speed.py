@@ -322,10 +322,6 @@ def quickest(p50_ms: Mapping[str, float], n: int = 2) -> list[str]:
     return [by_backend[backend] for backend in sorted(p50_ms, key=p50_ms.get)[:n]]
 
 
-def pair_key(embed_backend: str, rerank_backend: str) -> str:
-    return f"{BACKENDS[embed_backend]} + {BACKENDS[rerank_backend]}"
-
-
 def measure_latency(parts: Parts, kb: Any, kb_backend: str, lists: Sequence[tuple[str, list[Any]]], train: Sequence[dict[str, str]], questions: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(one_query, retrieve_rerank): retrieve + rerank timed with the pair of backends that is
     quickest end to end. The two quickest embedders and cross-encoders on one query alone
@@ -344,10 +340,10 @@ def measure_latency(parts: Parts, kb: Any, kb_backend: str, lists: Sequence[tupl
                 kbs[name] = build_kb(parts, name, train)
         trials = {(e, r): measure_retrieve_rerank(parts, kbs[e], e, r, questions)["p50_ms"] for e in embedders for r in scorers}
         embed_backend, rerank_backend = min(trials, key=trials.get)
-        one_query["pair_p50_ms"] = {pair_key(e, r): round(ms, 2) for (e, r), ms in trials.items()}
+        one_query["pair_p50_ms"] = {f"{BACKENDS[e]} + {BACKENDS[r]}": round(ms, 2) for (e, r), ms in trials.items()}
         return one_query, measure_retrieve_rerank(parts, kbs[embed_backend], embed_backend, rerank_backend, questions)
     finally:
-        for name, other in kbs.items():
+        for other in kbs.values():
             if other is not kb:
                 other.close()
 
