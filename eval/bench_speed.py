@@ -276,10 +276,15 @@ def candidate_lists(config: Config, kb: Any, questions: Sequence[str]) -> list[t
     return [(q, retriever.retrieve(q)) for q in questions]
 
 
-def measure_rerank(parts: Parts, lists: Sequence[tuple[str, list[Any]]], *, rounds: int) -> dict[str, Any]:
+def candidate_pairs(lists: Sequence[tuple[str, list[Any]]]) -> list[list[tuple[str, str]]]:
+    """Each question's (question, node text) pairs, the text the reranking postprocessor scores."""
     from llama_index.core.schema import MetadataMode
 
-    pairs = [(q, hit.node.get_content(metadata_mode=MetadataMode.NONE)) for q, hits in lists for hit in hits]
+    return [[(question, hit.node.get_content(metadata_mode=MetadataMode.NONE)) for hit in hits] for question, hits in lists]
+
+
+def measure_rerank(parts: Parts, lists: Sequence[tuple[str, list[Any]]], *, rounds: int) -> dict[str, Any]:
+    pairs = [pair for pairs in candidate_pairs(lists) for pair in pairs]
     config = parts.configs["torch"]
     detail = cross_encoder_speed(parts.cross_encoders["torch"], parts.cross_encoders["int8"], pairs, batch_size=config.rerank.batch_size, rounds=rounds, others={name: parts.cross_encoders[name] for name in FAST if name != "int8"})
     return {**detail, "queries": len(lists), "max_length": config.rerank.max_length}
@@ -290,29 +295,23 @@ def measure_one_query(parts: Parts, lists: Sequence[tuple[str, list[Any]]]) -> d
     scoring its `rerank.candidates` (question, passage) pairs in one predict call (one warm-up
     each). Batch throughput does not decide latency: onnxruntime embeds one question in ~2 ms
     where the inductor graph, faster on batches, takes ~4 (it runs one row as two)."""
-    from llama_index.core.schema import MetadataMode
-
     from eval.metrics import latency_summary
 
+    def p50_ms(call: Callable[[Any], Any], items: Sequence[Any]) -> float:
+        call(items[0])  # warm-up
+        timings = []
+        for item in items:
+            started = time.perf_counter()
+            call(item)
+            timings.append({"call": time.perf_counter() - started})
+        return round(1000 * latency_summary(timings)["p50_s"], 2)
+
+    batch_size = parts.configs["torch"].rerank.batch_size
+    questions, pair_lists = [question for question, _ in lists], candidate_pairs(lists)
     embed, rerank = {}, {}
-    config = parts.configs["torch"]
-    pair_lists = [[(question, hit.node.get_content(metadata_mode=MetadataMode.NONE)) for hit in hits] for question, hits in lists]
     for name in (*FAST, "torch"):
-        embedder, scorer = parts.embedders[name], parts.cross_encoders[name]
-        embedder.get_query_embedding(lists[0][0])
-        timings = []
-        for question, _ in lists:
-            started = time.perf_counter()
-            embedder.get_query_embedding(question)
-            timings.append({"embed": time.perf_counter() - started})
-        embed[BACKENDS[name]] = round(1000 * latency_summary(timings)["p50_s"], 2)
-        scorer.predict(pair_lists[0], batch_size=config.rerank.batch_size, show_progress_bar=False)
-        timings = []
-        for pairs in pair_lists:
-            started = time.perf_counter()
-            scorer.predict(pairs, batch_size=config.rerank.batch_size, show_progress_bar=False)
-            timings.append({"rerank": time.perf_counter() - started})
-        rerank[BACKENDS[name]] = round(1000 * latency_summary(timings)["p50_s"], 2)
+        embed[BACKENDS[name]] = p50_ms(parts.embedders[name].get_query_embedding, questions)
+        rerank[BACKENDS[name]] = p50_ms(lambda pairs, scorer=parts.cross_encoders[name]: scorer.predict(pairs, batch_size=batch_size, show_progress_bar=False), pair_lists)
     return {"queries": len(lists), "embed_p50_ms": embed, "rerank_p50_ms": rerank}
 
 

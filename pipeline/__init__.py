@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -24,14 +25,14 @@ def _hide_bitsandbytes_without_cuda() -> None:
 _hide_bitsandbytes_without_cuda()
 
 
-class _DropMessages:
+class DropMessages:
     """A logging filter that drops records whose message contains one of `fragments`."""
 
     def __init__(self, *fragments: str):
         self.fragments = fragments
 
-    def filter(self, record: object) -> bool:
-        message = str(getattr(record, "msg", ""))
+    def filter(self, record: "logging.LogRecord") -> bool:
+        message = record.getMessage()
         return not any(fragment in message for fragment in self.fragments)
 
 
@@ -40,11 +41,9 @@ def _quiet_torchao_import() -> None:
     a model, and at import it warns that a CPU build cannot load its CUDA/MX kernel libraries nor
     find Triton, and torch warns about its enum registrations: none concerns ragft, which uses its
     CPU PT2E quantizer only. Only those messages are dropped."""
-    import logging
-
-    logging.getLogger("torchao").addFilter(_DropMessages("Failed to load"))
-    logging.getLogger("torchao.kernel.intmm").addFilter(_DropMessages("Detected no triton"))
-    logging.getLogger("torch.utils._pytree").addFilter(_DropMessages("is an Enum subclass and is now natively supported"))
+    logging.getLogger("torchao").addFilter(DropMessages("Failed to load"))
+    logging.getLogger("torchao.kernel.intmm").addFilter(DropMessages("Detected no triton"))
+    logging.getLogger("torch.utils._pytree").addFilter(DropMessages("is an Enum subclass and is now natively supported"))
 
 
 _quiet_torchao_import()

@@ -78,6 +78,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Literal, Optional, Sequen
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
+from pipeline import DropMessages
 from pipeline.errors import UserFacingError
 from pipeline.fileio import atomic_directory, write_json
 from pipeline.models import ModelLoadError, require_safetensors
@@ -324,13 +325,6 @@ def _max_length(source: Path, tokenizer: Any, model_config: Any, kind: str) -> i
     return int(min(length, positions))
 
 
-class _QuietQuantizer(logging.Filter):
-    # quantize_dynamic logs on the root logger that the model was not "pre-processed" (shape
-    # inference): the export already carries its shapes, and the advice would only alarm
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
-
-
 def _sample_batch(tokenizer: Any, kind: str, *, longer: bool) -> dict[str, Any]:
     """A padded batch: for tracing (2 rows) and, of another shape, for checking the export."""
     first = ["What is a B-tree?", "How does TCP slow start grow the congestion window after a loss?"]
@@ -422,7 +416,9 @@ def _quantize_onnx(wrapped: Any, names: list[str], output: str, tokenizer: Any, 
     del session
     exclude = [n.name for n in _graph_nodes(fp32) if any(re.search(p, n.name) for p in settings.keep_fp32)]
     root = logging.getLogger()
-    quiet = _QuietQuantizer()
+    # quantize_dynamic logs on the root logger that the model was not "pre-processed" (shape
+    # inference): the export already carries its shapes, and the advice would only alarm
+    quiet = DropMessages("pre-processing before quantization")
     root.addFilter(quiet)
     try:
         quantize_dynamic(
