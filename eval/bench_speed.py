@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from eval.bench_int8 import SEED_SPLITS, cross_encoder_speed, embedder_speed
+from eval.bench_int8 import SEED_SPLITS, TokenOrderedCrossEncoder, TokenOrderedEmbedder, cross_encoder_speed, embedder_speed
 from pipeline.config import MINILM, Config, ConfigError, add_config_arguments, config_from_args, config_from_dict
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.errors import UserFacingError, run_cli
@@ -86,14 +86,21 @@ FORMAT = "ragft-bench-speed/1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = {"torch": "torch", "int8": "onnx-int8", "int8_torch": "torch-int8", "bf16": "torch-bf16"}  # short name -> index.backend / rerank.backend
 FAST = ("int8", "int8_torch", "bf16")  # the backends measured against torch fp32; the headline figures are the fastest one's
+# torch fp32 fed batches cut in token-count order, as the int8 backends cut theirs: how much of
+# their speed-up is batching (a reference figure; the baseline stays plain torch fp32)
+TOKEN_ORDER = "torch_token_order"
 INT8 = ("int8", "int8_torch")  # the int8 backends: `mrr10_delta` is the headline cross-encoder's when it is one of them
 # Sample sizes: --quick finishes in under 5 minutes on 2 shared cores; the full run uses whole splits.
 # Both rank every seed val question (270) for the MRR@10 delta: on a sample of 100 one question moving
 # one rank moves the delta by up to 0.005, the target's whole margin (torch-int8 -0.0123 there, -0.0014
 # on all 270); at 270 the quick run took 241 s (quality 107 of them), at 100 185 and 200 s (quality 60-63).
+# The full run generates for every val question too: on 48 prompts the bf16 answers' ROUGE-L delta
+# moved with which passages the prompts carried (-0.0063 [-0.0113, -0.0017] at d5b41b4, -0.0068 at
+# 4def86b, -0.0020 with the onnx-int8 index's passages), too few to tell a cost of ~0.005 from none;
+# on all 270 +0.0015 [-0.0024, +0.0055] (runs/exp/s32/genq.py, README "Speed benchmark"). ~10 more minutes.
 SAMPLES: dict[str, dict[str, int]] = {
     "quick": {"passages": 512, "queries": 20, "prompts": 16, "new_tokens": 48, "questions": 270, "rounds": 2},
-    "full": {"passages": 1264, "queries": 50, "prompts": 48, "new_tokens": 100, "questions": 270, "rounds": 3},
+    "full": {"passages": 1264, "queries": 50, "prompts": 270, "new_tokens": 100, "questions": 270, "rounds": 3},
 }
 # The headline figures, flat at the top of the JSON (tests and the README read these).
 FIGURES = (
@@ -251,7 +258,12 @@ def measure_ingest(parts: Parts, train: Sequence[dict[str, str]], *, passages: i
     from pipeline.index import qa_text
 
     texts = [qa_text(r["question"], r["answer"]) for r in train[:passages]]
-    return embedder_speed(parts.embedders["torch"], parts.embedders["int8"], texts, rounds, others={name: parts.embedders[name] for name in FAST if name != "int8"})
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    others = {name: parts.embedders[name] for name in FAST if name != "int8"}
+    if isinstance(parts.embedders["torch"], HuggingFaceEmbedding):  # the reference counts tokens with its model's tokenizer
+        others[TOKEN_ORDER] = TokenOrderedEmbedder(parts.embedders["torch"])
+    return embedder_speed(parts.embedders["torch"], parts.embedders["int8"], texts, rounds, others=others)
 
 
 def faster(detail: Mapping[str, Any], unit: str, names: Sequence[str] = (*FAST, "torch")) -> str:
@@ -286,7 +298,8 @@ def candidate_pairs(lists: Sequence[tuple[str, list[Any]]]) -> list[list[tuple[s
 def measure_rerank(parts: Parts, lists: Sequence[tuple[str, list[Any]]], *, rounds: int) -> dict[str, Any]:
     pairs = [pair for pairs in candidate_pairs(lists) for pair in pairs]
     config = parts.configs["torch"]
-    detail = cross_encoder_speed(parts.cross_encoders["torch"], parts.cross_encoders["int8"], pairs, batch_size=config.rerank.batch_size, rounds=rounds, others={name: parts.cross_encoders[name] for name in FAST if name != "int8"})
+    others = {**{name: parts.cross_encoders[name] for name in FAST if name != "int8"}, TOKEN_ORDER: TokenOrderedCrossEncoder(parts.cross_encoders["torch"])}
+    detail = cross_encoder_speed(parts.cross_encoders["torch"], parts.cross_encoders["int8"], pairs, batch_size=config.rerank.batch_size, rounds=rounds, others=others)
     return {**detail, "queries": len(lists), "max_length": config.rerank.max_length}
 
 
@@ -746,6 +759,10 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             + f"bf16 {d['ingest']['bf16_texts_per_s']:.0f} (cos {d['ingest']['bf16_cos_mean']:.5f}); rerank int8 {d['rerank']['int8_pairs_per_s']:.0f} pairs/s, "
             + (f"torch-int8 {d['rerank']['int8_torch_pairs_per_s']:.0f} (logit correlation {d['rerank']['int8_torch_logit_corr']:.5f}), " if "int8_torch_pairs_per_s" in d["rerank"] else "")
             + f"bf16 {d['rerank']['bf16_pairs_per_s']:.0f} (logit correlation {d['rerank']['bf16_logit_corr']:.5f})"] if "bf16_texts_per_s" in d["ingest"] and "bf16_pairs_per_s" in d["rerank"] else []),
+        *([f"- batching: torch fp32 fed batches cut by token count, as the int8 backends cut theirs (the baseline, like sentence-transformers, orders by characters): "
+            f"ingest {d['ingest'][TOKEN_ORDER + '_texts_per_s']:.0f} texts/s, rerank {d['rerank'][TOKEN_ORDER + '_pairs_per_s']:.0f} pairs/s; the speed-ups over it, int8's own: "
+            f"ingest {result['ingest_per_s'] / d['ingest'][TOKEN_ORDER + '_texts_per_s']:.2f}x, rerank {result['rerank_pairs_per_s'] / d['rerank'][TOKEN_ORDER + '_pairs_per_s']:.2f}x"]
+          if TOKEN_ORDER + "_texts_per_s" in d["ingest"] and TOKEN_ORDER + "_pairs_per_s" in d["rerank"] else []),
         *([f"- answers against the val references: ROUGE-L {gen['rougeL']['project']:.4f} ({gen['project']['dtype']}) vs {gen['rougeL']['baseline']:.4f} (float32), "
             f"delta {gen['rougeL']['delta']:+.4f} (95% CI [{gen['rougeL']['delta_ci95'][0]:+.4f}, {gen['rougeL']['delta_ci95'][1]:+.4f}]) over {gen['prompts']} prompts"] if "rougeL" in gen else []),
         *([f"- streaming (what the chat UI waits for after retrieval): first words p50 {gen['first_token']['p50_ms']:.0f} ms, max {gen['first_token']['max_ms']:.0f} ms over {gen['first_token']['prompts']} with-context prompts at batch 1"] if "first_token" in gen else []),

@@ -179,6 +179,20 @@ def test_predict_follows_cross_encoder_conventions(tiny_ce):
     assert np.max(np.abs(reference - logits)) < 0.05
 
 
+def test_batches_are_cut_by_token_count_and_padded_as_the_tokenizer_pads(tiny_ce):
+    runtime = Int8CrossEncoder(tiny_ce, max_length=64).load()._runtime
+    # characters and tokens disagree on technical text: the short address is the longest in tokens
+    first, second = ["What is GC?", "Which host?", "What is a B-tree?"], ["Garbage collection frees memory no longer reachable.", "127.0.0.1:8080/a_b-c", "A balanced tree."]
+    encoded = runtime.encode(first, second, 64)
+    counts = [len(ids) for ids in encoded["input_ids"]]
+    assert int8._by_tokens(encoded) == sorted(range(3), key=lambda i: -counts[i])
+    assert counts[1] > counts[0] and len(first[1] + second[1]) < len(first[0] + second[0]), counts
+    padded = runtime.tokenizer(first, second, padding=True, truncation="longest_first", max_length=64, return_tensors="np")
+    out, mask = runtime.run(encoded, [0, 1, 2])
+    np.testing.assert_array_equal(mask, padded["attention_mask"])
+    np.testing.assert_allclose(out, runtime._forward([padded[name].astype(np.int64) for name in runtime.inputs]), rtol=1e-6)
+
+
 def test_sessions_stop_spinning_when_a_run_ends(tiny_ce):
     # an embedder's pool left spinning after its run slows the cross-encoder that runs next
     session = Int8CrossEncoder(tiny_ce, max_length=64, threads=2).load()._runtime.session
@@ -243,9 +257,10 @@ def test_the_index_records_its_embedding_backend(tmp_path):
     assert "backend" in _INDEX_KEYS
 
 
-def test_batch_embedding_orders_texts_by_length_and_returns_them_in_the_given_order(tmp_path, monkeypatch):
-    """get_text_embedding_batch hands LlamaIndex's chunks of embed_batch_size the texts longest
-    first (each chunk of about one length: less padding) and gives each text its own vector back."""
+def test_batch_embedding_orders_texts_by_token_count_and_returns_them_in_the_given_order(tmp_path, monkeypatch):
+    """get_text_embedding_batch hands LlamaIndex's chunks of embed_batch_size the texts with the
+    most tokens first (each chunk of about one length: less padding) and gives each text its own
+    vector back."""
     (tmp_path / "model").mkdir()
     chunks = []
 
@@ -254,10 +269,13 @@ def test_batch_embedding_orders_texts_by_length_and_returns_them_in_the_given_or
         return [[float(len(t)), float(ord(t[0]))] for t in texts]
 
     monkeypatch.setattr(Int8Embedding, "_get_text_embeddings", fake)
+    # tokens per text unrelated to characters, as in technical text (code, numbers, URLs)
+    tokens = {"bb": 9, "a": 1, "dddd": 2, "ccc": 7, "eeeee": 3}
+    monkeypatch.setattr(Int8Embedding, "token_counts", lambda self, texts: [tokens[t] for t in texts])
     embedder = Int8Embedding(model_path=str(tmp_path / "model"), embed_batch_size=2)
     texts = ["bb", "a", "dddd", "ccc", "eeeee"]
     assert embedder.get_text_embedding_batch(texts) == [[float(len(t)), float(ord(t[0]))] for t in texts]
-    assert chunks == [["eeeee", "dddd"], ["ccc", "bb"], ["a"]]
+    assert chunks == [["bb", "ccc"], ["eeeee", "dddd"], ["a"]]
     assert embedder.get_text_embedding_batch([]) == []
 
 
