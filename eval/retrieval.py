@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from eval.metrics import DEFAULT_KS, paired_mean_test, retrieval_per_query, rouge_l_f1, summarize
-from pipeline.config import Config, ConfigError, add_config_arguments, save_resolved_config
+from pipeline.config import RESOLVED_CONFIG_NAME, Config, ConfigError, add_config_arguments, save_resolved_config
 from pipeline.data import SPLITS, load_split
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json
@@ -440,7 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["run"] = run_record("eval.retrieval", argv, started)
         if args.out:
             write_json(args.out, result)
-            save_resolved_config(config, Path(args.out).parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split})
+            # named after the run: the folder may hold a comparison whose ragft_config.yaml describes it (results/seed)
+            out = Path(args.out)
+            save_resolved_config(config, out.parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split}, filename=f"{out.stem}.{RESOLVED_CONFIG_NAME}")
         print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
 
     return run_cli(body)

@@ -575,8 +575,9 @@ def config_digest(config: Config, sections: Sequence[str] | None = None) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def save_resolved_config(config: Config, artifact_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the fully resolved config (and optional facts about the artifact) beside an artifact."""
+def save_resolved_config(config: Config, artifact_dir: str | Path, extra: dict[str, Any] | None = None, *, filename: str = RESOLVED_CONFIG_NAME) -> Path:
+    """Write the fully resolved config (and optional facts about the artifact) beside an artifact,
+    as `filename` (default ragft_config.yaml: what eval.build reads to tell a stale artifact)."""
     from pipeline import __version__
 
     artifact_dir = Path(artifact_dir)
@@ -584,7 +585,7 @@ def save_resolved_config(config: Config, artifact_dir: str | Path, extra: dict[s
     document = {"ragft_version": __version__, "digest": config_digest(config), "config": config.to_dict()}
     if extra:
         document["artifact"] = extra
-    target = artifact_dir / RESOLVED_CONFIG_NAME
+    target = artifact_dir / filename
     atomic_write_text(target, yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
     return target
 

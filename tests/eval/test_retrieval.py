@@ -47,7 +47,8 @@ def test_cli_bm25_json_and_markdown(demo_dir, tmp_path, capsys):
         assert 0.0 <= low <= bm25[metric] <= high <= 1.0
     assert bm25["recall@1"] <= bm25["recall@5"] <= bm25["recall@20"] and bm25["n"] == 47
     assert bm25["recall@5"] > 0.5, "BM25 must find most of the demo answers in its top 5"
-    assert json.loads(out.read_text()) == result and (out.parent / "ragft_config.yaml").is_file()
+    # the run's config is named after it, so a comparison's ragft_config.yaml in the same folder is kept
+    assert json.loads(out.read_text()) == result and (out.parent / f"{out.stem}.ragft_config.yaml").is_file() and not (out.parent / "ragft_config.yaml").exists()
     assert main([*args, "--format", "md"]) == 0
     table = capsys.readouterr().out
     assert "| bm25 | " in table and "recall@1" in table
