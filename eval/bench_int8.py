@@ -63,10 +63,6 @@ def interleaved_rates(works: Mapping[str, Callable[[], Any]], items: int, rounds
     return rates, outputs
 
 
-def _token_order(counts: Sequence[int]) -> list[int]:
-    return sorted(range(len(counts)), key=lambda i: -counts[i])
-
-
 class TokenOrderedEmbedder:
     """A torch embedder (HuggingFaceEmbedding) handed its texts in token-count order, the order
     the int8 path cuts its batches in (sentence-transformers orders by characters): the speed
@@ -78,8 +74,10 @@ class TokenOrderedEmbedder:
         self.embed_batch_size = embedder.embed_batch_size
 
     def get_text_embedding_batch(self, texts: Sequence[str], **kwargs: Any) -> list[list[float]]:
+        from pipeline.int8 import longest_first
+
         model = self.embedder._model  # the SentenceTransformer inside HuggingFaceEmbedding
-        order = _token_order([len(ids) for ids in model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)["input_ids"]])
+        order = longest_first([len(ids) for ids in model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)["input_ids"]])
         vectors = self.embedder.get_text_embedding_batch([texts[i] for i in order], **kwargs)
         out: list[list[float]] = [[]] * len(texts)
         for i, vector in zip(order, vectors):
@@ -97,9 +95,11 @@ class TokenOrderedCrossEncoder:
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, **kwargs: Any) -> Any:
         import numpy as np
 
+        from pipeline.int8 import longest_first
+
         pairs = list(pairs)
         encoded = self.cross_encoder.tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first", max_length=self.cross_encoder.max_length)
-        order = _token_order([len(ids) for ids in encoded["input_ids"]])
+        order = longest_first([len(ids) for ids in encoded["input_ids"]])
         scores = np.zeros(len(pairs), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]

@@ -255,11 +255,11 @@ def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, 
 
 
 def measure_ingest(parts: Parts, train: Sequence[dict[str, str]], *, passages: int, rounds: int) -> dict[str, Any]:
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
     from pipeline.index import qa_text
 
     texts = [qa_text(r["question"], r["answer"]) for r in train[:passages]]
-    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
     others = {name: parts.embedders[name] for name in FAST if name != "int8"}
     if isinstance(parts.embedders["torch"], HuggingFaceEmbedding):  # the reference counts tokens with its model's tokenizer
         others[TOKEN_ORDER] = TokenOrderedEmbedder(parts.embedders["torch"])

@@ -16,7 +16,7 @@ then quantized with onnxruntime's `quantize_dynamic`: int8 weights, one scale pe
 the activations are quantized to uint8 at run time, one scale per tensor and batch. That last point
 means a text's vector depends very slightly on the texts it is batched with (their padding and
 ranges). Batches are cut from the texts ordered by token count (sentence-transformers orders by
-characters, which pads a quarter more on the seed data: `_by_tokens`), so padding stays small.
+characters, which pads a quarter more on the seed data: `longest_first`), so padding stays small.
 
 A second runtime, `Int8Settings(runtime="inductor")` (`index.backend` / `rerank.backend` =
 torch-int8), stays in torch: `torch.export` of the same model (dynamic batch and sequence axes,
@@ -756,13 +756,17 @@ def _open_runtime(folder: Path, meta: dict[str, Any], *, runtime: str, threads: 
     return _OnnxRuntime(folder, meta, threads=threads, source=source, kind=kind)
 
 
+def longest_first(counts: Sequence[int]) -> list[int]:
+    """Indexes by descending count (tokens per text), so that each batch cut from them pads
+    little. Token counts, not characters (what sentence-transformers sorts by): on 1,264 seed
+    passages in batches of 64, char order pads to 1.32x the real tokens, token order to 1.04x; on
+    800 (question, passage) pairs in batches of 32, 1.27x against 1.03x (runs/exp/s33/pad*.py, not
+    in the repository)."""
+    return sorted(range(len(counts)), key=lambda i: -counts[i])
+
+
 def _by_tokens(encoded: dict[str, list[list[int]]]) -> list[int]:
-    """Row indexes, most tokens first, so that each batch cut from them pads little. Token counts,
-    not characters (what sentence-transformers sorts by): on 1,264 seed passages in batches of 64,
-    char order pads to 1.32x the real tokens, token order to 1.04x; on 800 (question, passage)
-    pairs in batches of 32, 1.27x against 1.03x (runs/exp/s33/pad*.py, not in the repository)."""
-    ids = encoded["input_ids"]
-    return sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    return longest_first([len(ids) for ids in encoded["input_ids"]])
 
 
 def _pool(hidden: "np.ndarray", mask: "np.ndarray", modes: Sequence[str]) -> "np.ndarray":
@@ -867,8 +871,7 @@ class Int8Embedding(BaseEmbedding):
         twice (here to count, in `embed` to run): 55 ms for 1,264 seed passages. The onnxruntime
         vectors change with the batching (one activation scale per batch): see README "What each
         part earns"."""
-        counts = self.token_counts(texts)
-        order = sorted(range(len(texts)), key=lambda i: -counts[i])
+        order = longest_first(self.token_counts(texts))
         vectors = super().get_text_embedding_batch([texts[i] for i in order], show_progress=show_progress, **kwargs)
         out: List[List[float]] = [[]] * len(texts)
         for i, vector in zip(order, vectors):
