@@ -193,6 +193,25 @@ def test_batches_are_cut_by_token_count_and_padded_as_the_tokenizer_pads(tiny_ce
     np.testing.assert_allclose(out, runtime._forward([padded[name].astype(np.int64) for name in runtime.inputs]), rtol=1e-6)
 
 
+def test_inputs_are_tokenized_a_window_at_a_time_and_each_is_scored_once(tiny_ce, monkeypatch):
+    import torch
+
+    scorer = Int8CrossEncoder(tiny_ce, max_length=64)
+    pairs = list(zip(QUESTIONS * 2, PASSAGES[:6]))
+    first, second = [a for a, _ in pairs], [b for _, b in pairs]
+    alone = scorer.predict(pairs, batch_size=1, activation_fn=torch.nn.Identity())  # one pair per batch: no batching effect
+    runtime = scorer._runtime
+    everything = runtime.token_counts(first, second, 64)
+    monkeypatch.setattr(int8, "TOKENIZE_WINDOW", 4)
+    chunks = [chunk for chunk, _out, _mask in runtime.batches(first, second, 64, 3)]
+    assert [len(chunk) for chunk in chunks] == [3, 1, 2] and sorted(i for chunk in chunks for i in chunk) == list(range(6))
+    assert all(i < 4 for chunk in chunks[:2] for i in chunk) and all(i >= 4 for i in chunks[2])  # windows of 4 and 2
+    assert [everything[i] for i in chunks[0] + chunks[1]] == sorted(everything[:4], reverse=True)  # token order within a window
+    assert runtime.token_counts(first, second, 64) == everything
+    np.testing.assert_allclose(scorer.predict(pairs, batch_size=1, activation_fn=torch.nn.Identity()), alone, rtol=1e-6)
+    assert scorer.predict(pairs, batch_size=2, show_progress_bar=True).shape == (6,)
+
+
 def test_sessions_stop_spinning_when_a_run_ends(tiny_ce):
     # an embedder's pool left spinning after its run slows the cross-encoder that runs next
     session = Int8CrossEncoder(tiny_ce, max_length=64, threads=2).load()._runtime.session
