@@ -748,8 +748,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
             + ("; the two quickest of each paired, retrieve + rerank p50 " + ", ".join(f"{pair} {ms:.1f} ms" for pair, ms in d["one_query"]["pair_p50_ms"].items())
                + " (the quickest pair timed again above)" if d["one_query"].get("pair_p50_ms") else "")] if d.get("one_query") else []),
         f"- quality, open book, {q['questions']} val questions, corpus of {q['corpus']} answers: MRR@10 of {first} + rerank "
-        f"{q['mrr@10']['torch'][first + '+rerank']:.4f} fp32, {q['mrr@10']['onnx-int8'][first + '+rerank']:.4f} int8: "
-        f"delta {result['mrr10_delta']:+.4f} (95% CI [{q['delta_ci95'][0]:+.4f}, {q['delta_ci95'][1]:+.4f}]); {first} alone "
+        f"{q['mrr@10']['torch'][first + '+rerank']:.4f} fp32, {q['mrr@10']['onnx-int8'][first + '+rerank']:.4f} onnx-int8: "
+        f"delta {q['mrr10_delta']:+.4f} (95% CI [{q['delta_ci95'][0]:+.4f}, {q['delta_ci95'][1]:+.4f}]); {first} alone "
         f"{q['mrr@10']['torch'][first]:.4f} / {q['mrr@10']['onnx-int8'][first]:.4f}"
         + (f"; torch-int8: {q['mrr@10']['torch-int8'][first + '+rerank']:.4f}, delta {q['mrr10_delta_int8_torch']:+.4f} (95% CI [{q['delta_int8_torch_ci95'][0]:+.4f}, {q['delta_int8_torch_ci95'][1]:+.4f}]), {first} alone {q['mrr@10']['torch-int8'][first]:.4f}" if "mrr10_delta_int8_torch" in q else "")
         + (f"; bf16: {q['mrr@10']['torch-bf16'][first + '+rerank']:.4f}, delta {q['mrr10_delta_bf16']:+.4f} (95% CI [{q['delta_bf16_ci95'][0]:+.4f}, {q['delta_bf16_ci95'][1]:+.4f}]), {first} alone {q['mrr@10']['torch-bf16'][first]:.4f}" if "mrr10_delta_bf16" in q else "")

@@ -89,6 +89,22 @@ def test_the_headline_is_the_faster_of_int8_and_bf16_and_bf16s_quality_is_report
     assert "400.0 (torch-bf16)" in text and "50.0 (onnx-int8)" in text and "bf16: 0.8010, delta +0.0010" in text and "bf16 400 (cos 0.99990)" in text
 
 
+def test_with_a_torch_int8_headline_each_backend_line_keeps_its_own_delta():
+    detail = _detail(int8_pairs=50.0)
+    detail["rerank"].update(int8_torch_pairs_per_s=70.0, int8_torch_logit_corr=0.99)
+    detail["quality"].update(mrr10_delta_int8_torch=0.004, delta_int8_torch_ci95=[-0.01, 0.02])
+    detail["quality"]["mrr@10"]["torch-int8"] = {"hybrid": 0.7, "hybrid+rerank": 0.804}
+    out = figures(detail)
+    assert (out["rerank_backend"], out["mrr10_delta"], out["mrr10_delta_backend"]) == ("torch-int8", 0.004, "torch-int8")
+    text = bench_speed.to_markdown({
+        "mode": "quick", "git_revision": "abc", "wall_s": 1.0, "machine": {"cpus": 2, "cpu": "x", "torch_threads": 2, "load_avg_1m_start": 1.0},
+        "samples": {"passages": 4, "rounds": 2, "candidates": 20}, "seconds": {}, "detail": {**detail, "compare": None}, **out,
+    })
+    # onnx-int8's value beside its own delta and interval, torch-int8's beside its own
+    assert "0.7700 onnx-int8: delta -0.0300 (95% CI [-0.0600, +0.0000])" in text
+    assert "torch-int8: 0.8040, delta +0.0040 (95% CI [-0.0100, +0.0200])" in text and "(the headline delta is torch-int8's)" in text
+
+
 def test_quickest_are_the_short_names_of_the_lowest_p50s_the_first_on_a_tie():
     assert quickest({"onnx-int8": 4.0, "torch-int8": 2.5, "torch": 9.0}) == ["int8_torch", "int8"]
     assert quickest({"onnx-int8": 3.0, "torch-int8": 3.0, "torch": 1.0}, n=3) == ["torch", "int8", "int8_torch"]
