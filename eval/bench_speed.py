@@ -97,7 +97,8 @@ INT8 = ("int8", "int8_torch")  # the int8 backends: `mrr10_delta` is the headlin
 # The full run generates for every val question too: on 48 prompts the bf16 answers' ROUGE-L delta
 # moved with which passages the prompts carried (-0.0063 [-0.0113, -0.0017] at d5b41b4, -0.0068 at
 # 4def86b, -0.0020 with the onnx-int8 index's passages), too few to tell a cost of ~0.005 from none;
-# on all 270 +0.0015 [-0.0024, +0.0055] (runs/exp/s32/genq.py, README "Speed benchmark"). ~10 more minutes.
+# on all 270 +0.0015 [-0.0024, +0.0055] (runs/exp/s32/genq.py, README "Speed benchmark"). About 7 more
+# minutes: the generate section took 104 s at d5b41b4 (48 prompts), 539 s at 39559fa (270).
 SAMPLES: dict[str, dict[str, int]] = {
     "quick": {"passages": 512, "queries": 20, "prompts": 16, "new_tokens": 48, "questions": 270, "rounds": 2},
     "full": {"passages": 1264, "queries": 50, "prompts": 270, "new_tokens": 100, "questions": 270, "rounds": 3},
