@@ -74,15 +74,11 @@ class TokenOrderedEmbedder:
         self.embed_batch_size = embedder.embed_batch_size
 
     def get_text_embedding_batch(self, texts: Sequence[str], **kwargs: Any) -> list[list[float]]:
-        from pipeline.int8 import longest_first
+        from pipeline.int8 import in_given_order, longest_first
 
         model = self.embedder._model  # the SentenceTransformer inside HuggingFaceEmbedding
         order = longest_first([len(ids) for ids in model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)["input_ids"]])
-        vectors = self.embedder.get_text_embedding_batch([texts[i] for i in order], **kwargs)
-        out: list[list[float]] = [[]] * len(texts)
-        for i, vector in zip(order, vectors):
-            out[i] = vector
-        return out
+        return in_given_order(order, self.embedder.get_text_embedding_batch([texts[i] for i in order], **kwargs))
 
 
 class TokenOrderedCrossEncoder:

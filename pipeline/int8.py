@@ -677,13 +677,17 @@ class _Runtime:
             arrays[name] = array
         return self._forward([arrays[name] for name in self.inputs]), arrays["attention_mask"]
 
-    def batches(self, first: Sequence[str], second: Sequence[str] | None, max_length: int, batch_size: int) -> Iterator[tuple[list[int], "np.ndarray", "np.ndarray"]]:
-        """(indexes into the inputs, model output, attention mask) of each batch: every
-        TOKENIZE_WINDOW inputs are tokenized at once and cut into batches by token count, so a
-        million inputs never hold a million encodings."""
+    def _windows(self, first: Sequence[str], second: Sequence[str] | None, max_length: int) -> Iterator[tuple[int, dict[str, list[list[int]]]]]:
+        """(offset, encodings) of every TOKENIZE_WINDOW inputs, so that a million inputs never hold
+        a million encodings."""
         for offset in range(0, len(first), TOKENIZE_WINDOW):
             window = slice(offset, offset + TOKENIZE_WINDOW)
-            encoded = self.encode(first[window], None if second is None else second[window], max_length)
+            yield offset, self.encode(first[window], None if second is None else second[window], max_length)
+
+    def batches(self, first: Sequence[str], second: Sequence[str] | None, max_length: int, batch_size: int) -> Iterator[tuple[list[int], "np.ndarray", "np.ndarray"]]:
+        """(indexes into the inputs, model output, attention mask) of each batch, cut from each
+        window of inputs in token-count order."""
+        for offset, encoded in self._windows(first, second, max_length):
             order = _by_tokens(encoded)
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
@@ -691,12 +695,8 @@ class _Runtime:
                 yield [offset + i for i in chunk], out, mask
 
     def token_counts(self, first: Sequence[str], second: Sequence[str] | None, max_length: int) -> list[int]:
-        """Tokens of each input (truncated at max_length), TOKENIZE_WINDOW at a time."""
-        counts: list[int] = []
-        for offset in range(0, len(first), TOKENIZE_WINDOW):
-            window = slice(offset, offset + TOKENIZE_WINDOW)
-            counts += [len(ids) for ids in self.encode(first[window], None if second is None else second[window], max_length)["input_ids"]]
-        return counts
+        """Tokens of each input (truncated at max_length)."""
+        return [len(ids) for _, encoded in self._windows(first, second, max_length) for ids in encoded["input_ids"]]
 
     def _forward(self, inputs: list["np.ndarray"]) -> "np.ndarray":
         raise NotImplementedError
@@ -792,6 +792,14 @@ def longest_first(counts: Sequence[int]) -> list[int]:
 
 def _by_tokens(encoded: dict[str, list[list[int]]]) -> list[int]:
     return longest_first([len(ids) for ids in encoded["input_ids"]])
+
+
+def in_given_order(order: Sequence[int], values: Sequence[Any]) -> list[Any]:
+    """`values` computed for the inputs taken in `order`, put back in the inputs' own order."""
+    out: list[Any] = [None] * len(order)
+    for i, value in zip(order, values):
+        out[i] = value
+    return out
 
 
 def _pool(hidden: "np.ndarray", mask: "np.ndarray", modes: Sequence[str]) -> "np.ndarray":
@@ -897,11 +905,7 @@ class Int8Embedding(BaseEmbedding):
         vectors change with the batching (one activation scale per batch): see README "What each
         part earns"."""
         order = longest_first(self.token_counts(texts))
-        vectors = super().get_text_embedding_batch([texts[i] for i in order], show_progress=show_progress, **kwargs)
-        out: List[List[float]] = [[]] * len(texts)
-        for i, vector in zip(order, vectors):
-            out[i] = vector
-        return out
+        return in_given_order(order, super().get_text_embedding_batch([texts[i] for i in order], show_progress=show_progress, **kwargs))
 
     def _get_query_embedding(self, query: str) -> List[float]:
         return self.embed([query])[0].tolist()
@@ -995,8 +999,8 @@ class Int8CrossEncoder:
         if show_progress_bar:
             from tqdm.auto import tqdm
 
-            windows = [min(TOKENIZE_WINDOW, len(pairs) - offset) for offset in range(0, len(pairs), TOKENIZE_WINDOW)]
-            steps = tqdm(steps, total=sum(-(-n // batch_size) for n in windows), desc="rerank (int8)", unit="batch")
+            batches = sum(-(-min(TOKENIZE_WINDOW, len(pairs) - offset) // batch_size) for offset in range(0, len(pairs), TOKENIZE_WINDOW))
+            steps = tqdm(steps, total=batches, desc="rerank (int8)", unit="batch")
         for chunk, out, _mask in steps:
             logits[chunk] = out.reshape(len(chunk), labels)
         scores = _activate(logits, activation_fn, apply_softmax)
