@@ -26,7 +26,7 @@ PRECOMPILE := import pipeline, pytest, torch, transformers, peft, trl, accelerat
 	from sentence_transformers import SentenceTransformer, CrossEncoder, SentenceTransformerTrainer; \
 	from llama_index.vector_stores.chroma import ChromaVectorStore; from llama_index.retrievers.bm25 import BM25Retriever; \
 	from llama_index.embeddings.huggingface import HuggingFaceEmbedding; \
-	import pipeline.models, pipeline.index, pipeline.engine, pipeline.int8, eval.compare, eval.build, eval.score, finetune.generator, finetune.embedder
+	import pipeline.models, pipeline.index, pipeline.engine, pipeline.int8, eval.compare, eval.build, eval.score, finetune.generator, finetune.embedder, finetune.ql_reranker, rerank.query_likelihood
 
 $(VENV)/.ragft-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)

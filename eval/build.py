@@ -11,7 +11,7 @@
 What each system needs follows from its `pipeline.systems.SystemSpec`, never from its name:
 a generator or a rewriter needs the base LM; `retrieve` needs the knowledge base (and, for a
 system that searches the fine-tuned embedder's index, that embedder and its index); `rerank` the
-cross-encoder; generator `plain` / `raft` their LoRA adapters; rewriting (or the agent loop, whose
+reranker rerank.kind names (the cross-encoder, or the query-likelihood adapter); generator `plain` / `raft` their LoRA adapters; rewriting (or the agent loop, whose
 retries rewrite) with `rewriter_adapter` the rewriter adapter. Builders, in dependency order:
 
 | artifact | path (config) | builder |
@@ -22,7 +22,8 @@ retries rewrite) with `rewriter_adapter` the rewriter adapter. Builders, in depe
 | doc2query | finetune.doc2query.output | finetune.doc2query.build_doc2query (only when a synthetic-question setting of the embedder or the reranker names that file) |
 | embedder | finetune.embedder.output | finetune.embedder.run (hard negatives mined from `index`) |
 | index-finetuned | index.finetuned_dir | pipeline.index.ingest with the fine-tuned embedder |
-| reranker | rerank.model | finetune.reranker.run (only when it is finetune.reranker.output) |
+| reranker | rerank.model | finetune.reranker.run (rerank.kind cross-encoder; only when it is finetune.reranker.output) |
+| ql-reranker | rerank.model | finetune.ql_reranker.train_ql_reranker (rerank.kind query-likelihood; only when it is finetune.ql_reranker.output) |
 | generator-plain | finetune.generator.output | finetune.generator.train_generator(mode="plain") |
 | generator-raft | finetune.raft.output | finetune.generator.train_generator(mode="raft") |
 | rewriter | rewrite.adapter | finetune.rewriter.train_rewriter (only when it is finetune.rewriter.output) |
@@ -55,7 +56,7 @@ from pipeline.fileio import write_json
 from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 
 STAMP_NAME = "ragft_build.json"
-ORDER = ("data", "base_lm", "index", "doc2query", "embedder", "index-finetuned", "reranker", "generator-plain", "generator-raft", "rewriter")
+ORDER = ("data", "base_lm", "index", "doc2query", "embedder", "index-finetuned", "reranker", "ql-reranker", "generator-plain", "generator-raft", "rewriter")
 
 # Settings each artifact depends on (dotted keys; "section.sub.*" means every key of that
 # sub-section except `output`, which only says where the artifact goes). Performance knobs that
@@ -73,13 +74,14 @@ ARTIFACT_KEYS: dict[str, tuple[str, ...]] = {
     "embedder": ("finetune.embedder.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS),
     "index-finetuned": _INDEX_KEYS,  # read from the derived config: embed_model is the fine-tuned embedder
     "reranker": ("finetune.reranker.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS),
+    "ql-reranker": (*_LM_KEYS, "finetune.ql_reranker.*"),
     "generator-plain": (*_LM_KEYS, "finetune.generator.*"),
     "generator-raft": (*_LM_KEYS, "finetune.generator.*", "finetune.raft.*", "generator.max_passage_chars", "generator.context_top_k", "retrieve.*", "rerank.enabled", "rerank.candidates", "rerank.top_n", "rerank.max_length", "rerank.retrieval_weight", *_INDEX_KEYS),
     "rewriter": (*_LM_KEYS, "finetune.rewriter.*"),
 }
 _IGNORED_SUBKEYS = {"output", "torch_threads"}
 # Splits each trained artifact reads (the index reads data.knowledge_splits).
-ARTIFACT_SPLITS = {"embedder": ("train", "val"), "reranker": ("train", "val"), "generator-plain": ("train", "val"), "generator-raft": ("train", "val"), "rewriter": ("train", "val")}
+ARTIFACT_SPLITS = {"embedder": ("train", "val"), "reranker": ("train", "val"), "ql-reranker": ("train", "val"), "generator-plain": ("train", "val"), "generator-raft": ("train", "val"), "rewriter": ("train", "val")}
 UPSTREAM = {
     "index": (),
     "base_lm": (),
@@ -87,6 +89,7 @@ UPSTREAM = {
     "embedder": ("index",),
     "index-finetuned": ("embedder",),
     "reranker": ("index",),
+    "ql-reranker": ("base_lm",),
     "generator-plain": ("base_lm",),
     # generator-raft: base_lm, index, and what its contexts come from: upstream_of
     "rewriter": ("base_lm",),
@@ -151,6 +154,11 @@ def reads_doc2query(config: Config, artifact: str) -> bool:
     return any(_same_path(path, config.finetune.doc2query.output) for _, path in synthetic_inputs(config, artifact))
 
 
+def reranker_artifact(config: Config) -> str:
+    """The artifact that rerank.model is: the cross-encoder or the query-likelihood adapter."""
+    return "ql-reranker" if config.rerank.kind == "query-likelihood" else "reranker"
+
+
 def upstream_of(config: Config, artifact: str) -> tuple[str, ...]:
     """The artifacts `artifact` is built from. RAFT's leave-one-out contexts come from full's own
     retrieval (the reranker when rerank.enabled, the fine-tuned embedder's index when
@@ -162,7 +170,7 @@ def upstream_of(config: Config, artifact: str) -> tuple[str, ...]:
     if artifact != "generator-raft":
         return UPSTREAM.get(artifact, ())
     loo = config.finetune.raft.context == "loo"
-    return ("base_lm", "index", *(("reranker",) if loo and config.rerank.enabled else ()), *(("index-finetuned",) if loo and config.index.finetuned_embedder else ()))
+    return ("base_lm", "index", *((reranker_artifact(config),) if loo and config.rerank.enabled else ()), *(("index-finetuned",) if loo and config.index.finetuned_embedder else ()))
 
 
 def relevant_settings(config: Config | dict[str, Any], artifact: str) -> dict[str, Any]:
@@ -221,13 +229,13 @@ def required_artifacts(config: Config, specs: Sequence[SystemSpec]) -> list[str]
         if uses_finetuned_embedder(config, spec):
             needed.update(("embedder", "index-finetuned"))
         if spec.rerank:
-            needed.add("reranker")
+            needed.add(reranker_artifact(config))
         if spec.generator == "plain":
             needed.add("generator-plain")
         if spec.generator == "raft":
             needed.update(("generator-raft", "index"))
             if config.finetune.raft.context == "loo" and config.rerank.enabled:
-                needed.add("reranker")  # leave-one-out contexts are reranked as in `full`
+                needed.add(reranker_artifact(config))  # leave-one-out contexts are reranked as in `full`
             if config.finetune.raft.context == "loo" and config.index.finetuned_embedder:
                 needed.update(("embedder", "index-finetuned"))  # ... and retrieved as in `full`
         if rewrites and spec.rewriter_adapter and config.rewrite.adapter:
@@ -248,6 +256,7 @@ def artifact_path(config: Config, artifact: str) -> str:
         "embedder": config.finetune.embedder.output,
         "index-finetuned": config.index.finetuned_dir,
         "reranker": config.rerank.model,
+        "ql-reranker": config.rerank.model,
         "generator-plain": config.finetune.generator.output,
         "generator-raft": config.finetune.raft.output,
         "rewriter": config.rewrite.adapter or "",
@@ -280,6 +289,8 @@ def buildable(config: Config, artifact: str) -> bool:
         return config.generator.backend == "hf" and _same_path(config.generator.model, config.finetune.tiny.output)
     if artifact == "reranker":
         return _same_path(config.rerank.model, config.finetune.reranker.output)
+    if artifact == "ql-reranker":
+        return _same_path(config.rerank.model, config.finetune.ql_reranker.output)
     if artifact == "rewriter":
         return bool(config.rewrite.adapter) and _same_path(config.rewrite.adapter, config.finetune.rewriter.output)
     return True
@@ -481,6 +492,13 @@ def _check_external(config: Config, artifact: str) -> Step:
                 f"Set rerank.model={config.finetune.reranker.output} to let eval.compare train it"
             ) from None
         return Step(artifact, path, "external", "a cross-encoder the config names (not finetune.reranker.output)")
+    if artifact == "ql-reranker":
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise BuildError(
+                f"rerank.model={path!r} is not finetune.ql_reranker.output ({config.finetune.ql_reranker.output}), so it is not built here, and it holds no LoRA adapter. "
+                f"Set rerank.model={config.finetune.ql_reranker.output} to let eval.compare train it (rerank.kind is query-likelihood)"
+            )
+        return Step(artifact, path, "external", "a query-likelihood adapter the config names (not finetune.ql_reranker.output)")
     if not Path(path).exists():
         raise BuildError(
             f"rewrite.adapter={path!r} does not exist and is not finetune.rewriter.output ({config.finetune.rewriter.output}), so it is not built here. "
@@ -564,6 +582,10 @@ def _build_one(config: Config, step: Step, log: Callable[[str], None], show_prog
         from finetune.reranker import run
 
         run(config, show_progress=show_progress, log=log)
+    elif artifact == "ql-reranker":
+        from finetune.ql_reranker import train_ql_reranker
+
+        train_ql_reranker(config, output=config.rerank.model, log=log, show_progress=show_progress)
     elif artifact in ("generator-plain", "generator-raft"):
         from finetune.generator import train_generator
 

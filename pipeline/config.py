@@ -117,8 +117,9 @@ class RetrieveConfig:
 
 @dataclass
 class RerankConfig:
-    enabled: bool = option(True, "Rerank retrieved passages with the cross-encoder in systems that use it.")
-    model: str = option("{run_dir}/reranker", "Cross-encoder folder or hub id.")
+    enabled: bool = option(True, "Rerank retrieved passages in systems that use it.")
+    kind: Literal["cross-encoder", "query-likelihood"] = option("cross-encoder", "cross-encoder: a sentence-transformers cross-encoder scores each (question, passage) (finetune.reranker); query-likelihood: the generator's base LM with a LoRA adapter scores log P(question | passage), the mean over the question's tokens (rerank/query_likelihood.py, trained by finetune.ql_reranker; UPR, Sachan et al. 2022).")
+    model: str = option("{run_dir}/reranker", "Cross-encoder folder or hub id (kind cross-encoder), or the LoRA adapter folder of generator.model (kind query-likelihood; eval.compare trains it when this is finetune.ql_reranker.output).")
     candidates: int = option(50, "Passages retrieved before reranking.", POSITIVE)
     top_n: int = option(5, "Passages `full` and its ablations give the generator: the best after reranking, or the retriever's best in a system that does not rerank (the baselines read generator.context_top_k).", POSITIVE)
     batch_size: int = option(32, "(question, passage) pairs scored per batch.", POSITIVE)
@@ -303,6 +304,10 @@ class FinetuneConfig:
     lm_reranker: LmRerankerTrainConfig = field(
         default_factory=lambda: LmRerankerTrainConfig(output="{run_dir}/adapters/lm-reranker", max_seq_length=256),
         metadata={"help": "LoRA fine-tuning of the generator's base LM as a pointwise reranker (python -m finetune.lm_reranker): it reads a (question, passage) and answers yes or no; the score is logit(yes) - logit(no).", "check": None},
+    )
+    ql_reranker: LoraTrainConfig = field(
+        default_factory=lambda: LoraTrainConfig(output="{run_dir}/adapters/ql-reranker", max_seq_length=256),
+        metadata={"help": "LoRA fine-tuning of the generator's base LM as a query-likelihood reranker (python -m finetune.ql_reranker): it reads a train answer and writes the train question; rerank.kind=query-likelihood scores a candidate by the mean log-probability of the question given it.", "check": None},
     )
     embedder: EmbedderTrainConfig = option(EmbedderTrainConfig, "Bi-encoder embedder fine-tuning (finetune.embedder).")
     doc2query: Doc2QueryConfig = option(Doc2QueryConfig, "Synthetic questions per knowledge-base passage, kept by a retrieval consistency filter: extra reranker training pairs (python -m finetune.doc2query).")

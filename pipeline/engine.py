@@ -56,7 +56,7 @@ from pipeline.errors import UserFacingError
 from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 
 if TYPE_CHECKING:
-    from rerank import CrossEncoderReranker
+    from rerank import PairScoringReranker
     from rewrite import QueryRewriter
 
 NOT_FOUND_ANSWER = "I could not find this in the knowledge base, so I cannot answer it from there."
@@ -129,12 +129,15 @@ class Components:
 
         return self._once(("retriever", mode, top_k, finetuned), lambda: build_retriever(self.config, mode=mode, top_k=top_k, kb=self.kb_for(finetuned)))
 
-    def reranker(self) -> "CrossEncoderReranker":
+    def reranker(self) -> "PairScoringReranker":
         def build():
-            from rerank import CrossEncoderReranker
+            from rerank import build_reranker
 
-            self._require(self.config.rerank.model, f"python -m finetune.reranker --config {self.config.profile}", "the cross-encoder reranker")
-            return CrossEncoderReranker.from_config(self.config)
+            if self.config.rerank.kind == "query-likelihood":
+                self._require(self.config.rerank.model, f"python -m finetune.ql_reranker --config {self.config.profile}", "the query-likelihood reranker adapter")
+            else:
+                self._require(self.config.rerank.model, f"python -m finetune.reranker --config {self.config.profile}", "the cross-encoder reranker")
+            return build_reranker(self.config)
 
         return self._once("reranker", build)
 

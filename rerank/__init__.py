@@ -1,10 +1,22 @@
-"""ragft rerank: the cross-encoder node postprocessor."""
+"""ragft rerank: node postprocessors that reorder retrieved passages (a cross-encoder, or the
+base LM's query likelihood), and `build_reranker`, the one that rerank.kind names."""
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA, see pipeline/__init__.py)
 
 from rerank.cross_encoder import (  # noqa: E402
     RERANK_METADATA_KEYS,
     CrossEncoderReranker,
+    PairScoringReranker,
 )
 
-__all__ = ["CrossEncoderReranker", "RERANK_METADATA_KEYS"]
+
+def build_reranker(config, **overrides) -> PairScoringReranker:
+    """The reranker `rerank.kind` names, with the config's settings (nothing is loaded yet)."""
+    if config.rerank.kind == "query-likelihood":
+        from rerank.query_likelihood import QueryLikelihoodReranker
+
+        return QueryLikelihoodReranker.from_config(config, **overrides)
+    return CrossEncoderReranker.from_config(config, **overrides)
+
+
+__all__ = ["CrossEncoderReranker", "PairScoringReranker", "RERANK_METADATA_KEYS", "build_reranker"]

@@ -84,17 +84,18 @@ def interpolated_order(logits: Sequence[float], retrieval_scores: Sequence[Optio
     return order, combined
 
 
-class CrossEncoderReranker(BaseNodePostprocessor):
-    """Rerank retrieved nodes with a sentence-transformers cross-encoder; keep the best `top_n`."""
+class PairScoringReranker(BaseNodePostprocessor):
+    """What every reranker of (question, passage) pairs shares: the logit cache, the
+    interpolation with the retriever's scores, the metadata of each kept node. A subclass says how
+    a model loads (`load`), how it scores pairs the cache lacks (`_score_uncached`) and how a
+    logit maps to the [0, 1] `rerank_score` the agent loop grades (`probability`)."""
 
-    model: str = Field(description="Cross-encoder folder or hub id (resolved offline first by pipeline.models.resolve_model).")
+    model: str = Field(description="The scoring model's folder or hub id.")
     top_n: int = Field(default=5, gt=0, description="Nodes kept after reranking.")
     batch_size: int = Field(default=32, gt=0, description="(question, passage) pairs scored per forward pass.")
-    max_length: int = Field(default=256, gt=0, description="Maximum tokens of a (question, passage) pair; longer pairs are truncated.")
-    retrieval_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="Weight of the retriever's (min-max normalized) score in the order; 0: the cross-encoder alone (see the module doc).")
+    max_length: int = Field(default=256, gt=0, description="Maximum tokens of a (question, passage) pair; longer passages are truncated.")
+    retrieval_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="Weight of the retriever's (min-max normalized) score in the order; 0: the reranker alone (see the module doc).")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
-    backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8", "torch-int8"] = Field(default="torch", description="torch or onnx: sentence-transformers' backends (onnx needs optimum + onnxruntime); torch-bf16: torch with bfloat16 weights; onnx-int8 / torch-int8: pipeline.int8.Int8CrossEncoder on onnxruntime / torch inductor, quantized int8 on the CPU (device is ignored).")
-    int8_cache_dir: Optional[str] = Field(default=None, description="With backend=onnx-int8 / torch-int8: where the export goes when the model folder is read-only ({run_dir}/int8-cache from from_config).")
     show_progress: bool = Field(default=False, description="Show a progress bar while scoring (useful for long candidate lists).")
     allow_pickle_weights: bool = Field(default=False, description="Read pickle weights when the model ships no safetensors (security.allow_pickle_weights).")
     cache_size: int = Field(default=50_000, ge=0, description="(question, passage) logits kept, least recently used dropped; systems that rerank the same candidates (ablations, retries) score each pair once.")
@@ -102,6 +103,90 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     _model: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
     _cache: Any = PrivateAttr(default_factory=OrderedDict)
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> Any:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _score_uncached(self, question: str, passages: list[str]) -> "np.ndarray":  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def probability(logit: float) -> float:
+        return sigmoid(logit)
+
+    def score_pairs(self, question: str, passages: Sequence[str]) -> "np.ndarray":
+        """Raw logits of (question, passage) for each passage; pairs scored before come from the cache."""
+        import numpy as np
+
+        if not passages:
+            return np.zeros(0, dtype=np.float32)
+        with self._lock:
+            known = {p: self._cache[(question, p)] for p in set(passages) if (question, p) in self._cache}
+        missing = list(dict.fromkeys(p for p in passages if p not in known))
+        if missing:
+            scores = self._score_uncached(question, missing)
+            known.update(zip(missing, (float(x) for x in scores)))
+            if self.cache_size:
+                with self._lock:
+                    for passage in missing:
+                        self._cache[(question, passage)] = known[passage]
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+        return np.array([known[p] for p in passages], dtype=np.float32)
+
+    # ----------------------------------------------------------------------------------------
+    # LlamaIndex postprocessor
+    # ----------------------------------------------------------------------------------------
+
+    def _postprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+        if query_bundle is None:
+            raise ValueError(f"{self.class_name()} needs the question: pass query_bundle=QueryBundle(question) or query_str=question")
+        question = query_bundle.query_str
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{self.class_name()}: the question is empty ({question!r}); pass the user's original question")
+        if not nodes:
+            return []
+        passages = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+        logits = self.score_pairs(question, passages)
+        order, combined = interpolated_order(logits, [n.score for n in nodes], self.retrieval_weight)
+        out: list[NodeWithScore] = []
+        for new_rank, i in enumerate(order[: self.top_n], start=1):
+            original = nodes[i]
+            logit = float(logits[i])
+            probability = self.probability(logit)
+            metadata = dict(original.node.metadata)
+            metadata.update(
+                {
+                    RETRIEVAL_RANK: i + 1,
+                    RETRIEVAL_SCORE: None if original.score is None else float(original.score),
+                    RERANK_SCORE: probability,
+                    RERANK_LOGIT: logit,
+                    RERANK_RANK: new_rank,
+                    RERANK_COMBINED: combined[i],
+                }
+            )
+            # a copy with fresh metadata and exclusion lists: the caller's node is untouched
+            node = original.node.model_copy(
+                update={
+                    "metadata": metadata,
+                    "excluded_embed_metadata_keys": _with_keys(original.node.excluded_embed_metadata_keys),
+                    "excluded_llm_metadata_keys": _with_keys(original.node.excluded_llm_metadata_keys),
+                }
+            )
+            out.append(NodeWithScore(node=node, score=probability))
+        return out
+
+
+class CrossEncoderReranker(PairScoringReranker):
+    """Rerank retrieved nodes with a sentence-transformers cross-encoder; keep the best `top_n`."""
+
+    model: str = Field(description="Cross-encoder folder or hub id (resolved offline first by pipeline.models.resolve_model).")
+    backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8", "torch-int8"] = Field(default="torch", description="torch or onnx: sentence-transformers' backends (onnx needs optimum + onnxruntime); torch-bf16: torch with bfloat16 weights; onnx-int8 / torch-int8: pipeline.int8.Int8CrossEncoder on onnxruntime / torch inductor, quantized int8 on the CPU (device is ignored).")
+    int8_cache_dir: Optional[str] = Field(default=None, description="With backend=onnx-int8 / torch-int8: where the export goes when the model folder is read-only ({run_dir}/int8-cache from from_config).")
 
     @classmethod
     def class_name(cls) -> str:
@@ -134,14 +219,6 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         reranker._model = model
         return reranker
 
-    # ----------------------------------------------------------------------------------------
-    # model
-    # ----------------------------------------------------------------------------------------
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
     def load(self) -> "CrossEncoder":
         """Load the cross-encoder now (it is otherwise loaded on first use); thread-safe, once."""
         if self._model is None:
@@ -152,82 +229,25 @@ class CrossEncoderReranker(BaseNodePostprocessor):
                     self._model = load_cross_encoder(self.model, device=self.device, max_length=self.max_length, backend=self.backend, allow_pickle=self.allow_pickle_weights, int8_cache_dir=self.int8_cache_dir)
         return self._model
 
-    def score_pairs(self, question: str, passages: Sequence[str]) -> "np.ndarray":
-        """Raw logits of (question, passage) for each passage, in batches of `batch_size`."""
+    def _score_uncached(self, question: str, passages: list[str]) -> "np.ndarray":
         import numpy as np
         import torch
 
-        if not passages:
-            return np.zeros(0, dtype=np.float32)
-        with self._lock:
-            known = {p: self._cache[(question, p)] for p in set(passages) if (question, p) in self._cache}
-        missing = list(dict.fromkeys(p for p in passages if p not in known))
-        if missing:
-            model = self.load()
-            scores = model.predict(
-                [(question, passage) for passage in missing],
-                batch_size=self.batch_size,
-                show_progress_bar=self.show_progress,
-                activation_fn=torch.nn.Identity(),  # logits: order by them, sigmoid is applied for display
-                convert_to_numpy=True,
+        scores = self.load().predict(
+            [(question, passage) for passage in passages],
+            batch_size=self.batch_size,
+            show_progress_bar=self.show_progress,
+            activation_fn=torch.nn.Identity(),  # logits: order by them, sigmoid is applied for display
+            convert_to_numpy=True,
+        )
+        scores = np.asarray(scores, dtype=np.float32).reshape(len(passages), -1)
+        if scores.shape[1] != 1:
+            raise ValueError(
+                f"CrossEncoderReranker: model {self.model!r} outputs {scores.shape[1]} labels per pair; a reranker "
+                f"needs a one-logit head (num_labels=1). Fix: train one with `python -m finetune.reranker` or use a "
+                f"reranking cross-encoder such as cross-encoder/ms-marco-MiniLM-L6-v2"
             )
-            scores = np.asarray(scores, dtype=np.float32).reshape(len(missing), -1)
-            if scores.shape[1] != 1:
-                raise ValueError(
-                    f"CrossEncoderReranker: model {self.model!r} outputs {scores.shape[1]} labels per pair; a reranker "
-                    f"needs a one-logit head (num_labels=1). Fix: train one with `python -m finetune.reranker` or use a "
-                    f"reranking cross-encoder such as cross-encoder/ms-marco-MiniLM-L6-v2"
-                )
-            known.update(zip(missing, (float(x) for x in scores[:, 0])))
-            if self.cache_size:
-                with self._lock:
-                    for passage in missing:
-                        self._cache[(question, passage)] = known[passage]
-                    while len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
-        return np.array([known[p] for p in passages], dtype=np.float32)
-
-    # ----------------------------------------------------------------------------------------
-    # LlamaIndex postprocessor
-    # ----------------------------------------------------------------------------------------
-
-    def _postprocess_nodes(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
-        if query_bundle is None:
-            raise ValueError("CrossEncoderReranker needs the question: pass query_bundle=QueryBundle(question) or query_str=question")
-        question = query_bundle.query_str
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"CrossEncoderReranker: the question is empty ({question!r}); pass the user's original question")
-        if not nodes:
-            return []
-        passages = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
-        logits = self.score_pairs(question, passages)
-        order, combined = interpolated_order(logits, [n.score for n in nodes], self.retrieval_weight)
-        out: list[NodeWithScore] = []
-        for new_rank, i in enumerate(order[: self.top_n], start=1):
-            original = nodes[i]
-            logit = float(logits[i])
-            probability = sigmoid(logit)
-            metadata = dict(original.node.metadata)
-            metadata.update(
-                {
-                    RETRIEVAL_RANK: i + 1,
-                    RETRIEVAL_SCORE: None if original.score is None else float(original.score),
-                    RERANK_SCORE: probability,
-                    RERANK_LOGIT: logit,
-                    RERANK_RANK: new_rank,
-                    RERANK_COMBINED: combined[i],
-                }
-            )
-            # a copy with fresh metadata and exclusion lists: the caller's node is untouched
-            node = original.node.model_copy(
-                update={
-                    "metadata": metadata,
-                    "excluded_embed_metadata_keys": _with_keys(original.node.excluded_embed_metadata_keys),
-                    "excluded_llm_metadata_keys": _with_keys(original.node.excluded_llm_metadata_keys),
-                }
-            )
-            out.append(NodeWithScore(node=node, score=probability))
-        return out
+        return scores[:, 0]
 
 
 def _with_keys(excluded: Sequence[str]) -> list[str]:

@@ -12,8 +12,9 @@ A variant name is `[rw-][ft-]BASE[+rerank]` with BASE one of dense, bm25, hybrid
 - `ft-` builds the corpus's dense vectors with the fine-tuned embedder (`finetune.embedder.output`,
   written by `python -m finetune.embedder`) instead of `index.embed_model`; BM25 is unchanged;
 - `+rerank` retrieves `rerank.candidates` passages (50) with BASE and reorders all of them with the
-  cross-encoder at `rerank.model` (written by `python -m finetune.reranker`) through
-  `CrossEncoderReranker`, so the metrics at 1..20 are those of the reranked list.
+  reranker `rerank.kind` names at `rerank.model` (the cross-encoder written by `python -m
+  finetune.reranker`, or the query-likelihood adapter written by `python -m finetune.ql_reranker`)
+  through `rerank.build_reranker`, so the metrics at 1..20 are those of the reranked list.
 
 `python -m rerank.evaluate` compares rerankers over one first stage, each at a grid of
 interpolation weights (the ideas table of a reranker experiment):
@@ -31,6 +32,7 @@ passage), so scores are cached per (question, node id) and shared by all `+reran
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
 
 from pipeline.config import Config, ConfigError
@@ -66,6 +68,13 @@ def parse_variant(name: str) -> Variant:
 def check_reranker(config: Config) -> None:
     from pipeline.models import ModelNotFoundError, resolve_model
 
+    if config.rerank.kind == "query-likelihood":
+        if not (Path(config.rerank.model) / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"+rerank variants with rerank.kind=query-likelihood need the LoRA adapter at rerank.model={config.rerank.model}, which does not exist; "
+                f"train it first: python -m finetune.ql_reranker --config {config.profile} (it writes finetune.ql_reranker.output)"
+            )
+        return
     try:
         resolve_model(config.rerank.model, allow_download=False)
     except ModelNotFoundError:
@@ -123,14 +132,14 @@ def evaluate_variants(
 
     from pipeline.index import KnowledgeBase, finetuned_embedder_config
     from pipeline.retrieve import DenseRetriever, build_retriever
-    from rerank.cross_encoder import CrossEncoderReranker
+    from rerank import build_reranker
 
     parsed = {name: parse_variant(name) for name in names}
     if any(v.rerank for v in parsed.values()):
         check_reranker(config)
     if any(v.rewritten for v in parsed.values()) and (rewrites is None or len(rewrites) != len(questions)):
         raise ValueError(f"evaluate_variants: the rw- variants need one list of rewrites per question ({len(questions)}); got {None if rewrites is None else len(rewrites)}")
-    cache = ScoreCache(CrossEncoderReranker.from_config(config))
+    cache = ScoreCache(build_reranker(config))
     bases: dict[bool, tuple[Config, KnowledgeBase]] = {}
     owned: list[KnowledgeBase] = []
     vectors: dict[bool, Any] = {}
@@ -180,10 +189,14 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def load_scorer(config: Config, model: str) -> Any:
     """The (question, passages) -> scores object of a reranker folder: a LoRA adapter folder is the
-    generator's base LM as a pointwise reranker (rerank/lm_pointwise.py), anything else a cross-encoder."""
-    from pathlib import Path
-
+    generator's base LM as a query-likelihood reranker (rerank/query_likelihood.py) when
+    finetune.ql_reranker trained it, else as a pointwise reranker (rerank/lm_pointwise.py);
+    anything else is a cross-encoder."""
     if (Path(model) / "adapter_config.json").is_file():
+        from rerank.query_likelihood import QueryLikelihoodReranker, is_ql_adapter
+
+        if is_ql_adapter(model):
+            return QueryLikelihoodReranker.from_config(config, model=model)
         from rerank.lm_pointwise import LMPointwiseReranker
 
         return LMPointwiseReranker(config, model)
@@ -309,7 +322,7 @@ def build_parser() -> "argparse.ArgumentParser":
     parser.add_argument("--data", metavar="DIR", help="Folder with train/val/test.jsonl (the open-book corpus is every answer). Default: data.dir of the profile.")
     parser.add_argument("--split", choices=["val", "test"], default="val", help="Split whose questions are the queries. Default: val (choose the weight there; report test with --weights W).")
     parser.add_argument("--first-stage", default="ft-dense", metavar="RETRIEVER", help="[ft-](dense|bm25|hybrid): the retriever whose rerank.candidates passages are reordered. Default: ft-dense (full's first stage in the smollm2 profile).")
-    parser.add_argument("--reranker", action="append", default=[], metavar="NAME=DIR", help="A reranker to compare, under a name for the table (repeatable): a cross-encoder folder (python -m finetune.reranker), or a pointwise LoRA adapter of the generator's base LM (python -m finetune.lm_reranker).")
+    parser.add_argument("--reranker", action="append", default=[], metavar="NAME=DIR", help="A reranker to compare, under a name for the table (repeatable): a cross-encoder folder (python -m finetune.reranker), a query-likelihood LoRA adapter of the generator's base LM (python -m finetune.ql_reranker), or a pointwise one (python -m finetune.lm_reranker).")
     parser.add_argument("--weights", default=",".join(str(w) for w in WEIGHTS), metavar="LIST", help=f"Comma-separated first-stage weights in [0, 1]. Default: {','.join(str(w) for w in WEIGHTS)}.")
     parser.add_argument("--format", choices=["md", "json"], default="md", help="Output: a Markdown table or the JSON document. Default: md.")
     parser.add_argument("--out", metavar="FILE", help="Also write the JSON result here (atomically).")

@@ -374,3 +374,47 @@ def test_a_synthetic_file_that_nothing_builds_must_exist_before_training_starts(
         plan_builds(config, ["full"])
     _all_built(config)  # a reranker already trained on it does not read it again
     assert _actions(plan_builds(config, ["full"]))["reranker"] == "reuse"
+
+
+# --------------------------------------------------------------------------------------------
+# rerank.kind=query-likelihood: the reranker is a LoRA adapter of the base LM
+# --------------------------------------------------------------------------------------------
+
+
+def _ql_config(tmp_path, demo_dir, *overrides):
+    return _config(tmp_path, demo_dir, "rerank.kind=query-likelihood", "rerank.model='{run_dir}/adapters/ql-reranker'", *overrides)
+
+
+def test_a_query_likelihood_reranker_is_its_own_artifact_built_from_the_base_lm(tmp_path, demo_dir):
+    config = _ql_config(tmp_path, demo_dir)
+    assert required_artifacts(config, [get_system("full")]) == ["base_lm", "index", "ql-reranker", "generator-raft", "rewriter"]
+    # leave-one-out RAFT contexts are reranked by it too; oracle contexts need no reranker at all
+    assert "ql-reranker" in required_artifacts(config, [get_system("full-no-rerank")])
+    assert "ql-reranker" not in required_artifacts(_ql_config(tmp_path, demo_dir, "finetune.raft.context=oracle"), [get_system("full-no-rerank")])
+    # the cross-encoder's doc2query questions are not generated for a reranker that does not read them
+    output = "'{run_dir}/synthetic/doc2query.jsonl'"
+    assert "doc2query" not in required_artifacts(_ql_config(tmp_path, demo_dir, f"finetune.reranker.distill_synthetic={output}"), [get_system("full")])
+    assert build.upstream_of(config, "ql-reranker") == ("base_lm",)
+    step = {s.artifact: s for s in plan_builds(config, ["full"]).steps}["ql-reranker"]
+    assert (step.action, step.path) == ("build", config.finetune.ql_reranker.output)
+
+
+def test_a_query_likelihood_adapter_is_reused_until_its_training_settings_change(tmp_path, demo_dir):
+    config = _ql_config(tmp_path, demo_dir)
+    for artifact in ("index", "base_lm", "ql-reranker", "generator-plain", "generator-raft", "rewriter"):
+        _fake_artifact(config, artifact)
+    assert _actions(plan_builds(config, ["full"]))["ql-reranker"] == "reuse"
+    changed = plan_builds(_ql_config(tmp_path, demo_dir, "finetune.ql_reranker.epochs=2"), ["full"])
+    assert _actions(changed)["ql-reranker"] == "rebuild" and "finetune.ql_reranker.epochs" in {s.artifact: s.reason for s in changed.steps}["ql-reranker"]
+    # the cross-encoder's settings are not its settings
+    assert _actions(plan_builds(_ql_config(tmp_path, demo_dir, "finetune.reranker.epochs=7"), ["full"]))["ql-reranker"] == "reuse"
+
+
+def test_a_query_likelihood_adapter_named_outside_the_builder_must_exist(tmp_path, demo_dir):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = _config(tmp_path, demo_dir, "rerank.kind=query-likelihood", f"rerank.model={elsewhere}")
+    with pytest.raises(BuildError, match="no LoRA adapter"):
+        plan_builds(config, ["full"])
+    (elsewhere / "adapter_config.json").write_text("{}")
+    assert _actions(plan_builds(config, ["full"]))["ql-reranker"] == "external"

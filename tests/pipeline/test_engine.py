@@ -193,6 +193,24 @@ def test_missing_artifact_names_the_command(tiny_config, tmp_path):
         build_query_engine(config, "full").query("What is a B-tree?")
 
 
+def test_full_reranks_with_the_query_likelihood_reranker_when_the_config_names_it(tiny_config, tmp_path):
+    """rerank.kind=query-likelihood: `full` reorders its candidates by log P(question | passage)
+    under the base LM with the adapter at rerank.model (here the tiny system's rewriter adapter:
+    any LoRA adapter of the base LM scores), and grades the geometric mean token probability."""
+    from rerank.query_likelihood import QueryLikelihoodReranker
+
+    config = dataclasses.replace(tiny_config, rerank=dataclasses.replace(tiny_config.rerank, kind="query-likelihood", model=tiny_config.rewrite.adapter, max_length=200))
+    components = Components(config)
+    response = build_query_engine(config, "full", components=components).query("What is a B-tree?")
+    assert isinstance(components.reranker(), QueryLikelihoodReranker)
+    reranked = response.metadata["rounds"][0]["reranked"]
+    assert len(reranked) == config.rerank.top_n and all(0 < h["rerank_score"] <= 1 for h in reranked)
+    assert [n.node.node_id for n in response.source_nodes] == [h["id"] for h in reranked][: len(response.source_nodes)]
+    missing = dataclasses.replace(config, rerank=dataclasses.replace(config.rerank, model=str(tmp_path / "no-adapter")))
+    with pytest.raises(ArtifactMissingError, match="python -m finetune.ql_reranker --config tiny"):
+        build_query_engine(missing, "full").query("What is a B-tree?")
+
+
 # ------------------------------------------------------------------ citations and streaming clean-up
 
 

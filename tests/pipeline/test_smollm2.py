@@ -224,3 +224,31 @@ def test_prepacked_weights_give_smollm2_the_same_greedy_answers(smollm2_config, 
     assert answers[0] != answers[1] and all(len(a.split()) >= 3 for a in answers[0]), answers  # real answers; the adapter changes them
     layers = {type(m).__name__ for m in packed_lms[0].model.base_model.model.model.layers[0].self_attn.q_proj.modules()}
     assert "PackedLinear" in layers  # the base layer under the LoRA wrapper
+
+
+@needs_gguf
+def test_query_likelihood_of_seed_questions_ranks_their_own_answer_first_zero_shot(smollm2_config, seed_dir, tmp_path):
+    """rerank.kind=query-likelihood on the real LM with a LoRA adapter that changes nothing
+    (LoRA's B starts at zero): plain UPR. Each of 8 seed val questions against its own answer and
+    4 other val answers: log P(question | passage) picks the question's own answer."""
+    import random
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rerank.query_likelihood import QueryLikelihoodReranker
+
+    folder = converted_dir(SMOLLM2, smollm2_config.generator.convert_dir)
+    adapter = tmp_path / "identity-adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(folder), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter, safe_serialization=True)
+    config = dataclasses.replace(smollm2_config, security=dataclasses.replace(smollm2_config.security, model_dirs=[*smollm2_config.security.model_dirs, str(tmp_path)]))
+    reranker = QueryLikelihoodReranker.from_config(config, model=str(adapter))
+    records = [json.loads(line) for line in (seed_dir / "splits" / "val.jsonl").read_text().splitlines()]
+    rng = random.Random(0)
+    firsts = 0
+    for i, record in enumerate(records[:8]):
+        others = rng.sample([r["answer"] for j, r in enumerate(records) if j != i], 4)
+        scores = reranker.score_pairs(record["question"], [record["answer"], *others])
+        assert all(s < 0 for s in scores)
+        firsts += int(scores.argmax() == 0)
+    assert firsts >= 7, firsts
