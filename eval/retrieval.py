@@ -261,7 +261,7 @@ def evaluate_open_book(
             result["retrievers"][name], per_query[name] = _retrieval_summary(ranked[variant], relevant[split], config)
         if stack:
             result["full_stack"] = {name: {"runs": variant, "same_as_full": variant == stack.get("full")} for name, variant in stack.items()}
-            result["settings"]["full"] = {"retrieve.mode": config.retrieve.mode, "rerank.enabled": config.rerank.enabled, "rerank.model": config.rerank.model, "rerank.candidates": config.rerank.candidates, "rerank.retrieval_weight": config.rerank.retrieval_weight, "index.embed_model": config.index.embed_model, "index.finetuned_embedder": config.index.finetuned_embedder, "finetune.embedder.output": config.finetune.embedder.output, "rewrite.mode": config.rewrite.mode, "rewrite.adapter": config.rewrite.adapter if config.rewrite.mode != "none" else None}
+            result["settings"]["full"] = {"retrieve.mode": config.retrieve.mode, "rerank.enabled": config.rerank.enabled, "rerank.kind": config.rerank.kind, "rerank.model": config.rerank.model, "rerank.candidates": config.rerank.candidates, "rerank.retrieval_weight": config.rerank.retrieval_weight, "index.embed_model": config.index.embed_model, "index.finetuned_embedder": config.index.finetuned_embedder, "finetune.embedder.output": config.finetune.embedder.output, "rewrite.mode": config.rewrite.mode, "rewrite.adapter": config.rewrite.adapter if config.rewrite.mode != "none" else None}
         r = config.retrieve
         result["settings"]["hybrid"] = {"fusion": r.fusion, "rrf_k": r.rrf_k, "dense_weight": r.dense_weight, "bm25_weight": r.bm25_weight, "candidates": max(r.candidates, DEPTH)}
         if tune:

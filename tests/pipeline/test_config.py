@@ -39,9 +39,12 @@ def test_default_profile_is_smollm2_and_offline():
     assert config.generator.load_in_4bit is False
     assert config.index.embed_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert config.finetune.raft.context == "oracle" and config.finetune.raft.num_passages == config.rerank.top_n  # chosen on seed val
-    assert config.retrieve.mode == "dense" and config.rerank.retrieval_weight == 0.5 and config.agent.grade_threshold == 0.6
-    # chosen on seed val (open book): the fine-tuned embedder earns its place, no cross-encoder does over it
-    assert config.index.finetuned_embedder is True and config.finetune.embedder.epochs == 3 and config.rerank.enabled is False
+    assert config.retrieve.mode == "dense" and config.rerank.retrieval_weight == 0.3 and config.agent.grade_threshold == 0.0
+    # chosen on seed val (open book): the fine-tuned embedder earns its place, and over it the
+    # query-likelihood reranker (3 epochs, 20 candidates) where no cross-encoder did
+    assert config.index.finetuned_embedder is True and config.finetune.embedder.epochs == 3
+    assert config.rerank.enabled is True and config.rerank.kind == "query-likelihood" and config.rerank.candidates == 20
+    assert config.rerank.model == config.finetune.ql_reranker.output == "runs/smollm2/adapters/ql-reranker" and config.finetune.ql_reranker.epochs == 3
     assert config.rewrite.mode == "none" and config.finetune.lm_reranker.limit == 200  # no HyDE rewriter earns its place either
     assert config.index.finetuned_backend == "onnx-int8" and config.index.backend == "torch"  # int8 holds quality for the fine-tuned embedder only
     assert config.rerank.backend == "torch"  # the published reranker evaluations were made in fp32 and read it
