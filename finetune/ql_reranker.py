@@ -14,15 +14,12 @@ completion-only loss, resumable, atomic save).
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any, Callable, Sequence
 
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from finetune.common import train_lora_adapter
-from pipeline.config import Config, add_config_arguments, config_from_args
+from finetune.common import adapter_cli, train_lora_adapter
+from pipeline.config import Config
 from pipeline.data import load_split
-from pipeline.errors import run_cli
 from rerank.query_likelihood import QL_ADAPTER_KIND, ql_example
 
 
@@ -54,29 +51,8 @@ def train_ql_reranker(config: Config, *, output: str | None = None, resume: bool
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m finetune.ql_reranker",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--out", metavar="DIR", help="Adapter folder. Default: finetune.ql_reranker.output.")
-    parser.add_argument("--no-resume", action="store_true", help="Ignore checkpoints of an interrupted run with the same settings and start over.")
-    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars (logs stay).")
-    add_config_arguments(parser)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = [f"finetune.ql_reranker.output={json.dumps(args.out)}"] if args.out else []
-
-    def body() -> None:
-        config = config_from_args(args, overrides)
-        train_ql_reranker(config, resume=not args.no_resume, show_progress=not args.no_progress)
-
-    return run_cli(body)
+    return adapter_cli(argv, prog="python -m finetune.ql_reranker", doc=__doc__, section="finetune.ql_reranker", train=train_ql_reranker)
 
 
 if __name__ == "__main__":

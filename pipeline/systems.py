@@ -18,7 +18,7 @@ and one ablation per part of `full`, each differing from it in exactly that part
 
 "dense top-k" is the reference experiment's setup (top `generator.context_top_k` = 5 passages of
 MiniLM dense retrieval over the train split); `full` uses `rewrite.mode`, `retrieve.mode` (hybrid
-in the shipped profiles) and the cross-encoder's `rerank.top_n`.
+in the shipped profiles) and the reranker's `rerank.top_n`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class SystemSpec:
 
 FULL = SystemSpec(
     name="full",
-    description="query rewriter (rewrite.mode) -> retrieval (retrieve.mode) -> fine-tuned cross-encoder -> grade/retry -> RAFT generator",
+    description="query rewriter (rewrite.mode) -> retrieval (retrieve.mode) -> fine-tuned reranker (rerank.kind) -> grade/retry -> RAFT generator",
     rewrite=True,
     retrieve="config",
     embedder="config",
@@ -80,7 +80,7 @@ ABLATIONS = [
     dataclasses.replace(FULL, name="full-base-rewriter", description="full with the base LM as rewriter (no LoRA)", rewriter_adapter=False),
     dataclasses.replace(FULL, name="full-base-embedder", description="full searching the base embedder's index (index.embed_model) instead of the fine-tuned one (the same as full where index.finetuned_embedder is off)", embedder="base"),
     dataclasses.replace(FULL, name="full-dense", description="full with dense retrieval only (no BM25; the same as full where retrieve.mode is dense)", retrieve="dense"),
-    dataclasses.replace(FULL, name="full-no-rerank", description="full without the cross-encoder (the loop then has no score to grade and accepts round 1)", rerank=False),
+    dataclasses.replace(FULL, name="full-no-rerank", description="full without the reranker (the loop then has no score to grade and accepts round 1)", rerank=False),
     dataclasses.replace(FULL, name="full-plain-generator", description="full with the plain (question -> answer) LoRA generator", generator="plain"),
     dataclasses.replace(FULL, name="full-base-generator", description="full with the base LM as generator", generator="base"),
     dataclasses.replace(FULL, name="full-no-agent", description="full without the grade/retry loop", agent=False),
