@@ -87,8 +87,9 @@ def test_full_stack_and_its_one_part_off_variants(demo_dir, tmp_path, tiny_cross
         full_stack_variants(load_config("tiny", [*sets, "rewrite.mode=decompose"]), ["full"])
 
     args = ["--data", str(demo_dir), "--split", "val", "--retrievers", "hybrid,full,full-dense,full-no-rerank,full-base-embedder", "--quiet", "--format", "json"]
-    # the default profile searches the fine-tuned embedder's index, not trained here: the base one
-    assert main([*args, *(x for item in [*sets, "index.finetuned_embedder=false", "rerank.enabled=true"] for x in ("--set", item))]) == 0
+    # the default profile searches the fine-tuned embedder's index and reranks with the
+    # query-likelihood LM, neither trained here: the base index and the tiny cross-encoder
+    assert main([*args, *(x for item in [*sets, "index.finetuned_embedder=false", "rerank.enabled=true", "rerank.kind=cross-encoder"] for x in ("--set", item))]) == 0
     result = json.loads(capsys.readouterr().out)
     retrievers = result["retrievers"]
     # without its reranker full is exactly the hybrid; the base-embedder variant is full itself
