@@ -106,14 +106,17 @@ def onnx_available() -> tuple[bool, str]:
 
 
 def resolve_bench_model(config: Config) -> tuple[str, str]:
-    """(reference, description): the configured reranker if it exists, else the base encoder."""
+    """(reference, description): the configured cross-encoder if it exists, else the base encoder.
+    These benchmarks time a cross-encoder: with rerank.kind=query-likelihood, rerank.model is an LM
+    adapter, so the cross-encoder is finetune.reranker's output."""
     from pipeline.models import ModelNotFoundError, resolve_model
 
+    key, reference = ("rerank.model", config.rerank.model) if config.rerank.kind == "cross-encoder" else ("finetune.reranker.output", config.finetune.reranker.output)
     try:
-        return resolve_model(config.rerank.model, allow_download=False), f"rerank.model ({config.rerank.model})"
+        return resolve_model(reference, allow_download=False), f"{key} ({reference})"
     except ModelNotFoundError:
         base = config.finetune.reranker.base_model
-        return base, f"{base} with a fresh one-logit head (rerank.model {config.rerank.model} not found; same architecture, same cost)"
+        return base, f"{base} with a fresh one-logit head ({key} {reference} not found; same architecture, same cost)"
 
 
 def run_benchmark(config: Config, *, sizes: Sequence[int] = DEFAULT_SIZES, queries: int = 20, onnx: bool = True, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -205,13 +205,14 @@ def copy_embedder(config: Config, data: Path, work: Path, log: Callable[[str], N
 
 def backend_configs(config: Config, reranker: Path, work: Path, embedder: Optional[Path] = None) -> dict[str, Config]:
     """The profile with index.backend and rerank.backend set to each backend, rerank.model at the
-    private copy, and index.embed_model at the fine-tuned embedder's copy when there is one (their
+    private copy of the cross-encoder (rerank.kind cross-encoder), and index.embed_model at the fine-tuned embedder's copy when there is one (their
     folder trusted: security.model_dirs)."""
     out = {}
     for name, backend in BACKENDS.items():
         raw = config.to_dict()
         raw["index"]["backend"] = raw["rerank"]["backend"] = backend
-        raw["rerank"]["model"] = str(reranker)
+        # the cross-encoder path is what this benchmark times, whatever reranker the profile ships
+        raw["rerank"].update({"model": str(reranker), "kind": "cross-encoder"})
         if embedder is not None:
             raw["index"]["embed_model"] = str(embedder)
         raw["security"]["model_dirs"] = [*raw["security"]["model_dirs"], str(work)]

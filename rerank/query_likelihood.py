@@ -147,7 +147,7 @@ class QueryLikelihoodReranker(PairScoringReranker):
         ids = tokenizer(row["prompt"] + row["completion"]).input_ids + [tokenizer.eos_token_id]
         # where the question starts: after the prompt, unless the tokenizer merged across the seam
         start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), len(prompt_ids))
-        return ids, start
+        return ids, max(start, 1)  # the first token has no prediction to score
 
     def _score_uncached(self, question: str, passages: list[str]) -> "np.ndarray":
         import numpy as np

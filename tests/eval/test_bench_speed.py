@@ -505,3 +505,18 @@ def test_install_is_timed_with_the_makefiles_install_into_a_fresh_venv(monkeypat
     monkeypatch.setattr(bench_speed.shutil, "which", lambda name: None)
     with pytest.raises(bench_speed.BenchError, match="needs `make`"):
         bench_speed.measure_install(lambda message: None)
+
+
+def test_the_cross_encoder_is_timed_even_where_the_profile_reranks_with_the_query_likelihood_lm(tmp_path):
+    """The default profile's reranker is an LM adapter (rerank.kind=query-likelihood); the speed
+    and rerank benchmarks time the cross-encoder path, so their configs say so, and rerank's
+    bench never mistakes the adapter folder for a cross-encoder."""
+    from eval.bench_rerank import resolve_bench_model
+
+    config = load_config("smollm2", [f"run_dir={tmp_path}"])
+    assert config.rerank.kind == "query-likelihood"
+    reranker = tmp_path / "reranker-copy"
+    configs = backend_configs(config, reranker, tmp_path)
+    assert {c.rerank.kind for c in configs.values()} == {"cross-encoder"} and {c.rerank.model for c in configs.values()} == {str(reranker)}
+    reference, described = resolve_bench_model(config)
+    assert reference == config.finetune.reranker.base_model and "finetune.reranker.output" in described
