@@ -217,12 +217,13 @@ def raft_retriever(config: Config, *, kb: Any = None) -> "BaseRetriever":
 
 
 def raft_reranker(config: Config) -> Any:
-    """`full`'s cross-encoder for leave-one-out contexts (None in oracle mode or without reranking)."""
+    """`full`'s reranker (the one rerank.kind names) for leave-one-out contexts (None in oracle
+    mode or without reranking)."""
     if config.finetune.raft.context != "loo" or not config.rerank.enabled:
         return None
-    from rerank import CrossEncoderReranker
+    from rerank import build_reranker
 
-    return CrossEncoderReranker.from_config(config, top_n=context_size(config))
+    return build_reranker(config, top_n=context_size(config))
 
 
 def build_split(config: Config, split: str = "train", *, retriever: "BaseRetriever | None" = None, reranker: Any = "config", limit: Optional[int] = None, show_progress: bool = True) -> list[RaftExample]:

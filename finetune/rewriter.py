@@ -120,7 +120,7 @@ def evaluate_rewriters(
         log(f"ft- retrievers skipped: no fine-tuned embedder at {config.finetune.embedder.output} (python -m finetune.embedder)")
         retrievers = [r for r in retrievers if not parse_variant(r).finetuned]
     if any(parse_variant(r).rerank for r in retrievers) and not Path(config.rerank.model).exists():
-        log(f"+rerank retrievers skipped: no reranker at {config.rerank.model} (python -m finetune.reranker)")
+        log(f"+rerank retrievers skipped: no reranker at {config.rerank.model} (python -m finetune.reranker, or python -m finetune.ql_reranker for rerank.kind=query-likelihood)")
         retrievers = [r for r in retrievers if not parse_variant(r).rerank]
     nodes, questions, relevant = open_book_corpus(data_dir)
     queries, gold = questions[split], relevant[split]

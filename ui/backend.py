@@ -126,7 +126,7 @@ def missing_parts(components: Any, spec: Any) -> list[str]:
     if spec.rewrite and spec.rewriter_adapter:
         checks.append(lambda: components.adapter_path("rewriter"))
     if spec.rerank:
-        checks.append(components.reranker)  # cheap: CrossEncoderReranker loads its model lazily
+        checks.append(components.reranker)  # cheap: every reranker loads its model lazily
     for check in checks:
         try:
             check()
