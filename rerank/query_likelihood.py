@@ -133,15 +133,13 @@ class QueryLikelihoodReranker(PairScoringReranker):
                     self._model = attach_adapter(model, self.model, merge=True, allow_pickle=self.allow_pickle_weights)
         return self._model
 
-    def _token_ids(self, question: str, passage: str) -> tuple[list[int], int]:
+    def _token_ids(self, question: str, passage: str, passage_budget: int) -> tuple[list[int], int]:
         """(prompt + question + end-of-sequence token ids, where the question starts). A passage
-        longer than max_length allows is cut to its first tokens."""
+        longer than `passage_budget` tokens is cut to its first tokens."""
         tokenizer = self._tokenizer
-        question_tokens = len(tokenizer(question, add_special_tokens=False).input_ids) + 2
-        budget = max(self.max_length - self._overhead - question_tokens, 8)
         passage_ids = tokenizer(passage, add_special_tokens=False).input_ids
-        if len(passage_ids) > budget:
-            passage = tokenizer.decode(passage_ids[:budget])
+        if len(passage_ids) > passage_budget:
+            passage = tokenizer.decode(passage_ids[:passage_budget])
         row = ql_example(question, passage, tokenizer)
         prompt_ids = tokenizer(row["prompt"]).input_ids
         ids = tokenizer(row["prompt"] + row["completion"]).input_ids + [tokenizer.eos_token_id]
@@ -155,11 +153,14 @@ class QueryLikelihoodReranker(PairScoringReranker):
 
         model = self.load()
         tokenizer = self._tokenizer
-        encoded = [self._token_ids(question, p) for p in passages]
+        # what max_length leaves a passage beside the prompt and the question (+ its end tokens)
+        budget = max(self.max_length - self._overhead - len(tokenizer(question, add_special_tokens=False).input_ids) - 2, 8)
+        encoded = [self._token_ids(question, p, budget) for p in passages]
         # longest first, so each batch pads little; right padding: positions are 0..n-1 as in training
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
         scores = np.zeros(len(encoded), dtype=np.float32)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
         with torch.inference_mode():
             for begin in range(0, len(order), self.batch_size):
                 batch = order[begin : begin + self.batch_size]
@@ -170,11 +171,12 @@ class QueryLikelihoodReranker(PairScoringReranker):
                     seq = encoded[i][0]
                     ids[row, : len(seq)] = torch.tensor(seq)
                     mask[row, : len(seq)] = 1
-                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+                # the LM head only where a question token is predicted (token t at position t - 1):
+                # the same scores as full logits, without the vocabulary projection of every passage token
+                hidden = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
                 for row, i in enumerate(batch):
                     seq, start = encoded[i]
-                    # token t is predicted at position t - 1; float32 log-softmax of the question's rows only
-                    rows = logits[row, start - 1 : len(seq) - 1].float()
-                    targets = torch.tensor(seq[start:], device=rows.device)
-                    scores[i] = torch.log_softmax(rows, dim=-1).gather(-1, targets[:, None]).mean().item()
+                    logits = head(hidden[row, start - 1 : len(seq) - 1]).float()
+                    targets = torch.tensor(seq[start:], device=logits.device)
+                    scores[i] = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).mean().item()
         return scores
