@@ -57,3 +57,11 @@ TECH_PASSAGES = [
     "Hash tables give constant expected-time lookups but no ordering of keys.",
     "The CAP theorem says a partitioned system must choose consistency or availability.",
 ]
+
+
+def micro_lm_config(tiny_lm_dir, data_dir, run_dir, *sets: str):
+    """The tiny profile on the session's micro LM and prepared splits, under `run_dir`, with `sets`
+    (the adapter-training tests' config)."""
+    from pipeline.config import load_config
+
+    return load_config("tiny", [f"run_dir={run_dir}", f"data.dir={data_dir}", f"generator.model={tiny_lm_dir}", *sets])

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from finetune.generator import main, train_generator
+from helpers import micro_lm_config
 from pipeline.config import load_config, read_resolved_config
 from pipeline.generate import answer_prompt
 from pipeline.models import load_llm
@@ -19,22 +20,19 @@ PROMPTS = [answer_prompt("Compare TCP and UDP."), answer_prompt("What is a binar
 
 
 def _config(tiny_lm_dir, small_data_dir, run_dir, *extra):
-    return load_config(
-        "tiny",
-        [
-            f"run_dir={run_dir}",
-            f"data.dir={small_data_dir}",
-            f"generator.model={tiny_lm_dir}",
-            "generator.device=cpu",
-            "generator.max_new_tokens=10",
-            "finetune.generator.epochs=1",
-            "finetune.generator.batch_size=8",
-            "finetune.generator.learning_rate=0.01",
-            "finetune.generator.max_seq_length=320",
-            "finetune.generator.limit=16",
-            "finetune.raft.num_passages=2",
-            *extra,
-        ],
+    return micro_lm_config(
+        tiny_lm_dir,
+        small_data_dir,
+        run_dir,
+        "generator.device=cpu",
+        "generator.max_new_tokens=10",
+        "finetune.generator.epochs=1",
+        "finetune.generator.batch_size=8",
+        "finetune.generator.learning_rate=0.01",
+        "finetune.generator.max_seq_length=320",
+        "finetune.generator.limit=16",
+        "finetune.raft.num_passages=2",
+        *extra,
     )
 
 

@@ -9,25 +9,22 @@ from pathlib import Path
 import pytest
 
 from finetune.lm_reranker import lm_reranker_rows, main, train_lm_reranker
-from pipeline.config import load_config
+from helpers import micro_lm_config
 from rerank.lm_pointwise import RELEVANCE_ASK, LMPointwiseReranker, label_token_ids, pointwise_example
 
 
 def _config(tiny_lm_dir, small_data_dir, run_dir, *extra):
-    return load_config(
-        "tiny",
-        [
-            f"run_dir={run_dir}",
-            f"data.dir={small_data_dir}",
-            f"generator.model={tiny_lm_dir}",
-            "finetune.lm_reranker.hard_negatives=0",  # mining needs a persisted knowledge base: tested in finetune.reranker
-            "finetune.lm_reranker.random_negatives=2",
-            "finetune.lm_reranker.epochs=1",
-            "finetune.lm_reranker.learning_rate=0.01",
-            "generator.batch_size=4",
-            "generator.max_passage_chars=80",  # the micro tokenizer spends ~1 token per 2 characters: rows stay within the micro LM's 256 positions
-            *extra,
-        ],
+    return micro_lm_config(
+        tiny_lm_dir,
+        small_data_dir,
+        run_dir,
+        "finetune.lm_reranker.hard_negatives=0",  # mining needs a persisted knowledge base: tested in finetune.reranker
+        "finetune.lm_reranker.random_negatives=2",
+        "finetune.lm_reranker.epochs=1",
+        "finetune.lm_reranker.learning_rate=0.01",
+        "generator.batch_size=4",
+        "generator.max_passage_chars=80",  # the micro tokenizer spends ~1 token per 2 characters: rows stay within the micro LM's 256 positions
+        *extra,
     )
 
 

@@ -10,26 +10,23 @@ from pathlib import Path
 import pytest
 
 from finetune.ql_reranker import main, ql_rows, train_ql_reranker
-from pipeline.config import load_config
+from helpers import micro_lm_config
 from rerank.query_likelihood import QL_ADAPTER_KIND, QueryLikelihoodReranker, is_ql_adapter, ql_example
 
 
 def _config(tiny_lm_dir, small_data_dir, run_dir, *extra):
-    return load_config(
-        "tiny",
-        [
-            f"run_dir={run_dir}",
-            f"data.dir={small_data_dir}",
-            f"generator.model={tiny_lm_dir}",
-            "finetune.ql_reranker.epochs=1",
-            "finetune.ql_reranker.learning_rate=0.01",
-            "finetune.ql_reranker.batch_size=4",
-            "rerank.kind=query-likelihood",
-            "rerank.model='{run_dir}/adapters/ql-reranker'",
-            "rerank.batch_size=3",
-            "rerank.max_length=200",  # within the micro LM's 256 positions
-            *extra,
-        ],
+    return micro_lm_config(
+        tiny_lm_dir,
+        small_data_dir,
+        run_dir,
+        "finetune.ql_reranker.epochs=1",
+        "finetune.ql_reranker.learning_rate=0.01",
+        "finetune.ql_reranker.batch_size=4",
+        "rerank.kind=query-likelihood",
+        "rerank.model='{run_dir}/adapters/ql-reranker'",
+        "rerank.batch_size=3",
+        "rerank.max_length=200",  # within the micro LM's 256 positions
+        *extra,
     )
 
 

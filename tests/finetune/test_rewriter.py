@@ -9,24 +9,22 @@ import pytest
 from safetensors.torch import load_file
 
 from finetune.rewriter import evaluate_rewriters, main, recommend_mode, rewriter_rows, train_rewriter
-from pipeline.config import load_config, read_resolved_config
+from helpers import micro_lm_config
+from pipeline.config import read_resolved_config
 from rewrite.prompts import HYDE_SYSTEM
 
 
 def _config(tiny_lm_dir, small_data_dir, run_dir, *extra):
-    return load_config(
-        "tiny",
-        [
-            f"run_dir={run_dir}",
-            f"data.dir={small_data_dir}",
-            f"generator.model={tiny_lm_dir}",
-            "rewrite.max_new_tokens=6",
-            "finetune.rewriter.epochs=1",
-            "finetune.rewriter.batch_size=8",
-            "finetune.rewriter.learning_rate=0.01",
-            "eval.bootstrap_samples=50",
-            *extra,
-        ],
+    return micro_lm_config(
+        tiny_lm_dir,
+        small_data_dir,
+        run_dir,
+        "rewrite.max_new_tokens=6",
+        "finetune.rewriter.epochs=1",
+        "finetune.rewriter.batch_size=8",
+        "finetune.rewriter.learning_rate=0.01",
+        "eval.bootstrap_samples=50",
+        *extra,
     )
 
 
