@@ -493,11 +493,15 @@ def _check_external(config: Config, artifact: str) -> Step:
             ) from None
         return Step(artifact, path, "external", "a cross-encoder the config names (not finetune.reranker.output)")
     if artifact == "ql-reranker":
-        if not (Path(path) / "adapter_config.json").is_file():
+        from pipeline.models import ModelNotFoundError, check_adapter_folder
+
+        try:
+            check_adapter_folder(path, allow_pickle=True)  # its weights are checked when they load
+        except ModelNotFoundError:
             raise BuildError(
                 f"rerank.model={path!r} is not finetune.ql_reranker.output ({config.finetune.ql_reranker.output}), so it is not built here, and it holds no LoRA adapter. "
                 f"Set rerank.model={config.finetune.ql_reranker.output} to let eval.compare train it (rerank.kind is query-likelihood)"
-            )
+            ) from None
         return Step(artifact, path, "external", "a query-likelihood adapter the config names (not finetune.ql_reranker.output)")
     if not Path(path).exists():
         raise BuildError(

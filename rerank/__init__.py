@@ -1,6 +1,8 @@
 """ragft rerank: node postprocessors that reorder retrieved passages (a cross-encoder, or the
 base LM's query likelihood), and `build_reranker`, the one that rerank.kind names."""
 
+from typing import TYPE_CHECKING
+
 import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA, see pipeline/__init__.py)
 
 from rerank.cross_encoder import (  # noqa: E402
@@ -9,8 +11,11 @@ from rerank.cross_encoder import (  # noqa: E402
     PairScoringReranker,
 )
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
-def build_reranker(config, **overrides) -> PairScoringReranker:
+
+def build_reranker(config: "Config", **overrides) -> PairScoringReranker:
     """The reranker `rerank.kind` names, with the config's settings (nothing is loaded yet)."""
     if config.rerank.kind == "query-likelihood":
         from rerank.query_likelihood import QueryLikelihoodReranker

@@ -69,11 +69,15 @@ def check_reranker(config: Config) -> None:
     from pipeline.models import ModelNotFoundError, resolve_model
 
     if config.rerank.kind == "query-likelihood":
-        if not (Path(config.rerank.model) / "adapter_config.json").is_file():
+        from pipeline.models import check_adapter_folder
+
+        try:
+            check_adapter_folder(config.rerank.model, allow_pickle=True)  # its weights are checked when they load
+        except ModelNotFoundError:
             raise ConfigError(
                 f"+rerank variants with rerank.kind=query-likelihood need the LoRA adapter at rerank.model={config.rerank.model}, which does not exist; "
                 f"train it first: python -m finetune.ql_reranker --config {config.profile} (it writes finetune.ql_reranker.output)"
-            )
+            ) from None
         return
     try:
         resolve_model(config.rerank.model, allow_download=False)

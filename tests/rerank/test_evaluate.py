@@ -154,3 +154,13 @@ def test_interpolation_grid_refuses_bad_input_with_the_fix(tmp_path, capsys):
         interpolation_grid(config, "unused", "val", "dense", {"x": "y"}, weights=[1.5])
     assert main(["--config", "tiny", "--set", f"run_dir={tmp_path}", "--reranker", "no-equals-sign"]) == 2
     assert "write NAME=DIR" in capsys.readouterr().err
+
+
+def test_a_query_likelihood_reranker_is_checked_as_an_adapter_folder(tmp_path):
+    from rerank.evaluate import check_reranker
+
+    config = load_config("tiny", ["rerank.kind=query-likelihood", f"rerank.model={tmp_path}"])
+    with pytest.raises(ConfigError, match="python -m finetune.ql_reranker --config tiny"):
+        check_reranker(config)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    check_reranker(config)  # weights are checked when they load
