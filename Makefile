@@ -1,6 +1,6 @@
 # One entry point for setting up and running ragft on a fresh machine.
 #   make run     set up .venv (CPU torch on a CPU machine) and run the main job (SmolLM2 profile, demo data)
-#   make test    set up .venv and run the default test suite (< 10 minutes on 2 CPU cores)
+#   make test    set up .venv, check the layer order (lint-imports) and run the default test suite (< 10 minutes on 2 CPU cores)
 # GPU machines: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,7 +26,7 @@ PRECOMPILE := import pipeline, pytest, torch, transformers, peft, trl, accelerat
 	from sentence_transformers import SentenceTransformer, CrossEncoder, SentenceTransformerTrainer; \
 	from llama_index.vector_stores.chroma import ChromaVectorStore; from llama_index.retrievers.bm25 import BM25Retriever; \
 	from llama_index.embeddings.huggingface import HuggingFaceEmbedding; \
-	import pipeline.models, pipeline.index, pipeline.engine, pipeline.int8, eval.compare, eval.build, eval.score, finetune.generator, finetune.embedder, finetune.ql_reranker, rerank.query_likelihood
+	import ragft.cli, pipeline.models, pipeline.index, pipeline.engine, pipeline.int8, eval.compare, eval.build, eval.score, finetune.generator, finetune.embedder, finetune.ql_reranker, rerank.query_likelihood
 
 $(VENV)/.ragft-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,7 @@ run: install
 	$(OFFLINE) $(BIN)/python -m eval.compare
 
 test: install
+	$(BIN)/lint-imports
 	$(OFFLINE) $(BIN)/python -m pytest
 
 test-slow: install

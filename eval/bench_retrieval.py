@@ -44,7 +44,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import DataError, load_split
 from pipeline.errors import run_cli

@@ -29,7 +29,7 @@ sampled during the level (it holds the models and the embedded store), and for t
 the Chroma server's own peak. One warm-up query per store is not timed. Loopback only, nothing is
 downloaded, and each level is bounded by --seconds (plus the queries in flight at its end).
 The reranker is `rerank.model` when it exists, else the base encoder with a fresh one-logit head
-(same architecture, same cost), as in `python -m eval.bench rerank`.
+(same architecture, same cost).
 
 Duration of the default run on 2 CPU cores (estimated from runs at 5k and 20k passages): ~40 min
 embedding 100k passages; per store ~3 min of Chroma inserts and ~12 min rewriting nodes.json and
@@ -55,7 +55,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, config_from_dict, save_resolved_config
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json, write_jsonl
@@ -402,9 +401,22 @@ def store_config(config: Config, work: Path, store: str, *, port: int | None = N
     return config_from_dict(raw)
 
 
+def resolve_bench_model(config: Config) -> tuple[str, str]:
+    """(reference, description): the configured cross-encoder if it exists, else the base encoder.
+    This benchmark times a cross-encoder: with rerank.kind=query-likelihood, rerank.model is an LM
+    adapter, so the cross-encoder is finetune.reranker's output."""
+    from pipeline.models import ModelNotFoundError, resolve_model
+
+    key, reference = ("rerank.model", config.rerank.model) if config.rerank.kind == "cross-encoder" else ("finetune.reranker.output", config.finetune.reranker.output)
+    try:
+        return resolve_model(reference, allow_download=False), f"{key} ({reference})"
+    except ModelNotFoundError:
+        base = config.finetune.reranker.base_model
+        return base, f"{base} with a fresh one-logit head ({key} {reference} not found; same architecture, same cost)"
+
+
 def load_reranker(config: Config) -> tuple[Any, str]:
     """The reranker the benchmark uses (see the module doc) with its cache off, loaded now."""
-    from eval.bench_rerank import resolve_bench_model
     from pipeline.models import check_model_source, load_cross_encoder
     from rerank.cross_encoder import CrossEncoderReranker
 

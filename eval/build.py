@@ -19,9 +19,8 @@ retries rewrite) with `rewriter_adapter` the rewriter adapter. Builders, in depe
 | data | data.dir | pipeline.prepare.prepare (only when the splits are missing) |
 | base_lm | generator.model | pipeline.gguf conversion (a hub id shipped as GGUF in a PyPI package: SmolLM2), or finetune.tiny.build_tiny_lm (when it is finetune.tiny.output) |
 | index | index.dir | pipeline.index.ingest |
-| doc2query | finetune.doc2query.output | finetune.doc2query.build_doc2query (only when a synthetic-question setting of the embedder or the reranker names that file) |
 | embedder | finetune.embedder.output | finetune.embedder.run (hard negatives mined from `index`) |
-| index-finetuned | index.finetuned_dir | pipeline.index.ingest with the fine-tuned embedder |
+| index-finetuned | index.finetuned_dir | pipeline.index.ingest_finetuned_index (the fine-tuned embedder; the documents `index` holds) |
 | reranker | rerank.model | finetune.reranker.run (rerank.kind cross-encoder; only when it is finetune.reranker.output) |
 | ql-reranker | rerank.model | finetune.ql_reranker.train_ql_reranker (rerank.kind query-likelihood; only when it is finetune.ql_reranker.output) |
 | generator-plain | finetune.generator.output | finetune.generator.train_generator(mode="plain") |
@@ -34,14 +33,10 @@ force for the keys it depends on (`ARTIFACT_KEYS`). Artifacts built here also ge
 read and the artifacts they were built from, so a changed split or a rebuilt base model is
 noticed even when no setting changed. An artifact the config names outside the builders' outputs
 (a hub model, a folder trained elsewhere) is `external`: it must exist, and is never rebuilt.
-The synthetic questions of finetune.doc2query are one file, not a folder: it is up to date when
-its report records the settings digest in force, and the embedder or reranker trained on it is
-rebuilt when its content changes.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
@@ -49,14 +44,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from pipeline.config import RESOLVED_CONFIG_NAME, Config, ConfigError, read_resolved_config
+from pipeline.cli import same_path as _same_path
+from pipeline.config import RESOLVED_CONFIG_NAME, RETIRED_DEFAULTS, Config, ConfigError, read_resolved_config
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.errors import UserFacingError
 from pipeline.fileio import write_json
 from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 
 STAMP_NAME = "ragft_build.json"
-ORDER = ("data", "base_lm", "index", "doc2query", "embedder", "index-finetuned", "reranker", "ql-reranker", "generator-plain", "generator-raft", "rewriter")
+ORDER = ("data", "base_lm", "index", "embedder", "index-finetuned", "reranker", "ql-reranker", "generator-plain", "generator-raft", "rewriter")
 
 # Settings each artifact depends on (dotted keys; "section.sub.*" means every key of that
 # sub-section except `output`, which only says where the artifact goes). Performance knobs that
@@ -85,7 +81,6 @@ ARTIFACT_SPLITS = {"embedder": ("train", "val"), "reranker": ("train", "val"), "
 UPSTREAM = {
     "index": (),
     "base_lm": (),
-    "doc2query": ("base_lm", "index"),  # the base LM writes questions, the index filters them
     "embedder": ("index",),
     "index-finetuned": ("embedder",),
     "reranker": ("index",),
@@ -93,13 +88,6 @@ UPSTREAM = {
     "generator-plain": ("base_lm",),
     # generator-raft: base_lm, index, and what its contexts come from: upstream_of
     "rewriter": ("base_lm",),
-}
-
-
-# The settings through which a trained artifact reads synthetic questions (a finetune.doc2query output).
-SYNTHETIC_READERS = {
-    "embedder": ("finetune.embedder.synthetic",),
-    "reranker": ("finetune.reranker.synthetic", "finetune.reranker.distill_synthetic"),
 }
 
 
@@ -144,16 +132,6 @@ def artifact_config(config: Config, artifact: str) -> Config:
     return config
 
 
-def synthetic_inputs(config: Config, artifact: str) -> list[tuple[str, str]]:
-    """(setting, path) of each synthetic-question file `artifact` is trained on."""
-    return [(key, value) for key in SYNTHETIC_READERS.get(artifact, ()) if (value := functools.reduce(getattr, key.split("."), config))]
-
-
-def reads_doc2query(config: Config, artifact: str) -> bool:
-    """Whether `artifact` is trained on the file that finetune.doc2query writes (so it is built here)."""
-    return any(_same_path(path, config.finetune.doc2query.output) for _, path in synthetic_inputs(config, artifact))
-
-
 def reranker_artifact(config: Config) -> str:
     """The artifact that rerank.model is: the cross-encoder or the query-likelihood adapter."""
     return "ql-reranker" if config.rerank.kind == "query-likelihood" else "reranker"
@@ -163,10 +141,7 @@ def upstream_of(config: Config, artifact: str) -> tuple[str, ...]:
     """The artifacts `artifact` is built from. RAFT's leave-one-out contexts come from full's own
     retrieval (the reranker when rerank.enabled, the fine-tuned embedder's index when
     index.finetuned_embedder); oracle contexts only from the base index, so a retrained reranker
-    or embedder leaves an oracle adapter as it is. The embedder and the reranker are built from
-    the doc2query questions when one of their synthetic settings names that file."""
-    if artifact in SYNTHETIC_READERS:
-        return (*UPSTREAM[artifact], *(("doc2query",) if reads_doc2query(config, artifact) else ()))
+    or embedder leaves an oracle adapter as it is."""
     if artifact != "generator-raft":
         return UPSTREAM.get(artifact, ())
     loo = config.finetune.raft.context == "loo"
@@ -186,6 +161,8 @@ def relevant_settings(config: Config | dict[str, Any], artifact: str) -> dict[st
         if key.endswith(".*"):
             section = _lookup(tree, key[:-2])
             values.update({f"{key[:-2]}.{k}": v for k, v in section.items() if k not in _IGNORED_SUBKEYS})
+            # keys since removed, at their old defaults: what was built before keeps its fingerprint
+            values.update({k: v for k, v in RETIRED_DEFAULTS.items() if k.startswith(key[:-1])})
         elif key not in _ONLY_WHEN_SET or _lookup(tree, key):
             values[key] = _lookup(tree, key)
     return values
@@ -200,8 +177,6 @@ def artifact_fingerprint(path: str | Path) -> str:
     if manifest.is_file():
         data = json.loads(manifest.read_text(encoding="utf-8"))
         return _sha({"fingerprint": data.get("fingerprint"), "embed_model": data.get("embed_model")})[:16]
-    if path.is_file():  # the doc2query questions: their content
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     resolved = path / RESOLVED_CONFIG_NAME
     if resolved.is_file():
         return hashlib.sha256(resolved.read_bytes()).hexdigest()[:16]
@@ -240,8 +215,6 @@ def required_artifacts(config: Config, specs: Sequence[SystemSpec]) -> list[str]
                 needed.update(("embedder", "index-finetuned"))  # ... and retrieved as in `full`
         if rewrites and spec.rewriter_adapter and config.rewrite.adapter:
             needed.add("rewriter")
-    if any(reader in needed and buildable(config, reader) and reads_doc2query(config, reader) for reader in SYNTHETIC_READERS):
-        needed.update(("doc2query", "base_lm", "index"))
     if config.generator.backend != "hf":
         needed.discard("base_lm")  # served by an OpenAI-compatible server: nothing local to check
     return [name for name in ORDER if name in needed]
@@ -252,7 +225,6 @@ def artifact_path(config: Config, artifact: str) -> str:
         "data": config.data.dir,
         "base_lm": config.generator.model,
         "index": config.index.dir,
-        "doc2query": config.finetune.doc2query.output,
         "embedder": config.finetune.embedder.output,
         "index-finetuned": config.index.finetuned_dir,
         "reranker": config.rerank.model,
@@ -261,10 +233,6 @@ def artifact_path(config: Config, artifact: str) -> str:
         "generator-raft": config.finetune.raft.output,
         "rewriter": config.rewrite.adapter or "",
     }[artifact]
-
-
-def _same_path(a: str, b: str) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def bundled_base_lm(config: Config) -> Optional[Path]:
@@ -379,40 +347,12 @@ def _rebuilt_upstream(config: Config, artifact: str, rebuilt_upstream: set[str])
     return f"{', '.join(stale)} is (re)built in this run" if stale else None
 
 
-def _check_doc2query(config: Config, rebuilt_upstream: set[str]) -> tuple[str, str]:
-    """(action, reason) for the doc2query questions: a file whose report records the digest of
-    the settings it was generated with (finetune.synthetic.builder_digest, as its resumable work
-    file is keyed)."""
-    from finetune.synthetic import builder_digest, report_path
-
-    path = Path(config.finetune.doc2query.output)
-    if not path.is_file():
-        return "build", "not built"
-    stale = _rebuilt_upstream(config, "doc2query", rebuilt_upstream)
-    if stale:
-        return "rebuild", stale
-    try:
-        report = json.loads(report_path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "rebuild", f"no readable {report_path(path).name} beside it: not written by ragft, or not completely"
-    settings = config.finetune.doc2query
-    if "digest" not in report:
-        return "rebuild", f"{report_path(path).name} records no settings digest (written before ragft recorded one)"
-    if report["digest"] != builder_digest(config, "doc2query", settings):
-        return "rebuild", "built with other settings (finetune.doc2query, finetune.seed, or the data, generator, index or retrieve sections)"
-    if report.get("limit") != settings.limit:
-        return "rebuild", f"built from the first {report.get('limit') or 'all'} passages; finetune.doc2query.limit is {settings.limit}"
-    return "reuse", "up to date (the settings digest in its report matches)"
-
-
 def _changed_keys(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return [k for k in wanted if built.get(k) != wanted[k]]
 
 
 def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebuilt_upstream: set[str]) -> tuple[str, str]:
     """(action, reason) for one buildable artifact that the systems need."""
-    if artifact == "doc2query":
-        return _check_doc2query(config, rebuilt_upstream)
     config = artifact_config(config, artifact)
     path = Path(artifact_path(config, artifact))
     gguf = bundled_base_lm(config) if artifact == "base_lm" else None
@@ -511,18 +451,6 @@ def _check_external(config: Config, artifact: str) -> Step:
     return Step(artifact, path, "external", "an adapter the config names (not finetune.rewriter.output)")
 
 
-def _check_synthetic_files(config: Config, artifact: str) -> None:
-    """A synthetic-question file that an artifact to be trained reads and no builder here writes
-    must exist before hours of building start."""
-    output = config.finetune.doc2query.output
-    for key, path in synthetic_inputs(config, artifact):
-        if not _same_path(path, output) and not Path(path).is_file():
-            raise BuildError(
-                f"{key}={path!r} does not exist and is not finetune.doc2query.output ({output}), so it is not built here. "
-                f"Set {key}={output} to let eval.compare generate it, point it at an existing doc2query JSONL, or set {key}=null"
-            )
-
-
 def plan_builds(config: Config, systems: Sequence[str], *, split: str = "test") -> BuildPlan:
     """Decide, per artifact the systems need, whether to reuse, build or rebuild it. Reads only
     small files (resolved configs, stamps, manifests, splits); loads no model."""
@@ -536,8 +464,6 @@ def plan_builds(config: Config, systems: Sequence[str], *, split: str = "test") 
             upstream[artifact] = artifact_fingerprint(artifact_path(config, artifact))
             continue
         action, reason = check_artifact(config, artifact, upstream, rebuilt)
-        if action != "reuse":
-            _check_synthetic_files(config, artifact)
         plan.steps.append(Step(artifact, artifact_path(config, artifact), action, reason))
         if action == "reuse":
             upstream[artifact] = artifact_fingerprint(artifact_path(config, artifact))
@@ -570,18 +496,15 @@ def _build_one(config: Config, step: Step, log: Callable[[str], None], show_prog
 
         # A changed embedder or chunking cannot be patched in place: start from an empty index.
         ingest(config, rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
-    elif artifact == "doc2query":
-        from finetune.doc2query import build_doc2query
-
-        build_doc2query(config, show_progress=show_progress, log=log)
     elif artifact == "embedder":
         from finetune.embedder import run as train_embedder
 
         train_embedder(config, show_progress=show_progress, log=log)
     elif artifact == "index-finetuned":
-        from pipeline.index import ingest
+        from pipeline.index import ingest_finetuned_index
 
-        ingest(artifact_config(config, artifact), rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
+        # the documents index.dir holds (its recorded sources: --source, the chat app's uploads) go in too
+        ingest_finetuned_index(config, rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
     elif artifact == "reranker":
         from finetune.reranker import run
 
@@ -614,7 +537,7 @@ def execute_plan(plan: BuildPlan, config: Config, *, log: Callable[[str], None] 
             started = time.perf_counter()
             _build_one(config, step, log, show_progress)
             step.seconds = round(time.perf_counter() - started, 1)
-            if step.artifact != "data" and Path(step.path).is_dir():  # a hub id (converted GGUF) and the doc2query file have no folder to stamp
+            if step.artifact != "data" and Path(step.path).is_dir():  # a hub id (converted GGUF) has no folder to stamp
                 write_stamp(config, step.artifact, upstream)
             log(f"==> {step.artifact} done in {step.seconds:.0f} s")
         if step.artifact != "data":

@@ -45,9 +45,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from eval.build import BuildError, data_sha, execute_plan, plan_builds, required_artifacts, upstream_fingerprints
-from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, load_config, save_resolved_config
+from pipeline.version import __version__
+from pipeline.cli import config_for_data
+from pipeline.config import RETIRED_DEFAULTS, Config, ConfigError, add_config_arguments, save_resolved_config
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.errors import run_cli
 from pipeline.fileio import append_lines, atomic_write_text, read_complete_lines, write_json, write_jsonl
@@ -68,16 +69,6 @@ FORMAT = "ragft-compare/1"
 # --------------------------------------------------------------------------------------------
 
 
-def _same_path(a: str | Path, b: str | Path) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-def data_run_dir(run_dir: str, data_dir: str | Path) -> str:
-    """Where the artifacts built from another data set live: one folder per data folder."""
-    resolved = str(Path(data_dir).expanduser().resolve())
-    return f"{run_dir}/data/{Path(resolved).name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
-
-
 def resolve_config(args: argparse.Namespace) -> Config:
     """The profile + --set overrides + this command's flags; with --data, data-dependent
     artifacts move to their own run folder (see the module docstring)."""
@@ -91,31 +82,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.out is not None:
         flags.append(f"eval.out={json.dumps(args.out)}")
     return config_for_data(args, flags)
-
-
-def config_for_data(args: argparse.Namespace, flags: Sequence[str] = ()) -> Config:
-    """The config of a command with --config/--set and --data (eval.compare, eval.retrieval): with
-    --data DIR other than the profile's, every data-dependent artifact (index, reranker, embedder,
-    adapters) lives in data_run_dir, the folder eval.compare builds them in for DIR."""
-    config = config_from_args(args, list(flags))
-    if args.data is None or _same_path(args.data, config.data.dir):
-        return config
-    extra = [f"data.dir={json.dumps(args.data)}"]
-    if not any(o.strip().startswith("data.input=") for o in args.overrides):
-        # the profile's raw file belongs to the profile's data folder: never prepare it into DIR
-        # (missing splits in DIR are then an error naming them, not the demo data in disguise)
-        extra.append('data.input=""')
-    if not any(o.strip().startswith("run_dir=") for o in args.overrides):
-        extra += [
-            f"run_dir={json.dumps(data_run_dir(config.run_dir, args.data))}",
-            # the base LM never sees the data ("vanilla" stays vanilla): keep sharing it
-            f"generator.model={json.dumps(config.generator.model)}",
-            f"generator.convert_dir={json.dumps(config.generator.convert_dir)}",
-            f"finetune.tiny.output={json.dumps(config.finetune.tiny.output)}",
-            # ... so the profile's model folders stay trusted beside the new run folder
-            f"security.model_dirs={json.dumps(['{run_dir}', *config.security.model_dirs])}",
-        ]
-    return load_config(args.config, [*args.overrides, *flags, *extra])
 
 
 def chosen_systems(config: Config) -> list[str]:
@@ -132,7 +98,7 @@ def chosen_systems(config: Config) -> list[str]:
 # digests: what a system's generations depend on
 # --------------------------------------------------------------------------------------------
 
-_GENERATOR_KEYS = ("backend", "model", "merge_adapter", "torch_dtype", "load_in_4bit", "quantize", "max_new_tokens", "temperature", "repetition_penalty", "context_top_k", "max_passage_chars", "trust_remote_code", "api_base")
+_GENERATOR_KEYS = ("backend", "model", "merge_adapter", "torch_dtype", "load_in_4bit", "max_new_tokens", "temperature", "repetition_penalty", "context_top_k", "max_passage_chars", "trust_remote_code", "api_base")
 _INDEX_KEYS = ("embed_model", "backend", "collection", "sources", "chunk_size", "chunk_overlap", "chroma_host", "chroma_port")
 
 
@@ -143,9 +109,10 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
     system = spec.components()
     if not uses_finetuned_embedder(config, spec):
         del system["embedder"]  # the base index either way: answers do not depend on it (digests stay those of earlier runs)
-    settings: dict[str, Any] = {"ragft": pipeline.__version__, "system": system}
+    settings: dict[str, Any] = {"ragft": __version__, "system": system}
     if spec.generator is not None or rewrites:
         settings["generator"] = {k: tree["generator"][k] for k in _GENERATOR_KEYS}
+        settings["generator"]["quantize"] = RETIRED_DEFAULTS["generator.quantize"]  # a removed key: the digests of earlier runs stay as they were
         if tree["generator"]["cache_implementation"]:  # only when set: the digests of dynamic-cache runs stay as they were
             settings["generator"]["cache_implementation"] = tree["generator"]["cache_implementation"]
     if spec.retrieve is not None:
@@ -334,7 +301,7 @@ def ranked_ids(row: dict[str, Any]) -> list[str]:
 
 def retrieval_scores(rows: Sequence[dict[str, Any]], gold: Sequence[Optional[set[str]]], *, samples: int, seed: int) -> Optional[dict[str, Any]]:
     """R@k, MRR@10, nDCG@10 with intervals over the questions that have a gold passage; None when none has."""
-    from eval.metrics import retrieval_per_query, summarize
+    from pipeline.metrics import retrieval_per_query, summarize
 
     pairs = [(ranked_ids(row), g) for row, g in zip(rows, gold) if g]
     if not pairs:

@@ -2,7 +2,7 @@
 
     python -m eval.publish runs/smollm2/data/splits-567263a4/compare --out results/seed \\
         --command "python -m eval.compare --data ../shared/data/seed-technical-qa/splits --split test"
-    python -m eval.publish --readme-only --out results/seed       # only regenerate the tables (README.md, results/seed/README.md)
+    python -m eval.publish --readme-only --out results/seed       # only regenerate the tables (README.md's blocks, results/seed/README.md)
 
 Copies what a reader needs and nothing that is a cache or a model: metrics.json, report.md, the
 plots (metrics.png, latency.png) and predictions/<system>.jsonl with their .done.json markers. It
@@ -12,48 +12,38 @@ table, followed by every retrieval run kept there (`eval.retrieval --out <out>/r
 `rerank.evaluate --out <out>/rerankers-*.json`, `finetune.rewriter --report <out>/rewriters-*.json`;
 each records its command, revision and wall time in the JSON). The project README's block between
 `<!-- results:<name>:start -->` and `<!-- results:<name>:end -->` (name = the folder's name) is
-replaced by the same table, and a block `<name>-retrieval` by the reranker and rewriter tables, so
-the README's numbers are always the committed ones.
+replaced by the same table, a block `<name>-headline` by a short table of the main systems
+(`headline_table`), a block `<name>-retrieval` by the reranker and rewriter tables, and a block
+`<!-- systems:start -->` ... `<!-- systems:end -->` by the table of the named systems as the default
+profile resolves them (`systems_table`), so the README's numbers and its description of the systems
+are always the committed ones and the code's (tests/eval/test_publish.py checks both).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from pipeline.cli import git_revision
 from pipeline.errors import UserFacingError, run_cli
 from pipeline.fileio import atomic_write_text
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
 COPIED = ("metrics.json", "report.md", "metrics.png", "latency.png")
+# the rows of the README's headline table (`<name>-headline` block), in this order
+HEADLINE_SYSTEMS = ("vanilla", "rag_vanilla", "finetuned", "rag_finetuned", "nn_answer", "full")
+SYSTEMS_BLOCK = ("<!-- systems:start -->", "<!-- systems:end -->")
 
 
 class PublishError(UserFacingError, ValueError):
     """The folder to publish is not a finished eval.compare run."""
-
-
-def git_revision(repo: Path) -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + (" (with uncommitted changes)" if dirty else "")
-
-
-def run_record(module: str, argv: Sequence[str] | None, started: float) -> dict[str, Any]:
-    """What publishing needs to document a committed run, recorded by the command itself: its exact
-    command line (`python -m <module> ...`), the git revision and the wall time since `started`."""
-    import shlex
-    import sys
-    import time
-
-    args = sys.argv[1:] if argv is None else list(argv)
-    return {"command": f"python -m {module} " + shlex.join(args), "git_revision": git_revision(Path.cwd()), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def results_table(metrics: dict[str, Any]) -> str:
@@ -125,13 +115,129 @@ def retrieval_sections(out: Path, kinds: Sequence[str] = ("retrieval", "reranker
     return lines
 
 
-def replace_block(text: str, name: str, body: str) -> str:
-    start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+def headline_table(metrics: dict[str, Any], link: str) -> str:
+    """The README's short results table: ROUGE-L, BLEU-4 (with their 95% intervals) and p50
+    latency of the HEADLINE_SYSTEMS a metrics.json holds, and a link to the folder with the rest."""
+    from eval.report import format_value
+
+    data = metrics["data"]
+    lines = [
+        f"`{data['split']}` split of `{data['dir']}` ({data['n']} questions), profile `{metrics['profile']}`; "
+        f"value [95% bootstrap interval]. Every system, the ablations, the paired tests and the build times: [{link}/]({link}/).",
+        "",
+        "| system | ROUGE-L | BLEU-4 | p50 latency (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in HEADLINE_SYSTEMS:
+        row = metrics["systems"].get(name)
+        if row is None:
+            continue
+        ci = row.get("ci95") or {}
+        p50 = (row.get("latency") or {}).get("p50_s")
+        lines.append(f"| `{name}` | {format_value(row.get('rougeL'), ci.get('rougeL'))} | {format_value(row.get('bleu4'), ci.get('bleu4'))} | {'–' if p50 is None else f'{p50:.3f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _system_cells(name: str, config: "Config") -> list[str]:
+    """What system `name` runs under `config`: rewrite, retrieval, rerank, generator, agent."""
+    from pipeline.systems import get_system, uses_finetuned_embedder
+
+    spec = get_system(name, config)
+    if not spec.rewrite:
+        rewrite = "-"
+    elif config.rewrite.mode == "none":
+        rewrite = "off (`rewrite.mode: none`)"
+    else:
+        rewrite = f"`{config.rewrite.mode}`, " + ("LoRA rewriter" if spec.rewriter_adapter and config.rewrite.adapter else "base LM")
+    passages = spec.top_k or (config.rerank.top_n if spec.rerank else config.generator.context_top_k)
+    if spec.retrieve is None:
+        retrieval = "-"
+    else:
+        retrieval = f"{spec.retrieve} top-{max(config.rerank.candidates, passages) if spec.rerank else passages}"
+        if uses_finetuned_embedder(config, spec):
+            retrieval += ", fine-tuned embedder"
+    if spec.rerank:
+        kind = "query-likelihood LoRA" if config.rerank.kind == "query-likelihood" else "cross-encoder"
+        rerank = f"{kind}, w {config.rerank.retrieval_weight:g} -> top {passages}"
+    else:
+        rerank = "-"
+    generator = {None: "none: the top passage's answer", "base": "base LM", "plain": "LoRA, question -> answer", "raft": f"LoRA RAFT ({config.finetune.raft.context})"}[spec.generator]
+    if not spec.agent:
+        agent = "-"
+    elif not spec.rerank:
+        agent = "no score: accepts round 1"
+    elif config.agent.grade_threshold <= 0:
+        agent = f"`grade_threshold: {config.agent.grade_threshold}`: accepts round 1"
+    else:
+        agent = f"retries below {config.agent.grade_threshold} ({'/'.join(config.agent.retry_modes)}), {config.agent.max_rounds} rounds at most, then {config.agent.on_weak}"
+    return [rewrite, retrieval, rerank, generator, agent]
+
+
+def systems_table(config: "Config") -> str:
+    """The README's table of the named systems (pipeline/systems.py) as `config` resolves them:
+    one row per system; an ablation that runs what `full` runs under it is marked so."""
+    from pipeline.systems import SYSTEMS
+
+    full = _system_cells("full", config)
+    lines = [
+        f"Under the profile `{config.profile}`: LM `{config.generator.model}`, embedder `{config.index.embed_model}`.",
+        "",
+        "| system | rewrite | retrieval | rerank | generator | agent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in SYSTEMS:
+        cells = _system_cells(name, config)
+        label = f"`{name}`" + (" (= `full` here)" if name.startswith("full-") and cells == full else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _replace_between(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
         raise PublishError(f"README has no block {start} ... {end}; add those two lines where the table belongs")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body.rstrip()}\n{end}{tail}"
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    return _replace_between(text, f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->", body)
+
+
+def has_block(text: str, name: str) -> bool:
+    return f"<!-- results:{name}:start -->" in text and f"<!-- results:{name}:end -->" in text
+
+
+def block_body(text: str, start: str, end: str) -> str:
+    """What lies between two markers (a generated block), without the newlines next to them."""
+    if start not in text or end not in text:
+        raise PublishError(f"README has no block {start} ... {end}")
+    return text.split(start, 1)[1].split(end, 1)[0].strip("\n") + "\n"
+
+
+def update_readme(text: str, out: Path, metrics: dict[str, Any], *, link: str) -> str:
+    """`text` (the project README) with every generated block it holds regenerated: the results
+    table `<name>` and/or the headline `<name>-headline` (name = out's folder name; at least one
+    of them), the retrieval tables `<name>-retrieval`, and the systems table."""
+    from pipeline.config import load_config
+
+    name = out.name
+    if not (has_block(text, name) or has_block(text, f"{name}-headline")):
+        raise PublishError(f"README has no block <!-- results:{name}-headline:start --> ... <!-- results:{name}-headline:end --> (or <!-- results:{name}:start --> ... for the whole table); add those two lines where the table belongs")
+    if has_block(text, name):
+        text = replace_block(text, name, results_table(metrics))
+    if has_block(text, f"{name}-headline"):
+        text = replace_block(text, f"{name}-headline", headline_table(metrics, link))
+    if has_block(text, f"{name}-retrieval"):  # the reranker and rewriter tables of the fine-tuned-for-retrieval parts
+        text = replace_block(text, f"{name}-retrieval", "\n".join(retrieval_sections(out, ("rerankers", "rewriters"), level=4)))
+    if SYSTEMS_BLOCK[0] in text:
+        text = _replace_between(text, *SYSTEMS_BLOCK, systems_table(load_config()))
+    return text
+
+
+def readme_link(out: Path, readme: Path) -> str:
+    """The results folder as the README links it: relative to the README's folder."""
+    return Path(os.path.relpath(Path(out).resolve(), Path(readme).resolve().parent)).as_posix()
 
 
 def publish(compare_dir: Path | None, out: Path, *, command: str, readme: Path | None, repo: Path) -> Path:
@@ -202,10 +308,7 @@ def publish(compare_dir: Path | None, out: Path, *, command: str, readme: Path |
         atomic_write_text(out / "README.md", "\n".join([head, "", *retrieval_sections(out)]))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     if readme is not None:
-        text = replace_block(readme.read_text(encoding="utf-8"), out.name, results_table(metrics))
-        if f"<!-- results:{out.name}-retrieval:start -->" in text:  # the README's tables of the fine-tuned-for-retrieval parts
-            text = replace_block(text, f"{out.name}-retrieval", "\n".join(retrieval_sections(out, ("rerankers", "rewriters"), level=4)))
-        atomic_write_text(readme, text)
+        atomic_write_text(readme, update_readme(readme.read_text(encoding="utf-8"), out, metrics, link=readme_link(out, readme)))
     return out
 
 
@@ -214,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("compare_dir", nargs="?", type=Path, help="The eval.compare output folder (its --out, default {run_dir}/compare).")
     parser.add_argument("--out", type=Path, required=True, help="Folder under results/ to write, e.g. results/seed.")
     parser.add_argument("--command", default="python -m eval.compare", help="The exact eval.compare command of the run, recorded in the README.")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="Project README whose results block is regenerated (default README.md).")
-    parser.add_argument("--readme-only", action="store_true", help="Only regenerate the README's tables from <out>/metrics.json and the retrieval runs kept in <out> (retrieval-*, rerankers-*, rewriters-*.json), and those runs' sections of <out>/README.md.")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="Project README whose generated blocks (results, headline, retrieval, systems) are regenerated (default README.md).")
+    parser.add_argument("--readme-only", action="store_true", help="Only regenerate the README's generated blocks from <out>/metrics.json, the retrieval runs kept in <out> (retrieval-*, rerankers-*, rewriters-*.json) and the default profile, and those runs' sections of <out>/README.md.")
     return parser
 
 
@@ -226,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.readme_only and args.compare_dir is None:
             raise PublishError("name the eval.compare output folder to publish, or pass --readme-only")
         out = publish(None if args.readme_only else args.compare_dir, args.out, command=args.command, readme=args.readme, repo=Path.cwd())
-        print(f"wrote {out} and the table in {args.readme}")
+        print(f"wrote {out} and the generated blocks in {args.readme}")
 
     return run_cli(body)
 

@@ -7,7 +7,7 @@
 
 A system's entry is the dict of `eval.metrics.score_predictions` / `AnswerScores.summary` (metric
 values, "n", "ci95", "model_for_bertscore"), optionally with
-- "retrieval": an `eval.metrics.summarize` dict of retrieval metrics ("recall@5", "mrr@10", "ci95");
+- "retrieval": a `pipeline.metrics.summarize` dict of retrieval metrics ("recall@5", "mrr@10", "ci95");
 - "latency": an `eval.metrics.latency_summary` dict ("p50_s", "stages").
 Columns for retrieval and latency appear when any row has them; other rows show "–".
 

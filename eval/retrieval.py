@@ -36,16 +36,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from eval.metrics import DEFAULT_KS, paired_mean_test, retrieval_per_query, rouge_l_f1, summarize
+from eval.metrics import rouge_l_f1
+from pipeline.metrics import DEFAULT_KS, DEPTH, paired_mean_test, retrieval_per_query, summarize
 from pipeline.config import RESOLVED_CONFIG_NAME, Config, ConfigError, add_config_arguments, save_resolved_config
-from pipeline.data import SPLITS, load_split
+from pipeline.data import load_split, open_book_corpus
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json
 
 PROTOCOLS = ("open-book", "closed-book")
 RETRIEVERS = ("dense", "bm25", "hybrid")
-DEPTH = max(DEFAULT_KS)
 METRIC_ORDER = [*(f"recall@{k}" for k in DEFAULT_KS), "mrr@10", "ndcg@10", "hit_rate"]
 CLOSED_ORDER = ["rougeL_top1", "answer_cosine_top1", "answer_hit@1", "answer_hit@5"]
 
@@ -62,24 +61,6 @@ TUNE_GRID = {
 # --------------------------------------------------------------------------------------------
 
 
-def open_book_corpus(data_dir: str | Path) -> tuple[list[Any], dict[str, list[str]], dict[str, list[set[str]]]]:
-    """Passages (every answer of train+val+test as a node, id `<split>-<line index>`), and per
-    split its questions and the relevant passage id of each: its own answer only, as the protocol
-    says (the seed data has 31 answers repeated verbatim; a twin ranked first counts as a miss,
-    which is how the known figures were measured)."""
-    from llama_index.core.schema import TextNode
-
-    nodes, questions, relevant = [], {}, {}
-    keys = ["split", "question", "answer"]
-    for split in SPLITS:
-        records = load_split(data_dir, split)
-        questions[split], relevant[split] = [], []
-        for i, record in enumerate(records):
-            node_id = f"{split}-{i}"
-            nodes.append(TextNode(id_=node_id, text=record["answer"], metadata={"split": split, "question": record["question"], "answer": record["answer"]}, excluded_embed_metadata_keys=list(keys), excluded_llm_metadata_keys=list(keys)))
-            questions[split].append(record["question"])
-            relevant[split].append({node_id})
-    return nodes, questions, relevant
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,19 +167,6 @@ def full_stack_variants(config: Config, names: Sequence[str]) -> dict[str, str]:
     return {name: stack[name][0] + ("+rerank" if stack[name][1] else "") for name in names}
 
 
-def rewrite_texts(config: Config, questions: Sequence[str], *, adapter: str | None = "config", mode: str | None = None, show_progress: bool = True) -> list[list[str]]:
-    """What full's first-round rewriter writes for each question (rewrite.mode, none meaning hyde as
-    in the engine's rewriter; `adapter` "config": rewrite.adapter, None: the base LM), batched.
-    A HyDE passage is the hypothetical answer alone: the open-book corpus holds answers alone, so
-    this is the corpus's own format, as the engine writes "Question: ...\nAnswer: ..." for its
-    question-answer nodes."""
-    from pipeline.models import load_llm
-    from rewrite import QueryRewriter
-
-    mode = mode or (config.rewrite.mode if config.rewrite.mode != "none" else "hyde")
-    llm = load_llm(config, adapter=config.rewrite.adapter if adapter == "config" else adapter, verbose=show_progress)
-    rewriter = QueryRewriter(llm, mode=mode, n_queries=config.rewrite.n_queries, max_new_tokens=config.rewrite.max_new_tokens, passage_format=lambda question, answer: answer)
-    return [list(made.texts) for made in rewriter.rewrite_many(list(questions), show_progress=show_progress)]
 
 
 def _copy_with(config: Config, **retrieve_values: Any) -> Config:
@@ -248,6 +216,8 @@ def evaluate_open_book(
             rewrites = None
             if any(name.startswith("rw-") for name in needed):
                 started = time.perf_counter()
+                from rewrite.rewriter import rewrite_texts  # loads the LM stack only when a rewriter is asked for
+
                 rewrites = rewrite_texts(config, questions[split], show_progress=show_progress)
                 result["rewrites"] = {"mode": config.rewrite.mode, "adapter": config.rewrite.adapter, "seconds": round(time.perf_counter() - started, 1), "examples": [{"question": q, "texts": t} for q, t in zip(questions[split][:5], rewrites[:5])]}
                 log(f"rewrote {len(rewrites)} questions in {result['rewrites']['seconds']} s")
@@ -418,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def body() -> None:
-        from eval.compare import config_for_data
+        from pipeline.cli import config_for_data
 
         config = config_for_data(args)  # with --data: the artifacts eval.compare built for that data
         names = [n.strip() for n in args.retrievers.split(",") if n.strip()]
@@ -435,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = evaluate_closed_book(config, config.data.dir, args.split, names, sim_threshold=args.sim_threshold, show_progress=not args.quiet, log=log)
         # what eval.publish needs to document a committed run: how it was made, at which revision, how long it took
-        from eval.publish import run_record
+        from pipeline.cli import run_record
 
         result["run"] = run_record("eval.retrieval", argv, started)
         if args.out:

@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import LoraTrainConfig
 from pipeline.fileio import atomic_directory
 
@@ -327,27 +326,3 @@ def fit_report(rows: Sequence[dict[str, str]], tokenizer: Any, max_length: int) 
     over = sum(n > max_length for n in lengths)
     no_answer = sum(len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) >= max_length for r in rows)
     return {"max_tokens": max(lengths, default=0), "mean_tokens": round(sum(lengths) / max(1, len(lengths)), 1), "truncated": over, "no_answer_left": no_answer}
-
-
-def adapter_cli(argv: Sequence[str] | None, *, prog: str, doc: str, section: str, train: Callable[..., Any]) -> int:
-    """The command line of an adapter that `train(config, resume=..., show_progress=...)` trains
-    into `<section>.output` (finetune.lm_reranker, finetune.ql_reranker): --out, --no-resume,
-    --no-progress and the config flags; errors print as one line with exit status 2."""
-    import argparse
-    import json
-
-    from pipeline.config import add_config_arguments, config_from_args
-    from pipeline.errors import run_cli
-
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", metavar="DIR", help=f"Adapter folder. Default: {section}.output.")
-    parser.add_argument("--no-resume", action="store_true", help="Ignore checkpoints of an interrupted run with the same settings and start over.")
-    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars (logs stay).")
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    overrides = [f"{section}.output={json.dumps(args.out)}"] if args.out else []
-
-    def body() -> None:
-        train(config_from_args(args, overrides), resume=not args.no_resume, show_progress=not args.no_progress)
-
-    return run_cli(body)

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.reranker import (
     REPORT_METRICS,
     TrainingSetupError,
@@ -147,10 +146,6 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     load_split(config.data.dir, "val")  # fail before any work when val is missing
     if settings.limit is not None:
         train = train[: settings.limit]
-    if settings.synthetic:  # doc2query pairs: more questions for the same passages, mined alike
-        from finetune.doc2query import load_synthetic_pairs
-
-        train = [*train, *load_synthetic_pairs(settings.synthetic, "finetune.embedder.synthetic")]
     # the base model too: mining and the base evaluation take minutes on a real knowledge base
     resolve_model(check_model_source(config, settings.base_model, "finetune.embedder.base_model"))
 

@@ -33,7 +33,6 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.common import train_lora_adapter
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
 from pipeline.data import load_split

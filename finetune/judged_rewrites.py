@@ -36,7 +36,7 @@ Output (`finetune.judged_rewrites.output`, JSONL, one kept question a line): `qu
 `rewrite` (the training target), `gold_rank`, `question_alone_rank` (null: not in the top
 `depth`), `rewrite_alone_rank` (the tie-breaker; null: not found or not searched), `gold_id`,
 `sample`. `<stem>.report.json` beside it has the counts and MRR@depth of the
-question alone vs the chosen rewrites. Resumable like finetune.doc2query: questions are done in
+question alone vs the chosen rewrites. Resumable (finetune/synthetic.py): questions are done in
 chunks of `chunk_size` appended to a hidden work file; the output is written atomically at the end.
 """
 
@@ -50,8 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from eval.metrics import first_relevant_rank
+from pipeline.metrics import first_relevant_rank
 from finetune.synthetic import builder_parser, run_builder
 from pipeline.config import Config
 

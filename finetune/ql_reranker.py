@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from finetune.common import adapter_cli, train_lora_adapter
+from finetune.common import train_lora_adapter
 from pipeline.config import Config
 from pipeline.data import load_split
 from rerank.query_likelihood import QL_ADAPTER_KIND, ql_example
@@ -52,7 +51,25 @@ def train_ql_reranker(config: Config, *, output: str | None = None, resume: bool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return adapter_cli(argv, prog="python -m finetune.ql_reranker", doc=__doc__, section="finetune.ql_reranker", train=train_ql_reranker)
+    """--out, --no-resume, --no-progress and the config flags; errors print as one line with exit status 2."""
+    import argparse
+    import json
+
+    from pipeline.config import add_config_arguments, config_from_args
+    from pipeline.errors import run_cli
+
+    parser = argparse.ArgumentParser(prog="python -m finetune.ql_reranker", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", metavar="DIR", help="Adapter folder. Default: finetune.ql_reranker.output.")
+    parser.add_argument("--no-resume", action="store_true", help="Ignore checkpoints of an interrupted run with the same settings and start over.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars (logs stay).")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    overrides = [f"finetune.ql_reranker.output={json.dumps(args.out)}"] if args.out else []
+
+    def body() -> None:
+        train_ql_reranker(config_from_args(args, overrides), resume=not args.no_resume, show_progress=not args.no_progress)
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

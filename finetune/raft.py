@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import SPLITS, load_split
 from pipeline.errors import UserFacingError, run_cli

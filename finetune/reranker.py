@@ -4,7 +4,6 @@
     python -m finetune.reranker  --config tiny
     python -m finetune.reranker  --config tiny --set data.dir=runs/seed/data --set run_dir=runs/seed
     python -m finetune.reranker  --config tiny --set finetune.reranker.epochs=2 --set finetune.reranker.loss=listwise
-    python -m finetune.doc2query --config smollm2 && python -m finetune.reranker --config smollm2   # its student reads the doc2query questions
 
 What it does:
 
@@ -15,8 +14,6 @@ What it does:
    the answers of the passages the project's hybrid retriever returns for the question over the
    knowledge base (`pipeline.index`), the question's own node and any passage with the same answer
    text excluded (those are not negatives); plus random answers of other train questions.
-   `finetune.reranker.synthetic` adds the (question, passage) pairs of python -m finetune.doc2query
-   after `limit`, mined the same way.
 3. Train with the sentence-transformers v4+ `CrossEncoderTrainer`. Loss (`finetune.reranker.loss`):
    `bce` (default) is binary cross-entropy on (question, passage, 1|0) pairs with the positive
    weighted by the number of negatives per question, so both classes carry equal weight; it is the
@@ -25,12 +22,6 @@ What it does:
    negatives (+ in-batch random ones): it optimises "the positive first" directly. On short val
    runs neither moved off its chance loss until the leftover [CLS] pooler of the bi-encoder
    checkpoint was reset (`reset_pooler`); the default stays bce.
-   With `finetune.reranker.distill_layers: N` the trained cross-encoder is then the teacher of a
-   copy of its first N layers (`distill_cross_encoder`): the student learns the teacher's logits
-   (MSE) on the hybrid top `mine_candidates` passages of every training question, the pairs it
-   will rerank, and is what gets evaluated and saved (the teacher's val figures are logged too).
-   `finetune.reranker.distill_synthetic` adds the questions of a doc2query file to the student's
-   pairs only (the hybrid top `distill_synthetic_candidates` each, labelled by the teacher).
 4. Evaluate on val before and after, open-book protocol (the corpus is every answer of
    train+val+test, the gold passage is the question's own answer): the retriever's ranking of its
    top `eval_candidates` (base) -> the same candidates reranked, MRR@10, nDCG@10, R@1 with
@@ -53,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import load_split
 from pipeline.errors import UserFacingError, run_cli
@@ -246,7 +236,7 @@ def openbook_setup(config: Config, split: str, *, embed_model: Any = None, show_
     """The open-book protocol exactly as `eval.retrieval` defines it (every answer of
     train+val+test a passage, an in-memory knowledge base over them), the questions of `split` and
     their relevant passage ids. Returns (kb, questions, relevant); close the kb when done."""
-    from eval.retrieval import open_book_corpus
+    from pipeline.data import open_book_corpus
     from pipeline.index import KnowledgeBase
 
     nodes, questions, relevant = open_book_corpus(config.data.dir)
@@ -310,7 +300,7 @@ def rerank_order(score_fn: Callable[[str, Sequence[str]], Sequence[float]], cand
 
 def ranking_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[set[str]], *, seed: int = 42, samples: int = 1000) -> dict[str, Any]:
     """Recall@1/5/10/20, MRR@10, nDCG@10, hit rate with bootstrap 95% intervals (eval.metrics)."""
-    from eval.metrics import retrieval_per_query, summarize
+    from pipeline.metrics import retrieval_per_query, summarize
 
     return summarize(retrieval_per_query(ranked, relevant), samples=samples, seed=seed)
 
@@ -358,9 +348,10 @@ def new_cross_encoder(config: Config, *, base_model: str | None = None) -> "Cros
     return model
 
 
-def keep_first_layers(model: "CrossEncoder", layers: int, *, key: str = "finetune.reranker.layers") -> None:
+def keep_first_layers(model: "CrossEncoder", layers: int) -> None:
     """Drop every transformer layer of the encoder after the first `layers` (in place, with its
-    config), so training and inference run the shallower model. `key`: the setting the error names."""
+    config), so training and inference run the shallower model (finetune.reranker.layers)."""
+    key = "finetune.reranker.layers"
     encoder = getattr(getattr(model.model, "base_model", None), "encoder", None)
     stack = getattr(encoder, "layer", None)
     if stack is None:
@@ -458,55 +449,6 @@ def _fit(model: "CrossEncoder", dataset: Any, loss: Any, config: Config, *, batc
     return list(trainer.state.log_history)
 
 
-def distillation_rows(records: Sequence[dict[str, str]], candidates: Sequence[Sequence[str]], score_fn: Callable[[str, Sequence[str]], Sequence[float]]) -> dict[str, list]:
-    """Columns query, passage, label for the student: each record's candidate passages (what the
-    reranker sees at inference: the first stage's top passages) with its own answer put in for the
-    last candidate when the retriever missed it (the student must learn the positive's score too),
-    each labelled with the teacher's logit `score_fn(question, passages)`."""
-    if len(candidates) != len(records):
-        raise ValueError(f"{len(candidates)} candidate lists for {len(records)} records; they must pair up")
-    rows: dict[str, list] = {"query": [], "passage": [], "label": []}
-    for record, passages in zip(records, candidates):
-        passages = list(dict.fromkeys(passages))  # a copy without repeats: the caller's list stays as it was
-        if not any(_norm(p) == _norm(record["answer"]) for p in passages):
-            passages = [*passages[: max(0, len(passages) - 1)], record["answer"]]
-        scores = score_fn(record["question"], passages)
-        rows["query"].extend([record["question"]] * len(passages))
-        rows["passage"].extend(passages)
-        rows["label"].extend(float(x) for x in scores)
-    return rows
-
-
-def distill_cross_encoder(
-    teacher: "CrossEncoder", rows: dict[str, list], config: Config, *, work_dir: str | Path, show_progress: bool = True
-) -> tuple["CrossEncoder", list[dict[str, Any]]]:
-    """A copy of `teacher` cut to its first `distill_layers` layers (head kept), trained on `rows`
-    (distillation_rows) with MSE between its logit and the teacher's; `teacher` is not changed.
-
-    Why start from the teacher's own layers: its lower layers and head already speak the teacher's
-    scale, so MSE only has to make up for the missing layers. Measured on seed val (open-book, over
-    hybrid, 270 questions, w = 0.5): 4 of 6 layers, 3 epochs, lr 1e-4 tied the teacher (MRR@10
-    gain +0.0250 against +0.0249; on test +0.0082 against +0.0244); 3 layers at 2 epochs, lr 5e-5
-    kept only +0.007 on val."""
-    import copy
-
-    from datasets import Dataset
-    from sentence_transformers.cross_encoder.losses import MSELoss
-
-    settings = config.finetune.reranker
-    if not rows["label"]:
-        raise TrainingSetupError("no distillation pairs: the first stage returned no passages for the training questions")
-    student = copy.deepcopy(teacher)
-    keep_first_layers(student, settings.distill_layers, key="finetune.reranker.distill_layers")
-    history = _fit(
-        student, Dataset.from_dict(rows), MSELoss(student), config,
-        batch_size=settings.batch_size, epochs=settings.distill_epochs, learning_rate=settings.distill_learning_rate,
-        work_dir=work_dir, show_progress=show_progress,
-    )
-    student.eval()
-    return student, history
-
-
 @dataclass
 class RerankerRun:
     output: Path
@@ -519,7 +461,6 @@ class RerankerRun:
 def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None] = print) -> RerankerRun:
     """The whole command: mine, build examples, evaluate base, train, evaluate, save."""
     from finetune.common import seed_everything
-    from finetune.doc2query import load_synthetic_pairs
     from pipeline.fileio import atomic_directory
     from pipeline.models import check_model_source, resolve_model
     from pipeline.retrieve import build_retriever
@@ -533,27 +474,16 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     load_split(config.data.dir, "val")  # fail before any work when val is missing
     if settings.limit is not None:
         train = train[: settings.limit]
-    if settings.distill_synthetic and settings.distill_layers is None:
-        raise ConfigError(
-            f"finetune.reranker.distill_synthetic={settings.distill_synthetic}: these questions train the distilled student, and "
-            "finetune.reranker.distill_layers is null (no student). Fix: set finetune.reranker.distill_layers (e.g. 4), or distill_synthetic=null"
-        )
     # the base model too: mining and the base evaluation take minutes on a real knowledge base
     resolve_model(check_model_source(config, settings.base_model, "finetune.reranker.base_model"))
-    if settings.synthetic:  # doc2query pairs: more questions for the same passages, mined alike
-        train = [*train, *load_synthetic_pairs(settings.synthetic, "finetune.reranker.synthetic")]
-    # questions only the student learns from (the teacher labels their candidates)
-    distill_only = load_synthetic_pairs(settings.distill_synthetic, "finetune.reranker.distill_synthetic") if settings.distill_synthetic else []
 
     # 1. hard negatives from the knowledge base (train pairs) with the hybrid retriever
     t = time.perf_counter()
     kb = open_knowledge_base(config)
     hard: list[list[str]] = [[] for _ in train]
-    needs_vectors = settings.hard_negatives > 0 or settings.distill_layers is not None
-    vectors = query_vectors(kb, [r["question"] for r in train]) if needs_vectors else None  # mining and distillation share them
     if settings.hard_negatives > 0:
         retriever = build_retriever(config, mode="hybrid", top_k=max(settings.mine_candidates, settings.hard_negatives + 2), kb=kb)
-        hard = mine_hard_negatives(retriever, train, settings.hard_negatives, show_progress=show_progress, embeddings=vectors)
+        hard = mine_hard_negatives(retriever, train, settings.hard_negatives, show_progress=show_progress, embeddings=query_vectors(kb, [r["question"] for r in train]))
     random_count = settings.random_negatives if settings.loss == "bce" else 0
     examples = build_examples(train, hard, random_count, config.finetune.seed)
     seconds["mining"] = time.perf_counter() - t
@@ -581,31 +511,6 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
         history = train_cross_encoder(model, examples, config, records=train, work_dir=work, show_progress=show_progress)
     seconds["training"] = time.perf_counter() - t
 
-    # 3b. distil it into its first distill_layers layers: the student is what is evaluated and saved
-    teacher_after = None
-    if settings.distill_layers is not None:
-        t = time.perf_counter()
-        teacher_after = evaluate(model)
-        retriever = build_retriever(config, mode="hybrid", top_k=settings.mine_candidates, kb=kb)
-        hits = retrieve_each(retriever, [r["question"] for r in train], vectors, desc="first-stage candidates for distillation", show_progress=show_progress)
-        if distill_only:  # fewer candidates each: the pairs, so the student's training time, grow with them
-            retriever = build_retriever(config, mode="hybrid", top_k=settings.distill_synthetic_candidates, kb=kb)
-            questions = [r["question"] for r in distill_only]
-            hits += retrieve_each(retriever, questions, query_vectors(kb, questions), desc="first-stage candidates of the synthetic questions", show_progress=show_progress)
-        # the postprocessor's scores are raw logits, the distillation target (a sigmoid would squash
-        # the confident ends that order the top of a list)
-        rows = distillation_rows([*train, *distill_only], [[passage_text(h.node) for h in found] for found in hits], cross_encoder_scorer(model, config.rerank.batch_size))
-        counts["distillation_pairs"] = len(rows["label"])
-        counts["distillation_synthetic_questions"] = len(distill_only)
-        log(
-            f"distilling the {len(model.model.base_model.encoder.layer)}-layer cross-encoder into its first {settings.distill_layers} layers: {len(rows['label'])} teacher-scored pairs"
-            + (f" ({len(train)} training and {len(distill_only)} synthetic questions)" if distill_only else "")
-        )
-        with tempfile.TemporaryDirectory(prefix="ragft-reranker-student-") as work:
-            model, distill_history = distill_cross_encoder(model, rows, config, work_dir=work, show_progress=show_progress)
-        history = [*history, *({"distillation": True, **entry} for entry in distill_history)]
-        seconds["distillation"] = time.perf_counter() - t
-
     # 4. rerank the same candidates with the trained model
     t = time.perf_counter()
     after = evaluate(model)
@@ -613,17 +518,12 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     seconds["total"] = time.perf_counter() - started
 
     label = f"{config.retrieve.mode} top-{settings.eval_candidates}"
-    if teacher_after is not None:
-        log(f"val (open-book, {before['n']} questions): {label} -> reranked by the teacher (all its layers)")
-        log(format_comparison(before, teacher_after, (label, "teacher")))
-    log(f"val (open-book, {before['n']} questions): {label} -> reranked by the fine-tuned cross-encoder" + (f" (the {settings.distill_layers}-layer student)" if teacher_after is not None else ""))
+    log(f"val (open-book, {before['n']} questions): {label} -> reranked by the fine-tuned cross-encoder")
     log(format_comparison(before, after, (label, "reranked")))
 
     # 5. save atomically: model + resolved config + log + evaluation
     output = Path(settings.output)
     evaluation = {"protocol": "open-book", "split": "val", "candidates": settings.eval_candidates, "retriever": config.retrieve.mode, "base": before, "reranked": after}
-    if teacher_after is not None:
-        evaluation["teacher"] = teacher_after
     with atomic_directory(output) as tmp:
         model.save_pretrained(str(tmp))
         (tmp / EVAL_NAME).write_text(json.dumps(evaluation, indent=2), encoding="utf-8")
@@ -644,9 +544,7 @@ def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None
     log(f"saved the reranker to {output}; use it with --set rerank.model={output}")
     log(
         f"wall time: {seconds['total']:.1f} s (mining {seconds['mining']:.1f} s, base eval {seconds['eval_base']:.1f} s, "
-        f"training {seconds['training']:.1f} s, "
-        + (f"distillation {seconds['distillation']:.1f} s, " if "distillation" in seconds else "")
-        + f"reranked eval {seconds['eval_reranked']:.1f} s)"
+        f"training {seconds['training']:.1f} s, reranked eval {seconds['eval_reranked']:.1f} s)"
     )
     return RerankerRun(output, before, after, seconds, counts)
 

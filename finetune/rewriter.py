@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.common import train_lora_adapter
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, config_from_dict
 from pipeline.data import SPLITS, DataError, load_split
@@ -99,8 +98,10 @@ def evaluate_rewriters(
     in the dense search vector (rewrite.hyde_question_weight; None: the plain mean), from one
     generation of its rewrites, and reported as `VARIANT@w` (default: the profile's weight only,
     reported under the variant's own name)."""
-    from eval.metrics import paired_mean_test, retrieval_per_query, summarize
-    from eval.retrieval import DEPTH, open_book_corpus, rewrite_texts
+    from pipeline.metrics import paired_mean_test, retrieval_per_query, summarize
+    from pipeline.metrics import DEPTH
+    from rewrite.rewriter import rewrite_texts
+    from pipeline.data import open_book_corpus
     from pipeline.index import KnowledgeBase
     from rerank.evaluate import evaluate_variants, parse_variant
 
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def body() -> None:
-        from eval.publish import run_record
+        from pipeline.cli import run_record
 
         config = config_from_args(args, overrides)
         if not args.evaluate_only:

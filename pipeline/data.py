@@ -227,3 +227,22 @@ def load_split(data_dir: str | Path, split: str) -> list[dict[str, str]]:
     # --skip-invalid is pipeline.prepare's flag: commands reading a prepared split point there
     fix = f"fix the row, or prepare the data again: python -m pipeline.prepare --input RAW --out {data_dir} (--skip-invalid drops bad rows)"
     return load_records(path, fix=fix).records
+
+def open_book_corpus(data_dir: str | Path) -> tuple[list[Any], dict[str, list[str]], dict[str, list[set[str]]]]:
+    """Passages (every answer of train+val+test as a node, id `<split>-<line index>`), and per
+    split its questions and the relevant passage id of each: its own answer only, as the protocol
+    says (the seed data has 31 answers repeated verbatim; a twin ranked first counts as a miss,
+    which is how the known figures were measured)."""
+    from llama_index.core.schema import TextNode
+
+    nodes, questions, relevant = [], {}, {}
+    keys = ["split", "question", "answer"]
+    for split in SPLITS:
+        records = load_split(data_dir, split)
+        questions[split], relevant[split] = [], []
+        for i, record in enumerate(records):
+            node_id = f"{split}-{i}"
+            nodes.append(TextNode(id_=node_id, text=record["answer"], metadata={"split": split, "question": record["question"], "answer": record["answer"]}, excluded_embed_metadata_keys=list(keys), excluded_llm_metadata_keys=list(keys)))
+            questions[split].append(record["question"])
+            relevant[split].append({node_id})
+    return nodes, questions, relevant

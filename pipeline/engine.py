@@ -169,8 +169,8 @@ class Components:
 
             llm = load_llm(self.config, adapter=self.adapter_path(kind), verbose=False)
             if hasattr(llm, "share_base") and not self.config.generator.merge_adapter:
-                # one base model in memory; each kind is a PEFT adapter switched on per call (with
-                # int8 every adapter on disk is loaded first: quantized layers take no new adapter)
+                # one base model in memory; each kind is a PEFT adapter switched on per call (the
+                # adapters on disk load with the base model, before its weights are prepacked)
                 self._bank = llm.share_base(self._bank, preload=self._built_adapters())
             return llm
 

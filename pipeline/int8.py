@@ -27,14 +27,9 @@ each encoder), saved as model.pt2 with `torch.export.save`; at load, `torch.comp
 freezing: the int8 weights prepacked for oneDNN and the quantize steps fused into the matrix
 products) compiles it once per process (~8-15 s; a C++ compiler is needed). Static scales make a
 text's vector independent of the texts batched with it, and the outputs are closer to fp32 than
-the dynamic onnxruntime path's: seed val, open book over 1,806 answers, dense MRR@10 minus fp32
--0.0009 [-0.0117, +0.0095] for the base MiniLM (onnxruntime -0.0051 [-0.0172, +0.0063]) and
-+0.0033 [-0.0066, +0.0136] for the fine-tuned embedder (onnxruntime -0.0004; one-off scripts, AMD
-EPYC). `python -m eval.bench speed` measures both runtimes in one process; in
-results/bench/speed-4def86b.json (AMD EPYC, 2 cores) the fine-tuned embedder ran at 415 texts/s against
-onnxruntime's 349 (fp32 124), the 4-layer cross-encoder at 513 pairs/s against 458 (fp32 181),
-logit correlation with fp32 0.9926. One query alone takes longer (3-4.5 ms against 1.5-2.3 ms):
-each compiled kernel starts its threads for two rows. Each runtime has its own cache folder
+the dynamic onnxruntime path's. It is faster on batches and slower on one query alone (each
+compiled kernel starts its threads for two rows). `python -m eval.bench speed` measures both
+runtimes in one process (docs/experiments.md). Each runtime has its own cache folder
 (`.ragft-int8` and `.ragft-int8-inductor`), with the same digest rules.
 
 Outputs match the torch path: `Int8Embedding` pools like the model's sentence-transformers modules
@@ -56,9 +51,8 @@ model.onnx does not (truncated, overwritten) or which onnxruntime cannot load is
 ragft writes it atomically, so such damage came from outside, and silently exporting again would
 hide it.
 
-Measured (AMD EPYC with AVX-512 VNNI, no AMX; 2 cores shared with other jobs, so read the ratios
-rather than the absolute numbers): `MEASURED` below for the settings, `python -m eval.bench int8`
-for speed and retrieval quality on the seed data.
+The quantization settings (`Int8Settings`: one scale per output channel, the MatMuls with a
+weight matrix only) were chosen for the vectors' agreement with fp32 (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -79,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Literal, Option
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from pipeline import DropMessages
+from pipeline.logs import DropMessages
 from pipeline.errors import UserFacingError
 from pipeline.fileio import atomic_directory, write_json
 from pipeline.models import ModelLoadError, require_safetensors
@@ -88,21 +82,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 logger = logging.getLogger(__name__)
-
-MEASURED = """\
-Settings, all-MiniLM-L6-v2 on 128 seed passages, batch 64 (all MatMuls with constant weights
-quantized): per-tensor weights cos(fp32, int8) mean 0.960 (min 0.926); per-channel 0.994 (min
-0.989); reduce_range 0.865; per-channel + the 6 FFN output MatMuls kept fp32 0.997 at ~30% less
-speed; + Gather (int8 embedding table) 0.9934, 59 -> 23 MB. MatMulConstBOnly changes nothing with
-this onnxruntime (the attention MatMuls, whose inputs are both activations, stay fp32 either way).
-
-`python -m eval.bench int8 --threads 1` (defaults below, seed splits, 1 thread each):
-embedder 500 texts batch 64: torch 63 texts/s, int8 223 (3.5x), cos mean 0.9938, min 0.9884.
-Cross-encoder (the trained MiniLM reranker) 400 pairs, max_length 128, batch 32: torch 82 pairs/s,
-int8 336 (4.1x); 20 candidates at batch 20: p50 278 -> 69 ms; top-1 agreement 0.95; own answer
-ranked first 0.80 with both. Dense retrieval, 100 val questions, knowledge base train + val:
-MRR@10 open book 1.000 / 1.000; answers-only corpus 0.772 fp32 / 0.740 int8 (0.764 with an fp32
-corpus and int8 queries; on all 270 val questions 0.739 / 0.726, FFN output in fp32 0.733)."""
 
 FORMAT = "ragft-int8/1"
 CACHE_DIRNAME = ".ragft-int8"

@@ -322,7 +322,7 @@ def apply_cpu_threads(threads: Optional[int], device: str = "cpu") -> None:
 
 def check_four_bit(load_in_4bit: bool) -> None:
     """Raise the named error when 4-bit loading is asked for without CUDA (before any import of
-    bitsandbytes, which pipeline/__init__ hides on machines without an NVIDIA driver)."""
+    bitsandbytes, which only the `gpu` extra installs)."""
     if not load_in_4bit:
         return
     import torch
@@ -337,9 +337,9 @@ def four_bit_config() -> Any:
     from transformers import BitsAndBytesConfig
 
     try:
-        import bitsandbytes  # noqa: F401  (imported here only: it is hidden on CPU machines)
+        import bitsandbytes  # noqa: F401  (only 4-bit loading needs it: the optional `gpu` extra)
     except ImportError as exc:
-        raise ModelLoadError(f"generator.load_in_4bit=true needs the bitsandbytes package ({exc}); pip install bitsandbytes, or set generator.load_in_4bit=false") from None
+        raise ModelLoadError(f"generator.load_in_4bit=true needs the bitsandbytes package ({exc}); pip install -e '.[gpu]' on a CUDA machine, or set generator.load_in_4bit=false") from None
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
 
 
@@ -425,23 +425,6 @@ def _model_context_window(path: str, trust_remote_code: bool) -> int:
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048)
 
 
-def quantize_linear_int8(model: Any) -> Any:
-    """Dynamic int8 quantization (in place) of the frozen linear layers, the LM head included;
-    LoRA matrices stay fp32. On a 2-core AVX-512 VNNI CPU it made SmolLM2's prefill of 16
-    with-context prompts ~3.7x faster (24.8 s -> 6.6 s); greedy outputs change, so its effect on
-    answer quality is measured on val (README, "Language models")."""
-    import warnings
-
-    import torch
-
-    model.to(torch.float32)  # torch's dynamic int8 kernels take float32 activations (a bf16 model would fail)
-    names = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and "lora_" not in name}
-    with warnings.catch_warnings():  # torch.ao's deprecation notices, once per process
-        warnings.simplefilter("ignore")
-        torch.ao.quantization.quantize_dynamic(model, {name: torch.ao.quantization.default_dynamic_qconfig for name in names}, inplace=True)
-    return model
-
-
 # oneDNN chooses a packed weight's blocked layout for this many rows per call: one decoding step
 # of a batch of 16 (generator.batch_size), where the saving lies; prefill's thousands of rows ran
 # as fast with any hint (one-off test on 2 EPYC cores)
@@ -517,12 +500,10 @@ def prepack_linear_weights(model: Any) -> int:
     return len(layers)
 
 
-def speed_up_cpu_inference(model: Any, *, quantize: str, prepack: bool) -> None:
-    """What generator.quantize / generator.prepack_weights do to a loaded model, in place: dynamic
-    int8 linear layers, else (bf16 CPU layers) weights prepacked for oneDNN, else nothing."""
-    if quantize == "int8":
-        quantize_linear_int8(model)
-    elif prepack:
+def speed_up_cpu_inference(model: Any, *, prepack: bool) -> None:
+    """What generator.prepack_weights does to a loaded model, in place: (bf16 CPU layers) weights
+    prepacked for oneDNN, else nothing."""
+    if prepack:
         prepack_linear_weights(model)
 
 
@@ -547,7 +528,7 @@ class AdapterBank:
     model the same prompt (ablations whose difference does not reach the prompt, repeated runs)
     generate it once."""
 
-    def __init__(self, load_base: Any, *, preload: Sequence[str] = (), quantize: str = "none", prepack: bool = False) -> None:
+    def __init__(self, load_base: Any, *, preload: Sequence[str] = (), prepack: bool = False) -> None:
         import threading
 
         self._load_base = load_base  # () -> (model, tokenizer)
@@ -556,24 +537,20 @@ class AdapterBank:
         self._tokenizer: Any = None
         self._names: dict[str, str] = {}
         self._preload = [p for p in preload if p]
-        self.quantize = quantize
         self.prepack = prepack
         self.memo: dict[tuple, str] = {}
 
     def acquire(self, adapter: Optional[str], *, allow_pickle: bool = False) -> tuple[Any, Any]:
-        """(model, tokenizer), with `adapter` (a folder, or None for the base) loaded. With int8
-        quantization every adapter is loaded first (`preload`), then the base layers are
-        quantized once: PEFT cannot add an adapter to an already quantized layer."""
+        """(model, tokenizer), with `adapter` (a folder, or None for the base) loaded. The base
+        model loads on the first call, with the `preload` adapters."""
         with self._lock:
             if self._model is None:
                 self._model, self._tokenizer = self._load_base()
                 for path in dict.fromkeys([*self._preload, *([adapter] if adapter else [])]):
                     self._add(path, allow_pickle)
                 # adapters added later wrap the packed layers
-                speed_up_cpu_inference(self._model, quantize=self.quantize, prepack=self.prepack)
+                speed_up_cpu_inference(self._model, prepack=self.prepack)
             if adapter and adapter not in self._names:
-                if self.quantize == "int8":
-                    raise ModelLoadError(f"the adapter {adapter!r} was not there when the shared int8 model was built, and an adapter cannot be added to quantized layers. Fix: build it before the first query (eval.compare does), or --set generator.quantize=none")
                 self._add(adapter, allow_pickle)
             return self._model, self._tokenizer
 
@@ -649,8 +626,7 @@ def _make_local_llm_class():
         cpu_threads: Optional[int] = Field(default=None, description="torch CPU threads (process-wide) set at load; None keeps torch's default.")
         convert_dir: Optional[str] = Field(default=None, description="Where a model bundled as GGUF is converted to safetensors (generator.convert_dir).")
         repetition_penalty: float = Field(default=1.0, gt=0.0, description="transformers' repetition penalty (1.0: none).")
-        quantize: str = Field(default="none", description="none, or int8: dynamic int8 quantization of the frozen linear layers (CPU inference).")
-        cache_implementation: Optional[str] = Field(default=None, description="KV cache of generate: static (transformers' preallocated cache), append (ragft's append-only cache with the shared prompt prefix prefilled once, CPU; pipeline.kv_cache); None: transformers' dynamic default.")
+        cache_implementation: Optional[str] = Field(default=None, description="KV cache of generate: append (ragft's append-only cache with the shared prompt prefix prefilled once, CPU; pipeline.kv_cache); None: transformers' dynamic default.")
         prepack_weights: bool = Field(default=True, description="Keep the bf16 linear weights prepacked for oneDNN on the CPU (prepack_linear_weights): the same outputs, faster.")
         verbose: bool = Field(default=True, description="Print tokens/s after batched generation.")
 
@@ -696,7 +672,7 @@ def _make_local_llm_class():
             adapters. Not with merge_adapter."""
             if self.merge_adapter:
                 raise ModelLoadError("generator.merge_adapter=true merges the adapter into the weights, so the base model cannot be shared between adapters")
-            self._bank = bank or AdapterBank(self._load_base, preload=preload, quantize=self.quantize, prepack=self.prepack_weights)
+            self._bank = bank or AdapterBank(self._load_base, preload=preload, prepack=self.prepack_weights)
             self._memo = self._bank.memo
             return self._bank
 
@@ -708,7 +684,7 @@ def _make_local_llm_class():
                 if self.adapter:
                     model = attach_adapter(model, self.adapter, merge=self.merge_adapter, allow_pickle=self.allow_pickle_weights)
                     model.eval()
-                speed_up_cpu_inference(model, quantize=self.quantize, prepack=self.prepack_weights)
+                speed_up_cpu_inference(model, prepack=self.prepack_weights)
                 self._tokenizer = tokenizer
                 self._model = model
             return self
@@ -739,8 +715,6 @@ def _make_local_llm_class():
         def _generation_kwargs(self, max_new_tokens: Optional[int], temperature: Optional[float]) -> dict[str, Any]:
             temperature = self.temperature if temperature is None else temperature
             kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens or self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id, "repetition_penalty": self.repetition_penalty}
-            if self.cache_implementation == "static":  # "append" is ragft's own (_run_generate), not a transformers name
-                kwargs["cache_implementation"] = self.cache_implementation
             if temperature > 0:
                 kwargs.update(do_sample=True, temperature=temperature)
             else:  # greedy; unset sampling knobs a checkpoint's generation_config may carry
@@ -965,7 +939,6 @@ def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool
         cpu_threads=gen.cpu_threads,
         convert_dir=gen.convert_dir,
         repetition_penalty=gen.repetition_penalty,
-        quantize=gen.quantize,
         cache_implementation=gen.cache_implementation,
         prepack_weights=gen.prepack_weights,
         verbose=verbose,
@@ -987,8 +960,8 @@ def load_cross_encoder(
 
     `num_labels=1` on an encoder checkpoint that has no classification head (e.g. the bundled
     all-MiniLM-L6-v2) adds a fresh one-logit head: the starting point of `finetune.reranker`.
-    `backend="onnx"` needs `optimum` and `onnxruntime` (exported on first load when the folder
-    holds no ONNX file); `backend="torch-bf16"` loads the weights in bfloat16. `backend="onnx-int8"` (or `"torch-int8"`, the inductor runtime) returns pipeline.int8's `Int8CrossEncoder`, whose
+    `backend="torch-bf16"` loads the weights in bfloat16. `backend="onnx-int8"` (or `"torch-int8"`,
+    the inductor runtime) returns pipeline.int8's `Int8CrossEncoder`, whose
     `predict` is CrossEncoder's (exported and quantized on first use, cached in the model folder or,
     when that is read-only, in `int8_cache_dir`); it needs a trained head (num_labels None or 1)."""
     if backend in INT8_BACKENDS:
@@ -1000,16 +973,15 @@ def load_cross_encoder(
         if num_labels not in (None, 1):
             raise ModelLoadError(f"rerank.backend={backend} scores with the model's own head; num_labels={num_labels!r} cannot be changed. Fix: load it with backend=torch")
         return Int8CrossEncoder(path, max_length=max_length, cache_dir=int8_cache_dir, settings=Int8Settings(runtime=INT8_BACKENDS[backend]), allow_pickle_weights=allow_pickle)
+    if backend not in ("torch", "torch-bf16"):
+        raise ValueError(f"load_cross_encoder: backend={backend!r} is not one of torch, torch-bf16, {', '.join(INT8_BACKENDS)}")
     from sentence_transformers import CrossEncoder
 
-    model_kwargs: dict[str, Any] = {}
-    if backend in ("torch", "torch-bf16"):
-        model_kwargs["use_safetensors"] = safetensors_flag(allow_pickle)
+    model_kwargs: dict[str, Any] = {"use_safetensors": safetensors_flag(allow_pickle)}
     if backend == "torch-bf16":
         import torch
 
         model_kwargs["dtype"] = torch.bfloat16
-        backend = "torch"
     path = resolve_model(reference)
     try:
         return CrossEncoder(
@@ -1017,9 +989,9 @@ def load_cross_encoder(
             device=resolve_device(device),
             max_length=max_length,
             num_labels=num_labels,
-            backend=backend,
+            backend="torch",
             trust_remote_code=trust_remote_code,
-            model_kwargs=model_kwargs or None,
+            model_kwargs=model_kwargs,
         )
     except OSError as exc:
         raise ModelLoadError(f"cannot load cross-encoder {reference!r}: {exc}.{_pickle_refused_hint(exc)}") from None

@@ -7,7 +7,7 @@
 | finetuned             | -              | -                 | -      | LoRA plain         | -          |
 | rag_finetuned         | -              | dense top-k       | -      | LoRA plain         | -          |
 | nn_answer             | -              | dense top-1       | -      | none (the answer)  | -          |
-| full                  | LoRA rewriter  | retrieve.mode (*) | yes    | LoRA RAFT          | yes        |
+| full                  | rewrite.mode   | retrieve.mode (*) | yes    | LoRA RAFT          | yes        |
 
 (*) over the fine-tuned embedder's index when `index.finetuned_embedder` is on; every other
 system with retrieval searches the base embedder's index (`index.embed_model`).
@@ -17,8 +17,10 @@ and one ablation per part of `full`, each differing from it in exactly that part
 `full-plain-generator`, `full-base-generator`, `full-no-agent`.
 
 "dense top-k" is the reference experiment's setup (top `generator.context_top_k` = 5 passages of
-MiniLM dense retrieval over the train split); `full` uses `rewrite.mode`, `retrieve.mode` (hybrid
-in the shipped profiles) and the reranker's `rerank.top_n`.
+MiniLM dense retrieval over the train split); `full` uses `rewrite.mode` (none in the default
+smollm2 profile), `retrieve.mode` (dense in smollm2, hybrid in the other profiles), the reranker
+`rerank.kind` names (query-likelihood in smollm2) and its `rerank.top_n`. The README's systems
+table is generated from these specs under the default profile (eval.publish.systems_table).
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@ base LM's query likelihood), and `build_reranker`, the one that rerank.kind name
 
 from typing import TYPE_CHECKING
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA, see pipeline/__init__.py)
 
-from rerank.cross_encoder import (  # noqa: E402
+from rerank.cross_encoder import (
     RERANK_METADATA_KEYS,
     CrossEncoderReranker,
     PairScoringReranker,

@@ -185,7 +185,7 @@ class CrossEncoderReranker(PairScoringReranker):
     """Rerank retrieved nodes with a sentence-transformers cross-encoder; keep the best `top_n`."""
 
     model: str = Field(description="Cross-encoder folder or hub id (resolved offline first by pipeline.models.resolve_model).")
-    backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8", "torch-int8"] = Field(default="torch", description="torch or onnx: sentence-transformers' backends (onnx needs optimum + onnxruntime); torch-bf16: torch with bfloat16 weights; onnx-int8 / torch-int8: pipeline.int8.Int8CrossEncoder on onnxruntime / torch inductor, quantized int8 on the CPU (device is ignored).")
+    backend: Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"] = Field(default="torch", description="torch: sentence-transformers' CrossEncoder; torch-bf16: the same with bfloat16 weights; onnx-int8 / torch-int8: pipeline.int8.Int8CrossEncoder on onnxruntime / torch inductor, quantized int8 on the CPU (device is ignored).")
     int8_cache_dir: Optional[str] = Field(default=None, description="With backend=onnx-int8 / torch-int8: where the export goes when the model folder is read-only ({run_dir}/int8-cache from from_config).")
 
     @classmethod

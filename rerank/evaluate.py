@@ -192,18 +192,18 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def load_scorer(config: Config, model: str) -> Any:
-    """The (question, passages) -> scores object of a reranker folder: a LoRA adapter folder is the
-    generator's base LM as a query-likelihood reranker (rerank/query_likelihood.py) when
-    finetune.ql_reranker trained it, else as a pointwise reranker (rerank/lm_pointwise.py);
-    anything else is a cross-encoder."""
+    """The (question, passages) -> scores object of a reranker folder: a LoRA adapter folder that
+    finetune.ql_reranker trained is the generator's base LM as a query-likelihood reranker
+    (rerank/query_likelihood.py); anything else is a cross-encoder."""
     if (Path(model) / "adapter_config.json").is_file():
         from rerank.query_likelihood import QueryLikelihoodReranker, is_ql_adapter
 
-        if is_ql_adapter(model):
-            return QueryLikelihoodReranker.from_config(config, model=model)
-        from rerank.lm_pointwise import LMPointwiseReranker
-
-        return LMPointwiseReranker(config, model)
+        if not is_ql_adapter(model):
+            raise ConfigError(
+                f"--reranker {model}: a LoRA adapter that python -m finetune.ql_reranker did not train (its train_report.json does not say so); "
+                "only query-likelihood adapters rerank. Fix: train one with python -m finetune.ql_reranker, or pass a cross-encoder folder"
+            )
+        return QueryLikelihoodReranker.from_config(config, model=model)
     from rerank.cross_encoder import CrossEncoderReranker
 
     return CrossEncoderReranker.from_config(config, model=model)
@@ -235,8 +235,8 @@ def interpolation_grid(
     from llama_index.core.schema import MetadataMode, QueryBundle
     from tqdm.auto import tqdm
 
-    from eval.metrics import paired_mean_test, retrieval_per_query, summarize
-    from eval.retrieval import open_book_corpus
+    from pipeline.metrics import paired_mean_test, retrieval_per_query, summarize
+    from pipeline.data import open_book_corpus
     from pipeline.index import KnowledgeBase, finetuned_embedder_config
     from pipeline.retrieve import DenseRetriever, build_retriever
     from rerank.cross_encoder import interpolated_order
@@ -326,7 +326,7 @@ def build_parser() -> "argparse.ArgumentParser":
     parser.add_argument("--data", metavar="DIR", help="Folder with train/val/test.jsonl (the open-book corpus is every answer). Default: data.dir of the profile.")
     parser.add_argument("--split", choices=["val", "test"], default="val", help="Split whose questions are the queries. Default: val (choose the weight there; report test with --weights W).")
     parser.add_argument("--first-stage", default="ft-dense", metavar="RETRIEVER", help="[ft-](dense|bm25|hybrid): the retriever whose rerank.candidates passages are reordered. Default: ft-dense (full's first stage in the smollm2 profile).")
-    parser.add_argument("--reranker", action="append", default=[], metavar="NAME=DIR", help="A reranker to compare, under a name for the table (repeatable): a cross-encoder folder (python -m finetune.reranker), a query-likelihood LoRA adapter of the generator's base LM (python -m finetune.ql_reranker), or a pointwise one (python -m finetune.lm_reranker).")
+    parser.add_argument("--reranker", action="append", default=[], metavar="NAME=DIR", help="A reranker to compare, under a name for the table (repeatable): a cross-encoder folder (python -m finetune.reranker) or a query-likelihood LoRA adapter of the generator's base LM (python -m finetune.ql_reranker).")
     parser.add_argument("--weights", default=",".join(str(w) for w in WEIGHTS), metavar="LIST", help=f"Comma-separated first-stage weights in [0, 1]. Default: {','.join(str(w) for w in WEIGHTS)}.")
     parser.add_argument("--format", choices=["md", "json"], default="md", help="Output: a Markdown table or the JSON document. Default: md.")
     parser.add_argument("--out", metavar="FILE", help="Also write the JSON result here (atomically).")
@@ -347,8 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def body() -> None:
-        from eval.compare import config_for_data
-        from eval.publish import run_record
+        from pipeline.cli import config_for_data
+        from pipeline.cli import run_record
 
         config = config_for_data(args)
         rerankers = {}

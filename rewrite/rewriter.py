@@ -29,13 +29,16 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
 
 from llama_index.core.indices.query.query_transform.base import BaseQueryTransform
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle
 
 from rewrite.prompts import parse_lines, rewrite_messages
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 MODES = ("none", "hyde", "multi", "decompose")
 
@@ -241,3 +244,16 @@ class QueryRewriter(BaseQueryTransform):
         if clauses:
             return Rewrite(mode, question, tuple(clauses), "clauses", raw, seconds)
         return Rewrite(mode, question, (), "fallback", raw, seconds)
+
+def rewrite_texts(config: Config, questions: Sequence[str], *, adapter: str | None = "config", mode: str | None = None, show_progress: bool = True) -> list[list[str]]:
+    """What full's first-round rewriter writes for each question (rewrite.mode, none meaning hyde as
+    in the engine's rewriter; `adapter` "config": rewrite.adapter, None: the base LM), batched.
+    A HyDE passage is the hypothetical answer alone: the open-book corpus holds answers alone, so
+    this is the corpus's own format, as the engine writes "Question: ...\nAnswer: ..." for its
+    question-answer nodes."""
+    from pipeline.models import load_llm
+
+    mode = mode or (config.rewrite.mode if config.rewrite.mode != "none" else "hyde")
+    llm = load_llm(config, adapter=config.rewrite.adapter if adapter == "config" else adapter, verbose=show_progress)
+    rewriter = QueryRewriter(llm, mode=mode, n_queries=config.rewrite.n_queries, max_new_tokens=config.rewrite.max_new_tokens, passage_format=lambda question, answer: answer)
+    return [list(made.texts) for made in rewriter.rewrite_many(list(questions), show_progress=show_progress)]

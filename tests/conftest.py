@@ -19,7 +19,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tests/pipeline/test_safe_loading.py removes it to prove that other paths are refused.
 os.environ.setdefault("RAGFT_MODEL_DIRS", tempfile.gettempdir())
 
-import pipeline  # noqa: E402,F401  (hides bitsandbytes on machines without CUDA)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEED_DIR = REPO_ROOT.parent / "shared" / "data" / "seed-technical-qa"

@@ -33,7 +33,6 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-import pipeline  # noqa: E402,F401  (first: hides bitsandbytes on machines without CUDA)
 import streamlit as st  # noqa: E402
 
 from pipeline.config import ConfigError, describe_config  # noqa: E402

@@ -326,29 +326,15 @@ class IngestionRunner:
                 self._embed_model[key] = load_embedder(config)
         return self._embed_model[key]
 
-    def _targets(self) -> list[Config]:
-        """Every index the systems search: the base one, and the fine-tuned embedder's when `full`
-        searches it (index.finetuned_embedder) and it has been built: both must hold the uploads."""
-        targets = [self.config]
-        if self.config.index.finetuned_embedder:
-            from pipeline.index import finetuned_embedder_config
-
-            finetuned = finetuned_embedder_config(self.config, check=False)
-            if (Path(finetuned.index.dir) / "manifest.json").is_file():
-                targets.append(finetuned)
-        return targets
-
     def _run(self, names: list[str], created: list[Path]) -> None:
         from pipeline.index import IndexLockedError, SourceError
 
         warnings: list[str] = []
         try:
-            ingest = self._ingest_fn
-            if ingest is None:
-                from pipeline.index import ingest
-            for target in self._targets():  # the report of the base index is the one shown
-                result = ingest(target, sources=self.sources(), embed_model=self._embedder(target), show_progress=False, log=lambda *_: None, warn=warnings.append)
-                report = result if target is self.config else report
+            from pipeline.index import ingest_all_indexes
+
+            # every index the systems search (the fine-tuned embedder's too); the base index's report is the one shown
+            report = ingest_all_indexes(self.config, sources=self.sources(), embedder_for=self._embedder, ingest_fn=self._ingest_fn, show_progress=False, log=lambda *_: None, warn=warnings.append)[0]
             # an upload the readers could not parse would be retried (and skipped) on every run
             for skipped in getattr(report, "skipped_files", []) or []:
                 path = Path(skipped)

@@ -1,4 +1,4 @@
-"""eval.bench_speed: the JSON's keys and ratios, the flags, clear errors, and each measuring section
+"""eval.bench_speed (python -m eval.bench speed): the JSON's keys and ratios, the flags, clear errors, and each measuring section
 on tiny models (a hashed embedder, the random-weight cross-encoder: the numbers are not the point
 here, the measurement path is). SmolLM2 and the full run are not exercised."""
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from eval import bench, bench_speed
+from eval.bench_speed import measure
 from eval.bench_speed import (
     FIGURES,
     SAMPLES,
@@ -174,17 +175,17 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
         calls.setdefault("latency", []).append((embed_backend, rerank_backend, len(questions), kb))
         return {**detail["retrieve_rerank"], "p50_ms": pair_ms[embed_backend, rerank_backend]}
 
-    monkeypatch.setattr(bench_speed, "load_parts", lambda *a, **k: Parts(configs={"torch": None, "int8": None}, embedders={}, cross_encoders={}, reranker="fake"))
-    monkeypatch.setattr(bench_speed, "measure_ingest", lambda parts, train, *, passages, rounds: calls.setdefault("ingest", (len(train[:passages]), rounds)) and detail["ingest"])
-    monkeypatch.setattr(bench_speed, "build_kb", fake_kb)
+    monkeypatch.setattr(measure, "load_parts", lambda *a, **k: Parts(configs={"torch": None, "int8": None}, embedders={}, cross_encoders={}, reranker="fake"))
+    monkeypatch.setattr(measure, "measure_ingest", lambda parts, train, *, passages, rounds: calls.setdefault("ingest", (len(train[:passages]), rounds)) and detail["ingest"])
+    monkeypatch.setattr(measure, "build_kb", fake_kb)
     # one query, each stage alone: torch-int8 then onnx-int8 embed a question quickest, onnx-int8 then torch-int8 score its list quickest
     one_query = {"queries": 12, "embed_p50_ms": {"onnx-int8": 4.0, "torch-int8": 2.5, "torch-bf16": 6.0, "torch": 9.0}, "rerank_p50_ms": {"onnx-int8": 40.0, "torch-int8": 41.0, "torch-bf16": 70.0, "torch": 120.0}}
-    monkeypatch.setattr(bench_speed, "measure_one_query", lambda parts, lists: dict(one_query))
-    monkeypatch.setattr(bench_speed, "candidate_lists", lambda config, kb, questions: [(q, []) for q in questions])
-    monkeypatch.setattr(bench_speed, "measure_rerank", lambda parts, lists, *, rounds: detail["rerank"])
-    monkeypatch.setattr(bench_speed, "measure_retrieve_rerank", fake_latency)
-    monkeypatch.setattr(bench_speed, "measure_generate", fake_generate)
-    monkeypatch.setattr(bench_speed, "measure_quality", lambda parts, data, picked, *, log: calls.setdefault("quality", list(picked)) and detail["quality"])
+    monkeypatch.setattr(measure, "measure_one_query", lambda parts, lists: dict(one_query))
+    monkeypatch.setattr(measure, "candidate_lists", lambda config, kb, questions: [(q, []) for q in questions])
+    monkeypatch.setattr(measure, "measure_rerank", lambda parts, lists, *, rounds: detail["rerank"])
+    monkeypatch.setattr(measure, "measure_retrieve_rerank", fake_latency)
+    monkeypatch.setattr(measure, "measure_generate", fake_generate)
+    monkeypatch.setattr(measure, "measure_quality", lambda parts, data, picked, *, log: calls.setdefault("quality", list(picked)) and detail["quality"])
     out, readme = tmp_path / "res" / "speed.json", tmp_path / "res" / "README.md"
     argv = ["--quick", "--data", str(data), "--format", "json", "--out", str(out), "--readme", str(readme), "--set", "run_dir=" + str(tmp_path / "run")]
 
@@ -223,7 +224,7 @@ def test_cli_prints_one_json_object_with_every_key(monkeypatch, tmp_path, demo_d
     assert "ingest 120 texts/s, rerank 250 pairs/s; the speed-ups over it, int8's own: ingest 2.50x, rerank 0.20x" in text
 
     # --from-json renders the same README again without measuring anything
-    monkeypatch.setattr(bench_speed, "load_parts", lambda *a, **k: pytest.fail("--from-json must not measure"))
+    monkeypatch.setattr(measure, "load_parts", lambda *a, **k: pytest.fail("--from-json must not measure"))
     again = tmp_path / "again.md"
     assert main(["--from-json", str(out), "--readme", str(again), "--format", "md"]) == 0
     assert again.read_text() == text and "| rerank: cross-encoder pairs/s | 50.0 (onnx-int8) | 200.0 (torch fp32) | 0.25x |" in capsys.readouterr().out
@@ -262,15 +263,15 @@ def test_bad_inputs_name_the_flag_and_the_fix(tmp_path, demo_dir, monkeypatch, c
     assert main(["--quick", "--data", str(data), "--rounds", "0"]) == 2
     assert "--rounds must be > 0; got 0" in capsys.readouterr().err
 
-    real = bench_speed.importlib.util.find_spec
-    monkeypatch.setattr(bench_speed.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    real = measure.importlib.util.find_spec
+    monkeypatch.setattr(measure.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     assert main(["--quick", "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert "onnxruntime" in err and "pip install" in err
 
 
 def test_reranker_sources_in_order(tmp_path, demo_dir):
-    from eval.compare import data_run_dir
+    from pipeline.cli import data_run_dir
 
     config = load_config("tiny", [f"run_dir={tmp_path / 'run'}"])
     trained = Path(data_run_dir(config.run_dir, demo_dir)) / "reranker"
@@ -491,27 +492,27 @@ def test_install_is_timed_with_the_makefiles_install_into_a_fresh_venv(monkeypat
         calls.append((command, cwd))
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(bench_speed.shutil, "which", lambda name: "/usr/bin/make")
-    monkeypatch.setattr(bench_speed.subprocess, "run", fake_run)
+    monkeypatch.setattr(measure.shutil, "which", lambda name: "/usr/bin/make")
+    monkeypatch.setattr(measure.subprocess, "run", fake_run)
     out = bench_speed.measure_install(lambda message: None)
     (command, cwd), = calls
     assert command[:3] == ["/usr/bin/make", "--no-print-directory", "install"] and command[3].startswith("VENV=") and command[3].endswith("/venv")
     assert not Path(command[3][len("VENV="):]).parent.exists()  # the temporary venv is gone afterwards
-    assert cwd == bench_speed.REPO_ROOT and out["wall_s"] >= 0 and out["command"].startswith("/usr/bin/make --no-print-directory install VENV=")
+    assert cwd == measure.REPO_ROOT and out["wall_s"] >= 0 and out["command"].startswith("/usr/bin/make --no-print-directory install VENV=")
 
-    monkeypatch.setattr(bench_speed.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 2))
+    monkeypatch.setattr(measure.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 2))
     with pytest.raises(bench_speed.BenchError, match="exited with 2.*registries"):
         bench_speed.measure_install(lambda message: None)
-    monkeypatch.setattr(bench_speed.shutil, "which", lambda name: None)
+    monkeypatch.setattr(measure.shutil, "which", lambda name: None)
     with pytest.raises(bench_speed.BenchError, match="needs `make`"):
         bench_speed.measure_install(lambda message: None)
 
 
 def test_the_cross_encoder_is_timed_even_where_the_profile_reranks_with_the_query_likelihood_lm(tmp_path):
     """The default profile's reranker is an LM adapter (rerank.kind=query-likelihood); the speed
-    and rerank benchmarks time the cross-encoder path, so their configs say so, and rerank's
+    and scale benchmarks time the cross-encoder path, so their configs say so, and the scale
     bench never mistakes the adapter folder for a cross-encoder."""
-    from eval.bench_rerank import resolve_bench_model
+    from eval.bench_scale import resolve_bench_model
 
     config = load_config("smollm2", [f"run_dir={tmp_path}"])
     assert config.rerank.kind == "query-likelihood"
@@ -520,3 +521,22 @@ def test_the_cross_encoder_is_timed_even_where_the_profile_reranks_with_the_quer
     assert {c.rerank.kind for c in configs.values()} == {"cross-encoder"} and {c.rerank.model for c in configs.values()} == {str(reranker)}
     reference, described = resolve_bench_model(config)
     assert reference == config.finetune.reranker.base_model and "finetune.reranker.output" in described
+
+
+def test_generate_prompts_carry_each_questions_dense_top_k_passages(demo_dir, hash_embedding_cls, tmp_path):
+    """The generate section's prompts are rag_vanilla's: the question with its dense top
+    generator.context_top_k passages, each cut to generator.max_passage_chars."""
+    from types import SimpleNamespace
+
+    from eval.bench_speed.measure import build_prompts
+    from pipeline.index import KnowledgeBase, qa_nodes
+
+    config = load_config("tiny", [f"run_dir={tmp_path}", "generator.context_top_k=2", "generator.max_passage_chars=40"])
+    train = load_split(demo_dir, "train")[:10]
+    kb = KnowledgeBase.from_nodes(config, qa_nodes(train, split="train"), embed_model=hash_embedding_cls())
+    try:
+        prompts = build_prompts(config, SimpleNamespace(tokenizer=None), [r["question"] for r in train[:3]], kb=kb)
+    finally:
+        kb.close()
+    assert len(prompts) == 3 and all(r["question"] in p for r, p in zip(train, prompts))
+    assert all("[1]" in p and "[2]" in p and "[3]" not in p for p in prompts)

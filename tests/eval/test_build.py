@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from eval import build
 from eval.build import BuildError, execute_plan, plan_builds, required_artifacts
@@ -290,90 +291,31 @@ def test_cpu_autocast_training_rebuilds_the_lm_adapters_only_when_switched_on(tm
 
 
 # --------------------------------------------------------------------------------------------
-# the doc2query questions that the reranker (or the embedder) is trained on
+# artifacts built before settings were removed
 # --------------------------------------------------------------------------------------------
 
 
-def _fake_doc2query(config, *, with_digest: bool = True, limit=None, question: str = "What does --retry do?") -> Path:
-    """What finetune.doc2query leaves: the JSONL and a report with the settings digest."""
-    from finetune.synthetic import builder_digest, report_path
-
-    path = Path(config.finetune.doc2query.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"question": question, "answer": "It retries.", "source_id": "n1", "rank": 1}) + "\n", encoding="utf-8")
-    report = {"kind": "doc2query", "limit": limit}
-    if with_digest:
-        report["digest"] = builder_digest(config, "doc2query", config.finetune.doc2query)
-    report_path(path).write_text(json.dumps(report), encoding="utf-8")
-    return path
-
-
-def test_a_reranker_trained_on_the_doc2query_file_has_it_generated_first(tmp_path, demo_dir):
-    output = "'{run_dir}/synthetic/doc2query.jsonl'"  # quoted: a bare {...} is a YAML mapping
-    config = _config(tmp_path, demo_dir, f"finetune.reranker.distill_synthetic={output}", "finetune.reranker.distill_layers=1")
-    assert required_artifacts(config, [get_system("nn_answer")]) == ["index"]  # no reranker, no questions
-    assert required_artifacts(config, [get_system("full")]) == ["base_lm", "index", "doc2query", "reranker", "generator-raft", "rewriter"]
-    plan = plan_builds(config, ["full"])
-    steps = {s.artifact: s for s in plan.steps}
-    assert (steps["doc2query"].action, steps["doc2query"].path) == ("build", config.finetune.doc2query.output)
-    # the same file under the embedder's setting, and a reranker that reads none: only where named
-    embedder = _config(tmp_path, demo_dir, f"finetune.embedder.synthetic={output}", "index.finetuned_embedder=true", "finetune.raft.context=oracle")
-    assert required_artifacts(embedder, [get_system("full")]) == ["base_lm", "index", "doc2query", "embedder", "index-finetuned", "reranker", "generator-raft", "rewriter"]
-    assert "doc2query" not in required_artifacts(_config(tmp_path, demo_dir), [get_system(n) for n in SYSTEM_NAMES])
-    # a cross-encoder trained elsewhere is not trained here, so its questions are not generated either
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    external = _config(tmp_path, demo_dir, f"finetune.reranker.synthetic={output}", f"rerank.model={elsewhere}")
-    assert "doc2query" not in required_artifacts(external, [get_system("full")])
-
-
-def test_the_doc2query_file_is_reused_while_its_report_digest_matches_and_its_content_keys_the_reranker(tmp_path, demo_dir):
-    overrides = ("finetune.reranker.synthetic='{run_dir}/synthetic/doc2query.jsonl'", "finetune.raft.context=oracle")
-    config = _config(tmp_path, demo_dir, *overrides)
+def test_artifacts_built_before_keys_were_removed_are_reused_unless_those_keys_built_them_otherwise(tmp_path, demo_dir):
+    """The removed synthetic-question and distillation keys count at their old defaults, so a stamp
+    written while they existed still matches; a resolved config that holds them still reads, unless
+    one of them built the artifact in a way ragft no longer builds (a distilled student)."""
+    config = _config(tmp_path, demo_dir)
+    settings = build.relevant_settings(config, "reranker")
+    assert (settings["finetune.reranker.distill_layers"], settings["finetune.reranker.distill_epochs"], settings["finetune.reranker.synthetic"]) == (None, 3.0, None)
+    assert build.relevant_settings(config, "embedder")["finetune.embedder.synthetic"] is None
+    assert not any("distill" in key for key in build.relevant_settings(config, "generator-raft"))
     _all_built(config)
-    _fake_doc2query(config)
-    assert _actions(execute_plan(plan_builds(config, ["full"]), config, log=lambda *_: None)) == {a: "reuse" for a in ("data", "base_lm", "index", "doc2query", "reranker", "generator-raft", "rewriter")}
-
-    # other generation settings: the questions are generated again, and the reranker retrained on them
-    plan = plan_builds(_config(tmp_path, demo_dir, *overrides, "finetune.doc2query.top_k=20"), ["full"])
-    reasons = {s.artifact: (s.action, s.reason) for s in plan.steps}
-    assert reasons["doc2query"] == ("rebuild", "built with other settings (finetune.doc2query, finetune.seed, or the data, generator, index or retrieve sections)")
-    assert reasons["reranker"] == ("rebuild", "doc2query is (re)built in this run")
-    assert reasons["generator-raft"][0] == "reuse"  # oracle contexts never see the reranker
-
-    # a quick --limit run, or a report without a digest, is not the file the config asks for
-    _fake_doc2query(config, limit=20)
-    assert "first 20 passages" in {s.artifact: s.reason for s in plan_builds(config, ["full"]).steps}["doc2query"]
-    _fake_doc2query(config, with_digest=False)
-    assert "records no settings digest" in {s.artifact: s.reason for s in plan_builds(config, ["full"]).steps}["doc2query"]
-
-
-def test_a_reranker_stamped_on_one_set_of_questions_is_rebuilt_when_the_file_changes(tmp_path, demo_dir, monkeypatch):
-    config = _config(tmp_path, demo_dir, "finetune.reranker.synthetic='{run_dir}/synthetic/doc2query.jsonl'")
-    built = []
-
-    def fake_builder(config, step, log, show_progress):
-        built.append(step.artifact)
-        _fake_doc2query(config) if step.artifact == "doc2query" else _fake_artifact(config, step.artifact)
-
-    monkeypatch.setattr(build, "_build_one", fake_builder)
-    execute_plan(plan_builds(config, ["full"]), config, log=lambda *_: None)
-    assert built == ["base_lm", "index", "doc2query", "reranker", "generator-raft", "rewriter"]
-    assert not (Path(config.finetune.doc2query.output) / build.STAMP_NAME).exists()  # a file, never stamped
-    assert set(_actions(plan_builds(config, ["full"])).values()) == {"reuse"}
-
-    _fake_doc2query(config, question="How do I set a timeout?")  # same settings, other questions
-    actions = _actions(plan_builds(config, ["full"]))
-    assert (actions["doc2query"], actions["reranker"], actions["rewriter"]) == ("reuse", "rebuild", "reuse")
-
-
-def test_a_synthetic_file_that_nothing_builds_must_exist_before_training_starts(tmp_path, demo_dir):
-    missing = tmp_path / "nowhere" / "questions.jsonl"
-    config = _config(tmp_path, demo_dir, f"finetune.reranker.synthetic={missing}")
-    with pytest.raises(BuildError, match=r"finetune.reranker.synthetic=.*questions.jsonl.*does not exist and is not finetune.doc2query.output.*or set finetune.reranker.synthetic=null"):
-        plan_builds(config, ["full"])
-    _all_built(config)  # a reranker already trained on it does not read it again
+    path = Path(config.rerank.model) / "ragft_config.yaml"
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document["config"]["finetune"]["reranker"].update(distill_layers=None, distill_epochs=3.0, synthetic=None)
+    document["config"]["finetune"]["lm_reranker"] = {"limit": 200}
+    document["config"]["generator"]["quantize"] = "none"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
     assert _actions(plan_builds(config, ["full"]))["reranker"] == "reuse"
+    document["config"]["finetune"]["reranker"]["distill_layers"] = 4
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    step = {s.artifact: s for s in plan_builds(config, ["full"]).steps}["reranker"]
+    assert step.action == "rebuild" and "distill_layers=4, a setting ragft no longer has" in step.reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,9 +333,6 @@ def test_a_query_likelihood_reranker_is_its_own_artifact_built_from_the_base_lm(
     # leave-one-out RAFT contexts are reranked by it too; oracle contexts need no reranker at all
     assert "ql-reranker" in required_artifacts(config, [get_system("full-no-rerank")])
     assert "ql-reranker" not in required_artifacts(_ql_config(tmp_path, demo_dir, "finetune.raft.context=oracle"), [get_system("full-no-rerank")])
-    # the cross-encoder's doc2query questions are not generated for a reranker that does not read them
-    output = "'{run_dir}/synthetic/doc2query.jsonl'"
-    assert "doc2query" not in required_artifacts(_ql_config(tmp_path, demo_dir, f"finetune.reranker.distill_synthetic={output}"), [get_system("full")])
     assert build.upstream_of(config, "ql-reranker") == ("base_lm",)
     step = {s.artifact: s for s in plan_builds(config, ["full"]).steps}["ql-reranker"]
     assert (step.action, step.path) == ("build", config.finetune.ql_reranker.output)

@@ -425,18 +425,18 @@ def test_publish_copies_the_run_without_caches_and_regenerates_the_readme_table(
     assert publish_main([str(tmp_path / "nothing"), "--out", str(out), "--readme", str(readme)]) == 2
 
 
-def test_a_static_kv_cache_changes_the_digest_of_lm_systems_only():
+def test_the_kv_cache_changes_the_digest_of_lm_systems_only_when_set():
     """generator.cache_implementation enters a system's digest only when set, so the runs made
-    with the dynamic default keep their digests (and their finished answers)."""
-    import dataclasses
-
+    with the dynamic default keep their digests (and their finished answers); so does the removed
+    generator.quantize, at the value those runs had."""
     from pipeline.systems import get_system
 
     config = load_config("smollm2", ["generator.cache_implementation=null"])
-    static = dataclasses.replace(config, generator=dataclasses.replace(config.generator, cache_implementation="static"))
+    append = load_config("smollm2", ["generator.cache_implementation=append"])
     assert "cache_implementation" not in cmp.system_settings(config, get_system("full", config))["generator"]
-    assert cmp.system_digest(static, get_system("full", static)) != cmp.system_digest(config, get_system("full", config))
-    assert cmp.system_digest(static, get_system("nn_answer", static)) == cmp.system_digest(config, get_system("nn_answer", config))
+    assert cmp.system_settings(config, get_system("full", config))["generator"]["quantize"] == "none"
+    assert cmp.system_digest(append, get_system("full", append)) != cmp.system_digest(config, get_system("full", config))
+    assert cmp.system_digest(append, get_system("nn_answer", append)) == cmp.system_digest(config, get_system("nn_answer", config))
 
 
 def test_the_hyde_question_weight_changes_the_digest_of_rewriting_systems_only_when_set():

@@ -8,17 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from eval.metrics import retrieval_per_query
-from eval.retrieval import (
-    DEPTH,
-    evaluate_closed_book,
-    main,
-    open_book_corpus,
-    query_embeddings,
-    run_retriever,
-    to_markdown,
-    tune_fusion,
-)
+from pipeline.metrics import retrieval_per_query
+from eval.retrieval import evaluate_closed_book, main, query_embeddings, run_retriever, to_markdown, tune_fusion
+from pipeline.metrics import DEPTH
+from pipeline.data import open_book_corpus
 from pipeline.config import load_config
 
 

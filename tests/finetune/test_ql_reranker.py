@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from finetune.ql_reranker import main, ql_rows, train_ql_reranker
+from pipeline.config import ConfigError
 from helpers import micro_lm_config
 from rerank.query_likelihood import QL_ADAPTER_KIND, QueryLikelihoodReranker, is_ql_adapter, ql_example
 
@@ -100,6 +101,9 @@ def test_rerank_evaluate_loads_a_query_likelihood_adapter_by_its_report(trained,
     config, _ = trained
     assert isinstance(load_scorer(config, config.rerank.model), QueryLikelihoodReranker)
     assert not is_ql_adapter(str(tmp_path))  # no report: not one
+    (tmp_path / "adapter_config.json").write_text("{}")  # an adapter finetune.ql_reranker did not train
+    with pytest.raises(ConfigError, match=r"--reranker .*finetune\.ql_reranker did not train.*Fix:"):
+        load_scorer(config, str(tmp_path))
 
 
 def test_cli_reports_a_missing_base_model(tmp_path, capsys):

@@ -202,77 +202,9 @@ def test_layers_keeps_the_first_n_and_the_saved_model_reloads_with_them(tiny_cro
         new_cross_encoder(load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.layers=3"]), base_model=str(tiny_cross_encoder_dir))
 
 
-def test_distillation_rows_label_each_candidate_with_the_teachers_score_and_keep_the_positive():
-    """Each question's candidates become (question, passage, teacher logit) rows; a question whose
-    own answer the first stage missed gets it in place of its last candidate; repeats are dropped;
-    the caller's lists are not changed."""
-    from finetune.reranker import distillation_rows
-
-    records = [{"question": "q1", "answer": "gold one"}, {"question": "q2", "answer": "gold two"}]
-    candidates = [["x", "gold one", "y", "x"], ["a", "b", "c"]]
-    kept = [list(c) for c in candidates]
-    seen = []
-
-    def teacher(question, passages):
-        seen.append((question, list(passages)))
-        return [10.0 * len(p) + (1.0 if question == "q2" else 0.0) for p in passages]
-
-    rows = distillation_rows(records, candidates, teacher)
-    assert candidates == kept
-    assert seen == [("q1", ["x", "gold one", "y"]), ("q2", ["a", "b", "gold two"])]
-    assert rows["query"] == ["q1"] * 3 + ["q2"] * 3
-    assert rows["passage"] == ["x", "gold one", "y", "a", "b", "gold two"]
-    assert rows["label"] == [10.0, 80.0, 10.0, 11.0, 11.0, 81.0]
-    with pytest.raises(ValueError, match="must pair up"):
-        distillation_rows(records, candidates[:1], teacher)
-
-
-def test_distilled_student_keeps_the_first_layers_and_learns_the_teachers_logits(demo_dir, tiny_cross_encoder_dir, tmp_path):
-    """The student is a 1-layer copy of the 2-layer teacher (the teacher itself unchanged); after
-    training its logits are closer to the teacher's than the untrained cut's were, on the pairs it
-    trained on; a student deeper than the teacher is refused naming distill_layers."""
-    import copy
-
-    import torch
-
-    from finetune.common import seed_everything
-    from finetune.reranker import cross_encoder_scorer, distill_cross_encoder, distillation_rows, keep_first_layers, new_cross_encoder
-    from pipeline.config import ConfigError
-
-    train = load_split(demo_dir, "train")[:12]
-    config = load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.distill_layers=1", "finetune.reranker.distill_epochs=8", "finetune.reranker.distill_learning_rate=3.0e-3", "finetune.reranker.batch_size=16"])
-    seed_everything(0)
-    teacher = new_cross_encoder(config, base_model=str(tiny_cross_encoder_dir))
-    with torch.no_grad():  # a teacher whose last layer matters and whose logits spread (a random one's are all ~0)
-        torch.manual_seed(1)
-        teacher.model.bert.encoder.layer[1].output.dense.weight.normal_(0.0, 1.0)
-        teacher.model.classifier.weight.mul_(40.0)
-    teacher_weights = {n: p.detach().clone() for n, p in teacher.named_parameters()}
-    candidates = [[r["answer"] for r in train[i : i + 4]] for i in range(len(train))]
-    rows = distillation_rows(train, candidates, cross_encoder_scorer(teacher, 32))
-    pairs = list(zip(rows["query"], rows["passage"]))
-    target = torch.tensor(rows["label"])
-
-    untrained = copy.deepcopy(teacher)
-    keep_first_layers(untrained, 1)
-    before = float(((torch.tensor(untrained.predict(pairs, activation_fn=torch.nn.Identity())) - target) ** 2).mean())
-    student, history = distill_cross_encoder(teacher, rows, config, work_dir=tmp_path / "work", show_progress=False)
-    after = float(((torch.tensor(student.predict(pairs, activation_fn=torch.nn.Identity())) - target) ** 2).mean())
-
-    assert len(student.model.bert.encoder.layer) == 1 and student.model.config.num_hidden_layers == 1
-    assert len(teacher.model.bert.encoder.layer) == 2
-    assert all(torch.equal(p.detach(), teacher_weights[n]) for n, p in teacher.named_parameters())
-    assert any("loss" in entry for entry in history)
-    assert after < 0.5 * before, (before, after)
-    deeper = load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.distill_layers=3"])
-    with pytest.raises(ConfigError, match=r"finetune.reranker.distill_layers=3: the model has only 2 layers"):
-        distill_cross_encoder(teacher, rows, deeper, work_dir=tmp_path / "work2", show_progress=False)
-
-
-def test_run_with_distill_layers_saves_the_student_and_reports_the_teacher(small_data_dir, tiny_cross_encoder_dir, hash_embedding_cls, tmp_path, monkeypatch):
-    """The whole command with finetune.reranker.distill_layers=1: the saved model has 1 layer (the
-    teacher 2), eval_val.json holds the teacher's figures beside the student's, the train log counts
-    the teacher-scored pairs (one list of first-stage passages per train question, own answer in)."""
+def test_run_saves_the_cross_encoder_with_its_evaluation_and_training_log(small_data_dir, tiny_cross_encoder_dir, hash_embedding_cls, tmp_path, monkeypatch):
+    """The whole command on 6 train questions: the saved model reloads, eval_val.json holds the val
+    figures before and after, the train log counts the examples."""
     import json
 
     import finetune.reranker as reranker
@@ -280,8 +212,7 @@ def test_run_with_distill_layers_saves_the_student_and_reports_the_teacher(small
     from pipeline.models import load_cross_encoder
 
     config = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={small_data_dir}", f"finetune.reranker.base_model={tiny_cross_encoder_dir}",
-                                  "finetune.reranker.limit=6", "finetune.reranker.eval_limit=4", "finetune.reranker.mine_candidates=5",
-                                  "finetune.reranker.distill_layers=1", "finetune.reranker.distill_epochs=1"])
+                                  "finetune.reranker.limit=6", "finetune.reranker.eval_limit=4", "finetune.reranker.mine_candidates=5"])
     kb = KnowledgeBase.from_nodes(config, qa_nodes(load_split(small_data_dir, "train"), split="train"), embed_model=hash_embedding_cls())
     monkeypatch.setattr(reranker, "open_knowledge_base", lambda config: kb)
     logged = []
@@ -290,68 +221,9 @@ def test_run_with_distill_layers_saves_the_student_and_reports_the_teacher(small
     finally:
         kb.close()
     saved = load_cross_encoder(str(result.output), device="cpu")
-    assert len(saved.model.bert.encoder.layer) == 1
+    assert len(saved.model.bert.encoder.layer) == 2
     evaluation = json.loads((result.output / reranker.EVAL_NAME).read_text())
-    assert set(evaluation) >= {"base", "teacher", "reranked"} and evaluation["teacher"]["n"] == evaluation["reranked"]["n"] == 4
+    assert set(evaluation) == {"protocol", "split", "candidates", "retriever", "base", "reranked"} and evaluation["reranked"]["n"] == 4
     train_log = json.loads((result.output / reranker.TRAIN_LOG_NAME).read_text())
-    assert 6 <= train_log["counts"]["distillation_pairs"] <= 6 * 5
-    assert any(entry.get("distillation") for entry in train_log["log_history"]) and "distillation" in train_log["seconds"]
-    assert any("into its first 1 layers" in line for line in logged) and any("reranked by the teacher" in line for line in logged)
-
-
-def test_distill_synthetic_questions_are_scored_by_the_teacher_for_the_student_only(small_data_dir, tiny_cross_encoder_dir, hash_embedding_cls, tmp_path, monkeypatch):
-    """finetune.reranker.distill_synthetic: the synthetic questions join the student's pairs (the
-    hybrid top distill_synthetic_candidates each, own passage put in) but not the teacher's
-    training examples; the counts and the log say how many."""
-    import json
-
-    import finetune.reranker as reranker
-    from pipeline.index import KnowledgeBase, qa_nodes
-
-    train = load_split(small_data_dir, "train")
-    synthetic = [{"question": f"Which passage explains this, variant {i}?", "answer": train[i]["answer"], "source_id": f"train-{i}", "rank": 1} for i in range(3)]
-    path = tmp_path / "doc2query.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in synthetic), encoding="utf-8")
-    config = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={small_data_dir}", f"finetune.reranker.base_model={tiny_cross_encoder_dir}",
-                                  "finetune.reranker.limit=6", "finetune.reranker.eval_limit=4", "finetune.reranker.mine_candidates=5",
-                                  "finetune.reranker.distill_layers=1", f"finetune.reranker.distill_synthetic={path}",
-                                  "finetune.reranker.distill_synthetic_candidates=2"])
-    kb = KnowledgeBase.from_nodes(config, qa_nodes(train, split="train"), embed_model=hash_embedding_cls())
-    monkeypatch.setattr(reranker, "open_knowledge_base", lambda config: kb)
-    seen = {}
-    real_train = reranker.train_cross_encoder
-
-    def spy_train(model, examples, config, **kwargs):
-        seen["teacher_questions"] = [e.query for e in examples]
-        return real_train(model, examples, config, **kwargs)
-
-    def spy_distill(teacher, rows, config, **kwargs):  # the rows are what matters; the student's training is tested above
-        seen["rows"] = rows
-        return teacher, []
-
-    monkeypatch.setattr(reranker, "train_cross_encoder", spy_train)
-    monkeypatch.setattr(reranker, "distill_cross_encoder", spy_distill)
-    logged = []
-    try:
-        result = reranker.run(config, show_progress=False, log=logged.append)
-    finally:
-        kb.close()
-    rows = seen["rows"]
-    for row in synthetic:
-        passages = [p for q, p in zip(rows["query"], rows["passage"]) if q == row["question"]]
-        assert len(passages) == 2 and row["answer"] in passages
-    assert not {r["question"] for r in synthetic} & set(seen["teacher_questions"])
-    assert len(rows["label"]) == len(rows["query"]) and all(isinstance(x, float) for x in rows["label"])
-    train_log = json.loads((result.output / reranker.TRAIN_LOG_NAME).read_text())
-    assert train_log["counts"]["distillation_synthetic_questions"] == 3 and train_log["counts"]["distillation_pairs"] == len(rows["label"])
-    assert any("(6 training and 3 synthetic questions)" in line for line in logged)
-
-
-def test_distill_synthetic_without_a_student_is_refused_before_any_work(small_data_dir, tmp_path, monkeypatch):
-    import finetune.reranker as reranker
-    from pipeline.config import ConfigError
-
-    config = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={small_data_dir}", f"finetune.reranker.distill_synthetic={tmp_path / 'd.jsonl'}"])
-    monkeypatch.setattr(reranker, "open_knowledge_base", lambda config: pytest.fail("no work should start"))
-    with pytest.raises(ConfigError, match=r"finetune.reranker.distill_layers"):
-        reranker.run(config, show_progress=False, log=lambda line: None)
+    assert train_log["counts"]["questions"] == 6 and set(train_log["seconds"]) == {"mining", "eval_base", "training", "eval_reranked", "total"}
+    assert any("reranked by the fine-tuned cross-encoder" in line for line in logged) and any(line.startswith("wall time:") for line in logged)

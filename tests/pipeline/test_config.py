@@ -45,7 +45,7 @@ def test_default_profile_is_smollm2_and_offline():
     assert config.index.finetuned_embedder is True and config.finetune.embedder.epochs == 3
     assert config.rerank.enabled is True and config.rerank.kind == "query-likelihood" and config.rerank.candidates == 20
     assert config.rerank.model == config.finetune.ql_reranker.output == "runs/smollm2/adapters/ql-reranker" and config.finetune.ql_reranker.epochs == 3
-    assert config.rewrite.mode == "none" and config.finetune.lm_reranker.limit == 200  # no HyDE rewriter earns its place either
+    assert config.rewrite.mode == "none"  # no HyDE rewriter earns its place either
     assert config.index.finetuned_backend == "onnx-int8" and config.index.backend == "torch"  # int8 holds quality for the fine-tuned embedder only
     assert config.rerank.backend == "torch"  # the published reranker evaluations were made in fp32 and read it
     assert config.agent.on_weak == "answer"
@@ -169,6 +169,33 @@ def test_resolved_config_round_trip(tmp_path):
 def test_read_resolved_config_of_foreign_folder_says_rebuild(tmp_path):
     with pytest.raises(ConfigError, match="rebuild"):
         read_resolved_config(tmp_path)
+
+
+def test_a_resolved_config_with_keys_ragft_no_longer_has_reads_unless_they_built_it_otherwise(tmp_path):
+    """An artifact built before a key was removed still reads when the key held its default (or
+    belonged to a removed builder's section); one a removed setting built otherwise is refused."""
+    config = load_config("tiny")
+    save_resolved_config(config, tmp_path / "artifact")
+    path = tmp_path / "artifact" / "ragft_config.yaml"
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document["config"]["generator"]["quantize"] = "int8"  # inference only: it built nothing
+    document["config"]["finetune"]["reranker"].update(distill_layers=None, distill_epochs=2.0, synthetic=None)
+    document["config"]["finetune"]["doc2query"] = {"top_k": 20}
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    assert read_resolved_config(tmp_path / "artifact")[0] == config
+    document["config"]["finetune"]["reranker"]["distill_layers"] = 4
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"finetune\.reranker\.distill_layers=4, a setting ragft no longer has.*rebuild it"):
+        read_resolved_config(tmp_path / "artifact")
+
+
+def test_removed_values_are_refused_naming_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"rerank\.backend must be one of 'torch', 'torch-bf16', 'onnx-int8', 'torch-int8'; got 'onnx'"):
+        load_config("tiny", ["rerank.backend=onnx"])
+    with pytest.raises(ConfigError, match=r"generator\.cache_implementation must be 'append' or null; got 'static'"):
+        load_config("tiny", ["generator.cache_implementation=static"])
+    with pytest.raises(ConfigError, match=r"unknown key 'generator\.quantize'.*valid keys"):
+        load_config("tiny", ["generator.quantize=int8"])
 
 
 def test_digest_tracks_only_the_chosen_sections():

@@ -1,4 +1,5 @@
-"""Ingestion: idempotence, changed files, interrupted runs, the writer lock, bad input, Chroma server.
+"""Ingestion: idempotence, changed files, interrupted runs, the writer lock, bad input, Chroma server,
+and documents reaching every index the systems search (the fine-tuned embedder's too).
 
 Every claim is proved by counting what Chroma, BM25 and the node store hold. The embedder is the
 hashed bag-of-words `hash_embedding_cls` (the model is irrelevant to these properties and it makes
@@ -26,9 +27,14 @@ from pipeline.index import (
     KnowledgeBaseError,
     SourceError,
     WriterLock,
+    finetuned_embedder_config,
     ingest,
+    ingest_all_indexes,
+    ingest_finetuned_index,
+    main,
     open_index,
     qa_node_id,
+    read_manifest,
 )
 
 MARKDOWN = """# Networking
@@ -184,6 +190,7 @@ import os, sys
 sys.path.insert(0, {root!r})
 import pipeline
 import pipeline.index as ix
+import pipeline.index.ingestion as ingestion  # patched where ingest looks the names up
 from pipeline.config import load_config
 from llama_index.core.embeddings import MockEmbedding
 
@@ -201,27 +208,27 @@ class Embedder(MockEmbedding):
         return super()._get_text_embeddings(texts)
 
 if POINT == "docstore":  # vectors of a checkpoint are in Chroma, its docstore is not written yet
-    real_persist, calls = ix._persist_docstore, []
+    real_persist, calls = ingestion._persist_docstore, []
     def persist(store, path):
         calls.append(path)
         if len(calls) == ARG:
             die()
         real_persist(store, path)
-    ix._persist_docstore = persist
+    ingestion._persist_docstore = persist
 elif POINT == "bm25":  # the BM25 folder is written under its temporary name, not yet swapped in
     real_replace = os.replace
     def replace(src, dst):
         if os.path.basename(str(dst)) == ix.BM25_DIRNAME:
             die()
         real_replace(src, dst)
-    ix.os.replace = replace
+    os.replace = replace  # pipeline.index.bm25 swaps the folder in with os.replace
 elif POINT == "manifest":  # everything is written but the manifest still says "ingesting"
-    real_write = ix._write_manifest
+    real_write = ingestion._write_manifest
     def write(index_dir, manifest):
         if manifest.get("state") == "complete":
             die()
         real_write(index_dir, manifest)
-    ix._write_manifest = write
+    ingestion._write_manifest = write
 
 config = load_config("tiny", {overrides!r})
 ix.ingest(config, embed_model=Embedder(embed_dim=64), show_progress=False)
@@ -424,8 +431,6 @@ def test_unreachable_server_is_a_clear_error(tmp_path, data_dir, hash_embedding_
 
 
 def test_cli_help_and_errors(capsys):
-    from pipeline.index import main
-
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0
@@ -444,8 +449,6 @@ def test_cli_with_minilm(tmp_path, capsys):
     docs.mkdir()
     (docs / "net.md").write_text(MARKDOWN, encoding="utf-8")
     args = ["--set", f"run_dir={tmp_path}", "--set", f"data.dir={data}", "--set", f"index.dir={tmp_path / 'index'}", "--source", str(docs), "--quiet"]
-    from pipeline.index import main
-
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "13 documents (12 QA pairs, 1 files)" in first and "removed" in first
@@ -503,3 +506,161 @@ def test_a_reader_process_sees_what_another_process_ingested(tmp_path, data_dir,
     finally:
         reader.stdin.close()
         reader.wait(timeout=60)
+
+
+# --------------------------------------------------------------------------------------------
+# every index the systems search: index.dir, and index.finetuned_dir (the fine-tuned embedder's,
+# which `full` searches) when index.finetuned_embedder is on
+# --------------------------------------------------------------------------------------------
+
+
+def _finetuned_settings(tmp_path: Path, data: Path, embedder: Path | str) -> tuple[list[str], list[str]]:
+    """(CLI flags, overrides) of a tiny config whose `full` searches the fine-tuned embedder's index."""
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        f"data.dir={data}",
+        f"index.dir={tmp_path / 'index'}",
+        f"index.finetuned_dir={tmp_path / 'index-finetuned'}",
+        "index.finetuned_embedder=true",
+        f"finetune.embedder.output={embedder}",
+    ]
+    return ["--config", "tiny", *(arg for override in overrides for arg in ("--set", override))], overrides
+
+
+def _trained_embedder(path: Path) -> Path:
+    """What marks a trained fine-tuned embedder (its config.json); the weights come from `embedders`."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}", encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def embedders(monkeypatch, hash_embedding_cls) -> dict:
+    """One hashed embedder per index (by index.embed_model), handed to the CLI through
+    pipeline.models.load_embedder; each counts what it embedded."""
+    import pipeline.models
+
+    made: dict = {}
+    monkeypatch.setattr(pipeline.models, "load_embedder", lambda config, **kwargs: made.setdefault(config.index.embed_model, hash_embedding_cls()))
+    return made
+
+
+def _document_nodes(config, embedders) -> dict[str, str]:
+    """node id -> text of the document chunks of `config`'s index, after checking that Chroma,
+    BM25 and the node store hold the same nodes."""
+    kb = open_index(config, embed_model=embedders[config.index.embed_model])
+    assert set(kb.vector_store._collection.get()["ids"]) == set(kb.nodes) and len(kb.bm25.corpus) == len(kb.nodes)
+    return {node_id: node.text for node_id, node in kb.nodes.items() if node.metadata["kind"] == "document"}
+
+
+@pytest.mark.realweights
+def test_a_document_added_on_the_command_line_is_found_by_fulls_retriever(tmp_path, capsys):
+    """`python -m pipeline.index --source net.md` with index.finetuned_embedder on: the document
+    reaches the fine-tuned embedder's index too, and `full`'s retriever, which searches that index,
+    returns its chunk."""
+    from pipeline import Components
+    from pipeline.models import resolve_model
+    from pipeline.systems import get_system, uses_finetuned_embedder
+
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", _records(12))
+    # a copy of the bundled MiniLM stands in for the trained embedder (any sentence-transformer folder will do)
+    embedder = shutil.copytree(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), tmp_path / "run" / "finetuned-embedder")
+    flags, overrides = _finetuned_settings(tmp_path, data, embedder)
+    config = load_config("tiny", overrides)
+    ingest_all_indexes(config, show_progress=False, log=lambda *_: None)  # both indexes built, as eval.compare leaves them
+    assert read_manifest(config.index.finetuned_dir)["counts"]["nodes"] == 12
+    doc = tmp_path / "net.md"
+    doc.write_text(MARKDOWN, encoding="utf-8")
+
+    assert main([*flags, "--source", str(doc), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.rsplit(" -> ", 1)[1] for line in lines] == [config.index.dir, config.index.finetuned_dir]
+    assert all("13 documents (12 QA pairs, 1 files)" in line and "0 removed" in line for line in lines)
+    spec = get_system("full", config)
+    assert uses_finetuned_embedder(config, spec)
+    components = Components(config)
+    assert components.kb_for(True).index_dir == Path(config.index.finetuned_dir)  # the knowledge base full's retriever searches
+    hit = components.retriever(spec.retrieve, 3, finetuned=True).retrieve("Which protocol retransmits lost packets?")[0]
+    assert (hit.node.metadata["file_name"], hit.node.metadata["heading"]) == ("net.md", "Networking / TCP")
+
+
+def test_changed_and_removed_documents_are_mirrored_in_the_finetuned_index(tmp_path, data_dir, embedders, capsys):
+    embedder = _trained_embedder(tmp_path / "finetuned-embedder")
+    flags, overrides = _finetuned_settings(tmp_path, data_dir, embedder)
+    config = load_config("tiny", overrides)
+    finetuned = finetuned_embedder_config(config)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "net.md").write_text(MARKDOWN, encoding="utf-8")
+    (docs / "notes.txt").write_text("Kubernetes schedules pods onto nodes.", encoding="utf-8")
+    assert main([*flags, "--source", str(docs), "--quiet"]) == 0
+    first = _document_nodes(finetuned, embedders)
+    assert first == _document_nodes(config, embedders) and any("Kubernetes schedules" in text for text in first.values())
+    assert embedders[str(embedder)].calls == 40 + len(first), "the fine-tuned index is embedded by its own embedder"
+
+    # one file changed, one removed, one added: re-embedded, dropped, embedded in both indexes
+    (docs / "notes.txt").write_text("Kubernetes runs containers in pods; the scheduler places them.", encoding="utf-8")
+    (docs / "net.md").unlink()
+    (docs / "queues.md").write_text("# Queues\n\nA message queue decouples producers from consumers.", encoding="utf-8")
+    capsys.readouterr()
+    assert main([*flags, "--source", str(docs), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # in each index: the new notes.txt and queues.md added; net.md's chunks and the old notes.txt removed
+    assert len(lines) == 2 and all(f"nodes: 2 added, 40 unchanged, {len(first)} removed" in line for line in lines)
+    second = _document_nodes(finetuned, embedders)
+    assert second == _document_nodes(config, embedders)
+    texts = " ".join(second.values())
+    assert "the scheduler places them" in texts and "message queue" in texts
+    assert "schedules pods onto nodes" not in texts and "TCP" not in texts
+    assert not set(first) & set(second)
+
+    # a source no longer named: its documents leave both indexes, the QA pairs stay
+    assert main([*flags, "--quiet"]) == 0
+    assert _document_nodes(finetuned, embedders) == _document_nodes(config, embedders) == {}
+    assert read_manifest(finetuned.index.dir)["counts"]["nodes"] == 40
+
+
+def test_rerunning_adds_nothing_to_either_index(tmp_path, data_dir, embedders, capsys):
+    flags, overrides = _finetuned_settings(tmp_path, data_dir, _trained_embedder(tmp_path / "finetuned-embedder"))
+    config = load_config("tiny", overrides)
+    doc = tmp_path / "net.md"
+    doc.write_text(MARKDOWN, encoding="utf-8")
+    args = [*flags, "--source", str(doc), "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    calls = {name: embed.calls for name, embed in embedders.items()}
+    generations = [read_manifest(d)["generation"] for d in (config.index.dir, config.index.finetuned_dir)]
+
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("0 added" in line and "0 removed" in line and "BM25 up to date" in line for line in lines)
+    assert {name: embed.calls for name, embed in embedders.items()} == calls, "nothing is embedded again"
+    assert [read_manifest(d)["generation"] for d in (config.index.dir, config.index.finetuned_dir)] == generations
+
+
+def test_before_the_embedder_is_trained_the_output_says_so_and_its_index_gets_the_documents_when_built(tmp_path, data_dir, embedders, capsys):
+    """No fine-tuned embedder yet: only index.dir is written, the output says so, and the build of
+    the fine-tuned index (eval.compare's, ingest_finetuned_index) ingests what index.dir holds."""
+    embedder = tmp_path / "finetuned-embedder"
+    flags, overrides = _finetuned_settings(tmp_path, data_dir, embedder)
+    config = load_config("tiny", overrides)
+    doc = tmp_path / "net.md"
+    doc.write_text(MARKDOWN, encoding="utf-8")
+    assert main([*flags, "--source", str(doc), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"the fine-tuned embedder {embedder} does not exist yet" in out and "eval.compare ingests these documents" in out
+    assert read_manifest(config.index.finetuned_dir) is None
+    assert read_manifest(config.index.dir)["sources"] == [str(doc.resolve())]
+
+    _trained_embedder(embedder)
+    report = ingest_finetuned_index(config, show_progress=False, log=lambda *_: None)
+    assert report.files == 1
+    assert _document_nodes(finetuned_embedder_config(config), embedders) == _document_nodes(config, embedders) != {}
+
+
+def test_the_finetuned_index_has_its_own_collection_on_a_chroma_server(tmp_path):
+    served = load_config("tiny", [f"run_dir={tmp_path}", "index.chroma_host=127.0.0.1"])
+    assert finetuned_embedder_config(served, check=False).index.collection == f"{served.index.collection}-finetuned"
+    embedded = load_config("tiny", [f"run_dir={tmp_path}"])
+    assert finetuned_embedder_config(embedded, check=False).index.collection == embedded.index.collection  # its own folder already

@@ -238,7 +238,6 @@ def test_backend_switch_picks_the_int8_classes(tmp_path, tiny_ce):
     scores = reranker.score_pairs(QUESTIONS[0], PASSAGES[:4])  # the unchanged torch-path call
     assert isinstance(reranker.load(), Int8CrossEncoder)
     np.testing.assert_allclose(scores, Int8CrossEncoder(tiny_ce, max_length=64).predict([(QUESTIONS[0], p) for p in PASSAGES[:4]], activation_fn=_identity()), rtol=1e-6)
-    assert load_config("tiny", ["rerank.backend=onnx"]).rerank.backend == "onnx"  # still accepted
     # torch-int8: the same classes on the inductor runtime, with a cache folder of its own
     inductor_embedder = load_embedder(load_config("tiny", [*run, "index.backend=torch-int8"]))
     assert isinstance(inductor_embedder, Int8Embedding) and inductor_embedder.settings.runtime == INDUCTOR and not inductor_embedder.loaded

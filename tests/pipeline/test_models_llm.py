@@ -152,23 +152,6 @@ def test_four_bit_loads_on_cuda(config):
     assert isinstance(llm.complete(answer_prompt("What is a heap?"), formatted=True).text, str)
 
 
-def test_static_kv_cache_reaches_generate_and_keeps_greedy_answers(config, llm, monkeypatch):
-    """generator.cache_implementation=static is passed to transformers' generate (a preallocated
-    cache); on the micro LM in float32 the greedy answers equal the dynamic cache's, and the memo
-    keeps the two apart (the setting is part of its key)."""
-    import dataclasses
-
-    static = load_llm(dataclasses.replace(config, generator=dataclasses.replace(config.generator, cache_implementation="static")), verbose=False)
-    seen = []
-    original = type(static)._generate
-    monkeypatch.setattr(type(static), "_generate", lambda self, **kw: seen.append(kw.get("cache_implementation")) or original(self, **kw))
-    prompts = [answer_prompt("What is a B-tree?"), answer_prompt("Define latency.", ["Latency is delay."])]
-    llm.clear_memo()
-    dynamic = llm.generate_batch(prompts, show_progress=False)
-    assert static.generate_batch(prompts, show_progress=False) == dynamic
-    assert seen == [None, "static"]  # the second LM generated rather than answering from the first one's memo
-
-
 def test_append_only_cache_with_a_shared_prefix_keeps_greedy_answers(config, llm, monkeypatch):
     """generator.cache_implementation=append (pipeline.kv_cache): the batch's shared prompt prefix
     is prefilled once and decoding reads the append-only cache; on the micro LM in float32 the

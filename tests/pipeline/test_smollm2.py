@@ -161,43 +161,6 @@ def test_adapters_share_one_base_model_and_switch_per_call(smollm2_config, tmp_p
 
 
 @needs_gguf
-def test_int8_quantization_keeps_adapters_switchable_and_refuses_a_late_adapter(smollm2_config, tmp_path):
-    """generator.quantize=int8: the adapters on disk are loaded first, then the base layers are
-    quantized once; each adapter still changes the output; one that appears later is refused."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from pipeline.models import AdapterBank, ModelLoadError
-
-    folder = converted_dir(SMOLLM2, smollm2_config.generator.convert_dir)
-    paths = []
-    for seed in (1, 2, 3):
-        torch.manual_seed(seed)
-        peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, lora_alpha=64))
-        paths.append(str(tmp_path / f"adapter-{seed}"))
-        peft_model.save_pretrained(paths[-1], safe_serialization=True)
-    config = dataclasses.replace(
-        smollm2_config,
-        generator=dataclasses.replace(smollm2_config.generator, quantize="int8"),
-        security=dataclasses.replace(smollm2_config.security, model_dirs=[*smollm2_config.security.model_dirs, str(tmp_path)]),
-    )
-    llms = [load_llm(config, adapter=a, verbose=False) for a in (None, *paths[:2])]
-    bank = llms[0].share_base(preload=paths[:2])
-    assert isinstance(bank, AdapterBank) and bank.quantize == "int8"
-    for llm in llms[1:]:
-        llm.share_base(bank)
-    prompt = "<|im_start|>user\nWhat is a hash table?<|im_end|>\n<|im_start|>assistant\n"
-    out = [llm.generate_batch([prompt], max_new_tokens=12, show_progress=False)[0] for llm in llms]
-    assert len(set(out)) == 3 and len(out[0].split()) >= 3, out  # each adapter (random weights: noise) changes the output
-    assert isinstance(llms[0].model.base_model.model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
-    late = load_llm(config, adapter=paths[2], verbose=False)
-    late.share_base(bank)
-    with pytest.raises(ModelLoadError, match="was not there when the shared int8 model was built"):
-        late.generate_batch([prompt], max_new_tokens=4, show_progress=False)
-
-
-@needs_gguf
 def test_prepacked_weights_give_smollm2_the_same_greedy_answers(smollm2_config, tmp_path):
     """generator.prepack_weights (on in the profile): SmolLM2 in bf16 with its linear layers
     prepacked for oneDNN writes exactly the unpacked model's greedy answers, with and without a

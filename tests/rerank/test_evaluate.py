@@ -22,7 +22,7 @@ def test_variant_names():
 
 @pytest.fixture(scope="module")
 def corpus(demo_dir, hash_embedding_cls, tmp_path_factory):
-    from eval.retrieval import open_book_corpus
+    from pipeline.data import open_book_corpus
     from pipeline.index import KnowledgeBase
 
     nodes, questions, relevant = open_book_corpus(demo_dir)
@@ -109,8 +109,8 @@ def test_rewritten_variant_searches_with_the_question_and_its_rewrites(corpus, t
 def test_interpolation_grid_spans_the_reranker_alone_to_the_first_stage(demo_dir, hash_embedding_cls, tiny_cross_encoder_dir, tmp_path):
     """w = 1 reproduces the first stage, w = 0 is the cross-encoder's own order; the best weight
     is the grid's maximum and its Delta is paired against the first stage."""
-    from eval.metrics import retrieval_per_query
-    from eval.retrieval import open_book_corpus
+    from pipeline.metrics import retrieval_per_query
+    from pipeline.data import open_book_corpus
     from rerank.evaluate import interpolation_grid
 
     config = load_config("tiny", [f"run_dir={tmp_path}", "rerank.candidates=8", "eval.bootstrap_samples=50"])

@@ -1,59 +1,4 @@
-"""Speed of ragft's parts beside their baselines, and what int8 costs in quality, in one run.
-
-    python -m eval.bench speed --quick                      # small samples: under 5 minutes on 2 cores
-    python -m eval.bench speed --quick --format json --out results/bench/speed-quick.json --readme results/bench/README.md
-    python -m eval.bench speed --from-json results/bench/speed-quick.json --readme results/bench/README.md  # render again
-    python -m eval.bench speed                              # larger samples + eval.compare's stages on the demo data
-    python -m eval.bench speed --from-json results/bench/speed.json --readme results/bench/README.md --readme-block README.md
-
-Every figure below is measured in the same process, on the `--data` splits (default: the seed
-splits in ../shared) with the profile's settings (`--config`, default smollm2; `--set` works):
-
-- ingest: passages/s of the dense index's embedder with `index.backend=onnx-int8` (pipeline/int8.py),
-  with `torch-int8` (pipeline/int8.py's inductor runtime), with `torch-bf16` (bfloat16 weights) and with torch fp32 (sentence-transformers, the `torch`
-  backend), on the same "Question/Answer" texts of the first `--passages` train pairs at
-  `index.embed_batch_size`; the headline `ingest_per_s` is the fastest of the int8 ones and bf16
-  (`ingest_backend` names it; which one wins depends on the CPU: bf16 needs bf16 matrix units);
-- rerank: (question, passage) pairs/s of the cross-encoder with `rerank.backend=onnx-int8`, `torch-int8`,
-  `torch-bf16` and torch fp32 (headline: the fastest of int8 and bf16, `rerank_backend`), on the same pairs: full's retriever's (retrieve.mode) top-`rerank.candidates` for `--queries` val
-  questions, `rerank.batch_size` per pass. Both timings are best of `--rounds` interleaved rounds
-  (eval.bench_int8's timing), so a neighbour's load hits both alike;
-- retrieve + rerank: p50 latency of one val question through `pipeline.retrieve.build_retriever`
-  (retrieve.mode, over an in-memory KnowledgeBase of the train pairs embedded with the same backend
-  that embeds the question) plus `CrossEncoderReranker` on its top-`rerank.candidates` (logit cache
-  off, so every query is scored), with the pair of backends quickest end to end (`measure_latency`:
-  the two quickest embedders and cross-encoders on one query alone, `one_query` in the detail,
-  tried in every pairing, the quickest pair timed again for the figure), since the fastest on
-  batches is not always the fastest on one question;
-- generate: tokens/s of `generator.model` through `LocalCausalLM.generate_batch` with the profile's
-  settings (smollm2: bf16, batch 16, greedy, repetition penalty, longest prompts first) and through
-  a plain `model.generate` in fp32 (prompts in the given order, same batch size, greedy, same
-  repetition penalty and max_new_tokens), on `--prompts` rag_vanilla-style prompts (a val question
-  with its dense top-`generator.context_top_k` passages); `generate_identical` is the share of
-  greedy answers that are identical in both, and `generate_rougeL_delta` the paired difference of
-  their mean ROUGE-L against the questions' val answers (95% interval in the detail), so the
-  quality of the faster path is measured, not assumed;
-- quality: open book (eval.retrieval's corpus: every answer of train + val + test; a val question's
-  gold is its own answer), MRR@10 of retrieve.mode + rerank with both encoders int8 minus both fp32
-  (`mrr10_delta`: onnx-int8's, or torch-int8's when its cross-encoder is the headline one, named by
-  `mrr10_delta_backend`; bf16 minus fp32: `mrr10_delta_bf16`), on
-  `--questions` val questions (a fixed sample, `eval.seed`), through rerank.evaluate and eval.metrics;
-- compare (not with --quick, nor with --no-compare): `python -m eval.compare` with the profile on
-  its bundled demo data in a fresh temporary run_dir: the seconds of each build step and each
-  system, read from the metrics.json and predictions/*.done.json it writes;
-- install (with --time-install, not with --quick): `make install` into a fresh temporary venv (the
-  venv, torch, ragft and its packages from the registries, the byte-compile pass), the other half of
-  a fresh clone's `make run`, so that the targets table can judge `make run` as a whole.
-
-The embedder is the fine-tuned one eval.compare trained on `--data` ({run_dir}/data/<folder>-<hash>/
-embedder) when the profile's `full` searches it (index.finetuned_embedder), else index.embed_model;
-the cross-encoder is `--reranker`, else the one eval.compare trained on `--data`
-({run_dir}/data/<folder>-<hash>/reranker), else `rerank.model`, else MiniLM with a random one-logit
-head (same architecture, so the same cost; the report says which). It is copied into a temporary
-folder first: its int8 export is written there, never into the model folder. The int8 export of
-the bundled MiniLM is cached in {run_dir}/int8-cache, as `index.backend=onnx-int8` does; exports
-and model loads happen before any clock starts. Progress goes to stderr, the result to stdout.
-"""
+"""What `python -m eval.bench speed` measures: its inputs, each section, the run and its headline figures."""
 
 from __future__ import annotations
 
@@ -75,15 +20,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-import pipeline  # noqa: F401  (first: hides bitsandbytes on machines without CUDA)
-from eval.bench_int8 import SEED_SPLITS, TokenOrderedCrossEncoder, TokenOrderedEmbedder, cross_encoder_speed, embedder_speed
-from pipeline.config import MINILM, Config, ConfigError, add_config_arguments, config_from_args, config_from_dict
+from eval.bench_speed.timing import TokenOrderedCrossEncoder, TokenOrderedEmbedder, cross_encoder_speed, embedder_speed
+from pipeline.config import MINILM, Config, ConfigError, config_from_dict
 from pipeline.data import SPLITS, DataError, load_split
-from pipeline.errors import UserFacingError, run_cli
-from pipeline.fileio import atomic_write_text, write_json
+from pipeline.errors import UserFacingError
 
 FORMAT = "ragft-bench-speed/1"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEED_SPLITS = REPO_ROOT.parent / "shared" / "data" / "seed-technical-qa" / "splits"
 BACKENDS = {"torch": "torch", "int8": "onnx-int8", "int8_torch": "torch-int8", "bf16": "torch-bf16"}  # short name -> index.backend / rerank.backend
 FAST = ("int8", "int8_torch", "bf16")  # the backends measured against torch fp32; the headline figures are the fastest one's
 # torch fp32 fed batches cut in token-count order, as the int8 backends cut theirs: how much of
@@ -91,14 +35,9 @@ FAST = ("int8", "int8_torch", "bf16")  # the backends measured against torch fp3
 TOKEN_ORDER = "torch_token_order"
 INT8 = ("int8", "int8_torch")  # the int8 backends: `mrr10_delta` is the headline cross-encoder's when it is one of them
 # Sample sizes: --quick finishes in under 5 minutes on 2 shared cores; the full run uses whole splits.
-# Both rank every seed val question (270) for the MRR@10 delta: on a sample of 100 one question moving
-# one rank moves the delta by up to 0.005, the target's whole margin (torch-int8 -0.0123 there, -0.0014
-# on all 270); at 270 the quick run took 241 s (quality 107 of them), at 100 185 and 200 s (quality 60-63).
-# The full run generates for every val question too: on 48 prompts the bf16 answers' ROUGE-L delta
-# moved with which passages the prompts carried (-0.0063 [-0.0113, -0.0017] at d5b41b4, -0.0068 at
-# 4def86b, -0.0020 with the onnx-int8 index's passages), too few to tell a cost of ~0.005 from none;
-# on all 270 +0.0015 [-0.0024, +0.0055] (runs/exp/s32/genq.py, README "Speed benchmark"). About 7 more
-# minutes: the generate section took 104 s at d5b41b4 (48 prompts), 539 s at 39559fa (270).
+# Both rank every seed val question (270) for the MRR@10 delta: on 100, one question moving one rank
+# moves the delta by up to 0.005, the target's whole margin. The full run generates for every val
+# question too: on 48 prompts the ROUGE-L delta moved with the passages the prompts carried.
 SAMPLES: dict[str, dict[str, int]] = {
     "quick": {"passages": 512, "queries": 20, "prompts": 16, "new_tokens": 48, "questions": 270, "rounds": 2},
     "full": {"passages": 1264, "queries": 50, "prompts": 270, "new_tokens": 100, "questions": 270, "rounds": 3},
@@ -160,7 +99,7 @@ def reranker_sources(config: Config, data: Path, reranker: Optional[str]) -> lis
         if not _is_cross_encoder(path):
             raise BenchError(f"--reranker {reranker}: no config.json and *.safetensors there. Fix: point --reranker at a cross-encoder folder (python -m finetune.reranker writes one), or leave it out")
         return [(path, "--reranker")]
-    from eval.compare import data_run_dir
+    from pipeline.cli import data_run_dir
 
     trained = Path(data_run_dir(config.run_dir, data)) / "reranker"
     return [(p, how) for p, how in ((trained, "trained by eval.compare on --data"), (Path(config.rerank.model), "rerank.model")) if _is_cross_encoder(p)]
@@ -168,7 +107,7 @@ def reranker_sources(config: Config, data: Path, reranker: Optional[str]) -> lis
 
 def copy_reranker(config: Config, data: Path, reranker: Optional[str], work: Path, log: Callable[[str], None]) -> tuple[Path, str]:
     """A private copy of the first usable cross-encoder (or MiniLM with a random head) and how it was chosen."""
-    from eval.bench_int8 import random_head_cross_encoder
+    from eval.bench_speed.timing import random_head_cross_encoder
     from pipeline.models import resolve_model
 
     target = work / "reranker"
@@ -192,7 +131,7 @@ def copy_embedder(config: Config, data: Path, work: Path, log: Callable[[str], N
     otherwise: the bench then embeds with index.embed_model."""
     if not config.index.finetuned_embedder:
         return None, f"{config.index.embed_model} (index.embed_model: full searches the base embedder's index)"
-    from eval.compare import data_run_dir
+    from pipeline.cli import data_run_dir
 
     trained = Path(data_run_dir(config.run_dir, data)) / "embedder"
     if not (trained / "modules.json").is_file():
@@ -448,7 +387,8 @@ def generation_rows(
     whether they are as good, not whether they are the same."""
     import numpy as np
 
-    from eval.metrics import paired_mean_test, rouge_l_f1
+    from eval.metrics import rouge_l_f1
+    from pipeline.metrics import paired_mean_test
 
     rows: dict[str, Any] = {}
     for name, (texts, seconds) in runs.items():
@@ -464,8 +404,17 @@ def generation_rows(
     return rows
 
 
+def build_prompts(config: Config, llm: Any, questions: Sequence[str], *, kb: Any) -> list[str]:
+    """The answer prompts of `questions`, each with its dense top-`generator.context_top_k` passages from `kb`."""
+    from pipeline.generate import answer_messages, render_prompt
+    from pipeline.retrieve import build_retriever
+
+    retriever = build_retriever(config, mode="dense", top_k=config.generator.context_top_k, kb=kb)
+    passages = [[hit.node.get_content() for hit in retriever.retrieve(q)] for q in questions]
+    return [render_prompt(answer_messages(q, p, max_passage_chars=config.generator.max_passage_chars), llm.tokenizer) for q, p in zip(questions, passages)]
+
+
 def measure_generate(parts: Parts, kb: Any, embed_backend: str, questions: Sequence[str], *, new_tokens: int, log: Callable[[str], None], references: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    from eval.bench_generate import build_prompts
     from pipeline.models import load_causal_lm, load_llm
 
     config = parts.configs[embed_backend]
@@ -473,7 +422,7 @@ def measure_generate(parts: Parts, kb: Any, embed_backend: str, questions: Seque
     if gen.backend != "hf":
         raise ConfigError(f"the generation figures time a local model; generator.backend={gen.backend!r}. Fix: --set generator.backend=hf")
     llm = load_llm(config, adapter=None, verbose=False)
-    prompts = build_prompts(config, llm, questions, context=True, kb=kb)
+    prompts = build_prompts(config, llm, questions, kb=kb)
     model, tokenizer = load_causal_lm(gen.model, device=gen.device, torch_dtype="float32", trust_remote_code=gen.trust_remote_code, allow_pickle=config.security.allow_pickle_weights, convert_dir=gen.convert_dir)
     # warm-up of both (first-call allocations); other settings than the timed runs: nothing memoized
     llm.generate_batch(prompts[:2], max_new_tokens=2, batch_size=2, show_progress=False)
@@ -504,8 +453,10 @@ def measure_quality(parts: Parts, data: Path, picked: Sequence[int], *, log: Cal
     (rerank.evaluate.evaluate_variants, eval.metrics), and the paired bootstrap of int8 - fp32."""
     import numpy as np
 
-    from eval.metrics import paired_mean_test, retrieval_per_query
-    from eval.retrieval import DEPTH, open_book_corpus, run_retriever
+    from pipeline.metrics import paired_mean_test, retrieval_per_query
+    from eval.retrieval import run_retriever
+    from pipeline.metrics import DEPTH
+    from pipeline.data import open_book_corpus
     from pipeline.index import KnowledgeBase
     from pipeline.retrieve import build_retriever
     from rerank.evaluate import evaluate_variants
@@ -720,239 +671,3 @@ def run(args: argparse.Namespace, config: Config, *, log: Callable[[str], None] 
     result["wall_s"] = round(time.perf_counter() - started, 1)
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# reports
-# --------------------------------------------------------------------------------------------
-
-
-def to_markdown(result: Mapping[str, Any]) -> str:
-    m, s, d = result["machine"], result["samples"], result["detail"]
-    rev = f"{result['git_revision']}{' + uncommitted changes' if result.get('git_dirty') else ''}"
-    gen, lat, q = d["generate"], d["retrieve_rerank"], d["quality"]
-    first = q.get("retriever", "hybrid")  # full's first stage (results written before it was recorded: hybrid)
-    lines = [
-        f"{result['mode']} run, git {rev}: {m['cpus']} CPUs ({m['cpu']}), {m['torch_threads']} torch threads, "
-        f"load average {m['load_avg_1m_start']} at the start, {m.get('load_avg_1m_end', '?')} at the end; {result['wall_s']:.0f} s in all",
-        "",
-        "| part | ragft | baseline | speed-up | measured on |",
-        "|---|---:|---:|---:|---|",
-        f"| ingest: embedder passages/s | {result['ingest_per_s']:.1f} ({result.get('ingest_backend') or 'onnx-int8'}) | {result['ingest_per_s_baseline']:.1f} (torch fp32) | {result['ingest_speedup']:.2f}x | {s['passages']} train passages, batch {d['ingest']['batch']}, best of {s['rounds']} |",
-        f"| rerank: cross-encoder pairs/s | {result['rerank_pairs_per_s']:.1f} ({result.get('rerank_backend') or 'onnx-int8'}) | {result['rerank_pairs_per_s_baseline']:.1f} (torch fp32) | {result['rerank_speedup']:.2f}x | {d['rerank']['queries']} queries x {s['candidates']} {first} candidates, batch {d['rerank']['batch']}, best of {s['rounds']} |",
-        f"| generate: tokens/s | {result['generate_tok_s']:.1f} (LocalCausalLM {gen['project']['dtype']}) | {result['generate_tok_s_baseline']:.1f} (model.generate float32) | {result['generate_speedup']:.2f}x | {gen['prompts']} prompts (~{gen['prompt_tokens_mean']:.0f} tokens) x {gen['max_new_tokens']} new tokens, batch {gen['batch_size']}; identical answers {gen['identical']}/{gen['prompts']} |",
-        "",
-        f"- retrieve + rerank, one query ({lat['retriever']} top-{lat['candidates']}, {lat['embed_backend']} embedder, {lat['rerank_backend']} cross-encoder): "
-        f"p50 {result['retrieve_rerank_p50_ms']:.0f} ms (retrieve {lat['retrieve_p50_ms']:.0f} ms, rerank {lat['rerank_p50_ms']:.0f} ms), p90 {lat['p90_ms']:.0f} ms over {lat['queries']} val questions",
-        *([f"- one query's work per backend, each stage alone (p50 over {d['one_query']['queries']} val questions): embed the question "
-            + ", ".join(f"{b} {ms:.1f} ms" for b, ms in d["one_query"]["embed_p50_ms"].items()) + f"; score its {s['candidates']} candidates "
-            + ", ".join(f"{b} {ms:.1f} ms" for b, ms in d["one_query"]["rerank_p50_ms"].items())
-            + ("; the two quickest of each paired, retrieve + rerank p50 " + ", ".join(f"{pair} {ms:.1f} ms" for pair, ms in d["one_query"]["pair_p50_ms"].items())
-               + " (the quickest pair timed again above)" if d["one_query"].get("pair_p50_ms") else "")] if d.get("one_query") else []),
-        f"- quality, open book, {q['questions']} val questions, corpus of {q['corpus']} answers: MRR@10 of {first} + rerank "
-        f"{q['mrr@10']['torch'][first + '+rerank']:.4f} fp32, {q['mrr@10']['onnx-int8'][first + '+rerank']:.4f} onnx-int8: "
-        f"delta {q['mrr10_delta']:+.4f} (95% CI [{q['delta_ci95'][0]:+.4f}, {q['delta_ci95'][1]:+.4f}]); {first} alone "
-        f"{q['mrr@10']['torch'][first]:.4f} / {q['mrr@10']['onnx-int8'][first]:.4f}"
-        + (f"; torch-int8: {q['mrr@10']['torch-int8'][first + '+rerank']:.4f}, delta {q['mrr10_delta_int8_torch']:+.4f} (95% CI [{q['delta_int8_torch_ci95'][0]:+.4f}, {q['delta_int8_torch_ci95'][1]:+.4f}]), {first} alone {q['mrr@10']['torch-int8'][first]:.4f}" if "mrr10_delta_int8_torch" in q else "")
-        + (f"; bf16: {q['mrr@10']['torch-bf16'][first + '+rerank']:.4f}, delta {q['mrr10_delta_bf16']:+.4f} (95% CI [{q['delta_bf16_ci95'][0]:+.4f}, {q['delta_bf16_ci95'][1]:+.4f}]), {first} alone {q['mrr@10']['torch-bf16'][first]:.4f}" if "mrr10_delta_bf16" in q else "")
-        + (f" (the headline delta is {result['mrr10_delta_backend']}'s)" if result.get("mrr10_delta_backend") not in (None, "onnx-int8") else ""),
-        *([f"- every backend against torch fp32: ingest int8 {d['ingest']['int8_texts_per_s']:.0f} texts/s (cos {d['ingest']['cos_mean']:.4f}), "
-            + (f"torch-int8 {d['ingest']['int8_torch_texts_per_s']:.0f} (cos {d['ingest']['int8_torch_cos_mean']:.4f}), " if "int8_torch_texts_per_s" in d["ingest"] else "")
-            + f"bf16 {d['ingest']['bf16_texts_per_s']:.0f} (cos {d['ingest']['bf16_cos_mean']:.5f}); rerank int8 {d['rerank']['int8_pairs_per_s']:.0f} pairs/s, "
-            + (f"torch-int8 {d['rerank']['int8_torch_pairs_per_s']:.0f} (logit correlation {d['rerank']['int8_torch_logit_corr']:.5f}), " if "int8_torch_pairs_per_s" in d["rerank"] else "")
-            + f"bf16 {d['rerank']['bf16_pairs_per_s']:.0f} (logit correlation {d['rerank']['bf16_logit_corr']:.5f})"] if "bf16_texts_per_s" in d["ingest"] and "bf16_pairs_per_s" in d["rerank"] else []),
-        *([f"- batching: torch fp32 fed batches cut by token count, as the int8 backends cut theirs (the baseline, like sentence-transformers, orders by characters): "
-            f"ingest {d['ingest'][TOKEN_ORDER + '_texts_per_s']:.0f} texts/s, rerank {d['rerank'][TOKEN_ORDER + '_pairs_per_s']:.0f} pairs/s; the speed-ups over it, int8's own: "
-            f"ingest {result['ingest_per_s'] / d['ingest'][TOKEN_ORDER + '_texts_per_s']:.2f}x, rerank {result['rerank_pairs_per_s'] / d['rerank'][TOKEN_ORDER + '_pairs_per_s']:.2f}x"]
-          if TOKEN_ORDER + "_texts_per_s" in d["ingest"] and TOKEN_ORDER + "_pairs_per_s" in d["rerank"] else []),
-        *([f"- answers against the val references: ROUGE-L {gen['rougeL']['project']:.4f} ({gen['project']['dtype']}) vs {gen['rougeL']['baseline']:.4f} (float32), "
-            f"delta {gen['rougeL']['delta']:+.4f} (95% CI [{gen['rougeL']['delta_ci95'][0]:+.4f}, {gen['rougeL']['delta_ci95'][1]:+.4f}]) over {gen['prompts']} prompts"] if "rougeL" in gen else []),
-        *([f"- streaming (what the chat UI waits for after retrieval): first words p50 {gen['first_token']['p50_ms']:.0f} ms, max {gen['first_token']['max_ms']:.0f} ms over {gen['first_token']['prompts']} with-context prompts at batch 1"] if "first_token" in gen else []),
-        *([f"- embedder: {d['ingest']['model']}"] if d["ingest"].get("model") else []),  # recorded since the fine-tuned embedder is in full
-        f"- cross-encoder: {d['rerank']['model']}",
-        "- seconds per section: " + ", ".join(f"{name} {sec:.0f}" for name, sec in result["seconds"].items()),
-    ]
-    c, install = d.get("compare"), d.get("install")
-    if install:
-        lines += ["", f"`make install` into a fresh venv (`{install['command']}`): {install['wall_s']:.0f} s"]
-    if c:
-        lines += ["", f"eval.compare, profile {c['profile']}, {c['data']} ({c['split']}), fresh run_dir: {c['wall_s']:.0f} s in all", "", "| stage | action | seconds |", "|---|---|---:|"]
-        lines += [f"| build {name} | {row['action']} | {row['seconds'] if row['seconds'] is not None else '-'} |" for name, row in c["build"].items()]
-        lines += [f"| system {name} ({row['questions']} questions) | run | {row['seconds']:.1f} |" for name, row in c["systems"].items()]
-    return "\n".join(lines)
-
-
-# issue 15's targets, each with how a result meets it: (figure, target, rendered value, met)
-def _target_rows(result: Mapping[str, Any]) -> list[tuple[str, str, str, Optional[bool]]]:
-    d = result["detail"]
-    lat, gen, compare = d["retrieve_rerank"], d["generate"], d.get("compare")
-    rouge = gen.get("rougeL")
-    first = result.get("first_token_p50_ms")
-    return [
-        ("ingest vs torch fp32", ">= 3x", f"{result['ingest_speedup']:.2f}x ({result.get('ingest_backend') or 'onnx-int8'})", result["ingest_speedup"] >= 3),
-        ("cross-encoder vs torch fp32", ">= 3x", f"{result['rerank_speedup']:.2f}x ({result.get('rerank_backend') or 'onnx-int8'})", result["rerank_speedup"] >= 3),
-        ("retrieve + rerank top 20, p50", "<= 50 ms", f"{result['retrieve_rerank_p50_ms']:.0f} ms (retrieve {lat['retrieve_p50_ms']:.0f}, rerank {lat['rerank_p50_ms']:.0f})", result["retrieve_rerank_p50_ms"] <= 50),
-        ("generation vs fp32 `model.generate`", ">= 2x", f"{result['generate_speedup']:.2f}x", result["generate_speedup"] >= 2),
-        ("MRR@10 int8 - fp32", ">= -0.005", f"{result['mrr10_delta']:+.4f}" + (f" ({result['mrr10_delta_backend']})" if result.get("mrr10_delta_backend") not in (None, "onnx-int8") else ""), result["mrr10_delta"] >= -0.005),
-        (
-            "ROUGE-L of the faster answers - fp32's", "0 within the interval",
-            f"{rouge['delta']:+.4f} [{rouge['delta_ci95'][0]:+.4f}, {rouge['delta_ci95'][1]:+.4f}]" if rouge else "-",
-            rouge["delta_ci95"][0] <= 0 <= rouge["delta_ci95"][1] if rouge else None,
-        ),
-        ("first streamed words after retrieval, p50", "<= 1 s", f"{first:.0f} ms" if first is not None else "-", first <= 1000 if first is not None else None),
-        _make_run_row(compare, d.get("install")),
-    ]
-
-
-def _make_run_row(compare: Optional[Mapping[str, Any]], install: Optional[Mapping[str, Any]]) -> tuple[str, str, str, Optional[bool]]:
-    """`make run` from a fresh clone = `make install` + eval.compare in a fresh run_dir: a verdict
-    only when the result timed both (--time-install); eval.compare alone otherwise."""
-    name, target = "`make run` from a fresh clone: `make install` + `eval.compare` on the demo", "<= 15 min"
-    if not compare:
-        return name, target, "-", None
-    if not install:
-        return name, target, f"{compare['wall_s']:.0f} s ({compare['wall_s'] / 60:.1f} min) + the install (not timed)", None
-    total = install["wall_s"] + compare["wall_s"]
-    return name, target, f"{install['wall_s']:.0f} + {compare['wall_s']:.0f} s = {total / 60:.1f} min", total <= 15 * 60
-
-
-def targets_table(columns: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    """One row per target of the speed issue, one column per (label, result): the figure and
-    whether it meets the target, so the README's comparison of machines is generated, not typed."""
-    rows = [_target_rows(result) for _, result in columns]
-    header = [f"{label}, {result['git_revision']}" for label, result in columns]
-    lines = ["| figure | target | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(columns)]
-    for i, (name, target, _, _) in enumerate(rows[0]):
-        cells = []
-        for column in rows:
-            value, met = column[i][2], column[i][3]
-            cells.append(value if met is None else f"{value} ({'met' if met else 'not met'})")
-        lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _read_result(path: Path, flag: str) -> dict[str, Any]:
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"{flag} {path}: cannot read it ({exc}). Fix: pass a file written by --out") from None
-    missing = [key for key in FIGURES if key not in result and key not in LATER_FIGURES]
-    if result.get("format") != FORMAT or missing:
-        raise BenchError(f"{flag} {path}: not a {FORMAT} result (missing {', '.join(missing) or 'format'}). Fix: pass a file written by python -m eval.bench speed --out")
-    return result
-
-
-def _fill_block(path_arg: str, flag: str, block: str, body: str) -> None:
-    from eval.publish import PublishError, replace_block
-
-    path = Path(path_arg)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BenchError(f"{flag} {path}: cannot read it ({exc}). Fix: pass the project README") from None
-    try:
-        atomic_write_text(path, replace_block(text, block, body))
-    except PublishError as exc:
-        raise BenchError(f"{flag} {path}: {exc}") from None
-
-
-def readme_text(result: Mapping[str, Any], json_path: Optional[str] = None) -> str:
-    """results/bench/README.md: the command, revision, wall time and figures, all from `result`."""
-    flat = {key: result.get(key) for key in FIGURES}
-    source = f" from `{json_path}`" if json_path else ""
-    return "\n".join([
-        "# Benchmark results",
-        "",
-        f"Written by eval/bench_speed.py (`--readme`){source}; do not edit by hand: regenerate it with "
-        f"`python -m eval.bench speed --from-json {json_path or 'RESULT.json'} --readme README.md`.",
-        "",
-        f"## Speed ({result['mode']})",
-        "",
-        f"- command: `{result['command']}`",
-        f"- git revision: `{result['git_revision']}`{' (with uncommitted changes)' if result.get('git_dirty') else ''}",
-        f"- finished {result['finished']}; wall time {result['wall_s']:.0f} s",
-        "",
-        to_markdown(result),
-        "",
-        "Figures (the flat keys of the JSON):",
-        "",
-        "```json",
-        json.dumps(flat, indent=2),
-        "```",
-        "",
-    ])
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.bench speed",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(parser)
-    q, f = SAMPLES["quick"], SAMPLES["full"]
-    parser.add_argument("--quick", action="store_true", help="Small samples, no eval.compare: under 5 minutes on 2 cores.")
-    parser.add_argument("--data", default=str(SEED_SPLITS), metavar="DIR", help="Prepared splits (train/val/test.jsonl) the figures are measured on. Default: the seed splits in ../shared.")
-    parser.add_argument("--reranker", metavar="DIR", help="Cross-encoder folder. Default: the one eval.compare trained on --data, else rerank.model, else MiniLM with a random one-logit head.")
-    for name, unit in (("passages", "Train passages embedded for the ingest figure"), ("queries", "Val questions of the rerank and retrieve+rerank figures"), ("prompts", "Prompts of the generate figure"), ("new_tokens", "max_new_tokens of the generate figure"), ("questions", "Val questions of the MRR@10 delta"), ("rounds", "Interleaved timing rounds of ingest and rerank (the best is kept)")):
-        capped = " (at most the split's size)" if name in ("passages", "queries", "prompts", "questions") else ""
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, metavar="N", help=f"{unit}. Default: {q[name]} with --quick, else {f[name]}{capped}.")
-    parser.add_argument("--no-compare", action="store_true", help="Without --quick: skip timing eval.compare on the demo data.")
-    parser.add_argument("--time-install", action="store_true", help="Without --quick: also time `make install` into a fresh temporary venv (needs make and the package registries; ~2 minutes), so that the targets table judges a fresh clone's `make run` (install + eval.compare) against its 15 minutes.")
-    parser.add_argument("--format", choices=("md", "json"), default="md", help="Print a Markdown table (md) or the JSON object (json) on stdout.")
-    parser.add_argument("--out", metavar="FILE", help="Also write the JSON result to FILE (atomically).")
-    parser.add_argument("--readme", metavar="FILE", help="Also write a README (command, git revision, wall time, figures) made from the result to FILE.")
-    parser.add_argument("--readme-block", metavar="FILE", help="Also fill the block <!-- results:bench-speed:start --> ... <!-- results:bench-speed:end --> of FILE (the project README) with the result's tables, so no figure there is typed by hand.")
-    parser.add_argument("--from-json", metavar="FILE", help="Measure nothing: render a result written earlier with --out (with --format, --readme).")
-    parser.add_argument("--targets", action="append", default=[], metavar="LABEL=FILE", help="Measure nothing: a column (LABEL, e.g. the machine) of the targets table from a result written with --out; repeat for one column per result. Written with --targets-block.")
-    parser.add_argument("--targets-block", metavar="FILE", help="With --targets: fill the block <!-- results:bench-targets:start --> ... <!-- results:bench-targets:end --> of FILE with the table of each target and each result's figure, met or not.")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.command = shlex.join(["python", "-m", "eval.bench", "speed", *argv])
-
-    def body() -> None:
-        if args.targets or args.targets_block:
-            if not (args.targets and args.targets_block):
-                raise BenchError("--targets and --targets-block go together. Fix: --targets 'AMD EPYC=results/bench/speed.json' --targets-block README.md")
-            columns, files = [], []
-            for item in args.targets:
-                label, sep, file = item.partition("=")
-                if not sep or not label.strip() or not file:
-                    raise BenchError(f"--targets {item!r} is not LABEL=FILE. Fix: e.g. --targets 'AMD EPYC=results/bench/speed.json'")
-                columns.append((label.strip(), _read_result(Path(file), "--targets")))
-                files.append(f"`{file}`")
-            table = targets_table(columns)
-            _fill_block(args.targets_block, "--targets-block", "bench-targets", f"From {', '.join(files)}, generated by `--targets-block`:\n\n{table}")
-            print(table)
-            return
-        if args.from_json:
-            result = _read_result(Path(args.from_json), "--from-json")
-        else:
-            config = config_from_args(args)
-            with contextlib.redirect_stdout(sys.stderr):  # libraries' prints must not mix with the result
-                result = run(args, config, log=lambda m: print(m, file=sys.stderr))
-            if args.out:
-                write_json(args.out, result)
-        if args.readme:
-            atomic_write_text(args.readme, readme_text(result, args.out or args.from_json))
-        if args.readme_block:
-            source = args.out or args.from_json
-            header = (f"From `{source}`" if source else "From this run") + f" (command `{result['command']}`, revision `{result['git_revision']}`{' with uncommitted changes' if result.get('git_dirty') else ''}, finished {result['finished']}), generated by `--readme-block`:"
-            _fill_block(args.readme_block, "--readme-block", "bench-speed", "\n".join([header, "", to_markdown(result)]))
-        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
-
-    return run_cli(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
