@@ -44,10 +44,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pipeline.cli import add_io_arguments
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import DataError, load_split
 from pipeline.errors import run_cli
-from pipeline.fileio import write_json
+from pipeline.fileio import write_json, write_jsonl
+from pipeline.index import KnowledgeBase, qa_nodes, qa_text
 
 DEFAULT_SIZES = (2000, 20000, 100000)
 SEED_SPLITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-technical-qa" / "splits"
@@ -97,7 +99,6 @@ def corpus_vectors(corpus: Sequence[dict[str, Any]], embed_model, *, embed_all: 
     """Unit vectors of every corpus node (see the module doc for composed synthetic vectors)."""
     import numpy as np
 
-    from pipeline.index import qa_text
 
     def unit(rows):
         rows = np.asarray(rows, dtype=np.float32)
@@ -140,7 +141,6 @@ def time_queries(fn: Callable[[str], Any], queries: Sequence[str], *, desc: str,
 
 def time_ingestion(config: Config, records: Sequence[dict[str, str]], embed_model, *, show_progress: bool) -> dict[str, Any]:
     """The real ingestion (pipeline.index.ingest) of `records` into a temporary index."""
-    from pipeline.fileio import write_jsonl
     from pipeline.index import ingest
 
     work = Path(tempfile.mkdtemp(prefix="ragft-bench-ingest-"))
@@ -187,8 +187,7 @@ def run_benchmark(
     from llama_index.core import VectorStoreIndex
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    from pipeline.index import KnowledgeBase, qa_nodes
-    from pipeline.models import load_embedder
+    from pipeline.encoders import load_embedder
     from pipeline.retrieve import build_retriever
 
     records = [r for split in ("train", "val", "test") for r in load_split(data_dir, split)]
@@ -316,15 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", metavar="DIR", help=f"Folder with train/val/test.jsonl whose pairs seed the corpora and whose test questions are the queries. Default: {SEED_SPLITS} when present, else data.dir of the profile.")
+    add_io_arguments(
+        parser,
+        data=f"Folder with train/val/test.jsonl whose pairs seed the corpora and whose test questions are the queries. Default: {SEED_SPLITS} when present, else data.dir of the profile.",
+        formats="Output format. Default: md.",
+        out="Also write the JSON result here, with the resolved config beside it.",
+    )
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), metavar="N,N,...", help="Corpus sizes in passages. Default: 2000,20000,100000.")
     parser.add_argument("--queries", type=int, default=100, metavar="N", help="Timed queries per retriever and size (the first N test questions). Default: 100.")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="Passages returned per query by our retrievers and the reference. Default: 5.")
     parser.add_argument("--ingest-limit", type=int, default=2000, metavar="N", help="Ingestion is timed on at most N pairs per size (MiniLM embedding dominates: about N/100 s on 2 cores); 0 skips it. Default: 2000.")
     parser.add_argument("--embed-all", action="store_true", help="Embed every synthetic passage with the model instead of composing its vector from sentence vectors (slow at 100k).")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the synthetic corpora. Default: 42.")
-    parser.add_argument("--format", choices=["md", "json"], default="md", help="Output format. Default: md.")
-    parser.add_argument("--out", metavar="FILE", help="Also write the JSON result here, with the resolved config beside it.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars or log lines.")
     add_config_arguments(parser)
     return parser

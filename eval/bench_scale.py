@@ -55,11 +55,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from eval.bench_retrieval import peak_rss_mb, percentile
+from pipeline.chroma_server import ChromaServer
+from pipeline.cli import add_io_arguments
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, config_from_dict, save_resolved_config
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json, write_jsonl
-
-from eval.bench_retrieval import peak_rss_mb, percentile
+from pipeline.models import ModelNotFoundError, check_model_source, resolve_model
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -405,8 +407,6 @@ def resolve_bench_model(config: Config) -> tuple[str, str]:
     """(reference, description): the configured cross-encoder if it exists, else the base encoder.
     This benchmark times a cross-encoder: with rerank.kind=query-likelihood, rerank.model is an LM
     adapter, so the cross-encoder is finetune.reranker's output."""
-    from pipeline.models import ModelNotFoundError, resolve_model
-
     key, reference = ("rerank.model", config.rerank.model) if config.rerank.kind == "cross-encoder" else ("finetune.reranker.output", config.finetune.reranker.output)
     try:
         return resolve_model(reference, allow_download=False), f"{key} ({reference})"
@@ -417,7 +417,7 @@ def resolve_bench_model(config: Config) -> tuple[str, str]:
 
 def load_reranker(config: Config) -> tuple[Any, str]:
     """The reranker the benchmark uses (see the module doc) with its cache off, loaded now."""
-    from pipeline.models import check_model_source, load_cross_encoder
+    from pipeline.encoders import load_cross_encoder
     from rerank.cross_encoder import CrossEncoderReranker
 
     reference, described = resolve_bench_model(config)
@@ -450,9 +450,8 @@ def run_benchmark(
     given is the caller's and is never deleted."""
     import torch
 
-    from pipeline.chroma_server import ChromaServer
     from pipeline.index import ingest, open_index
-    from pipeline.models import load_embedder
+    from pipeline.encoders import load_embedder
     from pipeline.retrieve import build_retriever
 
     unknown = [s for s in stores if s not in STORES]
@@ -588,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", metavar="DIR", help="Folder for the data, indexes and server data (kept afterwards; a second run over the same folder finds the indexes built and only times the queries). Default: a new temporary folder, deleted at the end.")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary work folder at the end (its path is logged).")
     parser.add_argument("--json", metavar="FILE", help="Also write the JSON result to FILE (atomically), with the resolved config beside it.")
-    parser.add_argument("--format", choices=("md", "json"), default="md", help="Print a Markdown table (md) or JSON. Default: md.")
+    add_io_arguments(parser, formats="Print a Markdown table (md) or JSON. Default: md.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars or log lines.")
     add_config_arguments(parser)
     return parser

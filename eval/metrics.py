@@ -41,6 +41,7 @@ from pipeline.metrics import (
     bootstrap_ci,
     paired_bootstrap_test,
 )
+from pipeline.models import ModelNotFoundError, check_model_source, require_safetensors, resolve_device, resolve_model
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,8 +233,6 @@ class ResolvedBertScoreModel:
 
 def _locate_model(reference: str) -> str:
     """A local folder or downloadable id for `reference`, or ModelNotFoundError."""
-    from pipeline.models import resolve_model
-
     return resolve_model(reference)
 
 
@@ -259,8 +258,6 @@ def resolve_bertscore_model(
 ) -> ResolvedBertScoreModel:
     """Find the BERTScore model on this machine. When `reference` cannot be loaded and fallback is
     allowed, use the bundled MiniLM instead, print one line saying so, and record the reason."""
-    from pipeline.models import ModelNotFoundError
-
     try:
         path = _locate_model(reference)
     except ModelNotFoundError as exc:
@@ -311,8 +308,6 @@ class BertScoreModel:
     @classmethod
     def from_config(cls, config: Any) -> "BertScoreModel":
         """The `eval` section's BERTScore settings, under the `security` section's loading rules."""
-        from pipeline.models import check_model_source
-
         settings = config.eval
         return cls(
             check_model_source(config, settings.bertscore_model, "eval.bertscore_model"),
@@ -348,7 +343,6 @@ class BertScoreModel:
         if self._scorer is None:
             import bert_score
 
-            from pipeline.models import require_safetensors, resolve_device
 
             resolved = self.resolved
             # bert-score calls from_pretrained itself, without use_safetensors: check the folder first

@@ -29,9 +29,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pipeline.cli import git_revision
+from eval.compare import render_report
+from eval.report import format_value
+from eval.retrieval import to_markdown
+from pipeline.cli import add_io_arguments, git_revision
+from pipeline.config import load_config
 from pipeline.errors import UserFacingError, run_cli
 from pipeline.fileio import atomic_write_text
+from pipeline.systems import SYSTEMS, get_system, uses_finetuned_embedder
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -48,8 +53,6 @@ class PublishError(UserFacingError, ValueError):
 
 def results_table(metrics: dict[str, Any]) -> str:
     """The comparison table of a metrics.json, as eval.compare prints it."""
-    from eval.compare import render_report
-
     _, summary = render_report(metrics)
     # the summary is: a header line, the table, then the paired tests; keep the first two
     blocks = summary.split("\n\n")
@@ -90,7 +93,6 @@ def retrieval_sections(out: Path, kinds: Sequence[str] = ("retrieval", "reranker
     <out>/retrieval-*.json`, `rerank.evaluate --out <out>/rerankers-*.json`, `finetune.rewriter
     --report <out>/rewriters-*.json`): each one's command, revision, wall time and table (from the
     JSON itself), under headings of `level`."""
-    from eval.retrieval import to_markdown
     from finetune.rewriter import rewriters_markdown
     from rerank.evaluate import grid_markdown
 
@@ -118,8 +120,6 @@ def retrieval_sections(out: Path, kinds: Sequence[str] = ("retrieval", "reranker
 def headline_table(metrics: dict[str, Any], link: str) -> str:
     """The README's short results table: ROUGE-L, BLEU-4 (with their 95% intervals) and p50
     latency of the HEADLINE_SYSTEMS a metrics.json holds, and a link to the folder with the rest."""
-    from eval.report import format_value
-
     data = metrics["data"]
     lines = [
         f"`{data['split']}` split of `{data['dir']}` ({data['n']} questions), profile `{metrics['profile']}`; "
@@ -140,8 +140,6 @@ def headline_table(metrics: dict[str, Any], link: str) -> str:
 
 def _system_cells(name: str, config: "Config") -> list[str]:
     """What system `name` runs under `config`: rewrite, retrieval, rerank, generator, agent."""
-    from pipeline.systems import get_system, uses_finetuned_embedder
-
     spec = get_system(name, config)
     if not spec.rewrite:
         rewrite = "-"
@@ -176,8 +174,6 @@ def _system_cells(name: str, config: "Config") -> list[str]:
 def systems_table(config: "Config") -> str:
     """The README's table of the named systems (pipeline/systems.py) as `config` resolves them:
     one row per system; an ablation that runs what `full` runs under it is marked so."""
-    from pipeline.systems import SYSTEMS
-
     full = _system_cells("full", config)
     lines = [
         f"Under the profile `{config.profile}`: LM `{config.generator.model}`, embedder `{config.index.embed_model}`.",
@@ -219,8 +215,6 @@ def update_readme(text: str, out: Path, metrics: dict[str, Any], *, link: str) -
     """`text` (the project README) with every generated block it holds regenerated: the results
     table `<name>` and/or the headline `<name>-headline` (name = out's folder name; at least one
     of them), the retrieval tables `<name>-retrieval`, and the systems table."""
-    from pipeline.config import load_config
-
     name = out.name
     if not (has_block(text, name) or has_block(text, f"{name}-headline")):
         raise PublishError(f"README has no block <!-- results:{name}-headline:start --> ... <!-- results:{name}-headline:end --> (or <!-- results:{name}:start --> ... for the whole table); add those two lines where the table belongs")
@@ -315,7 +309,7 @@ def publish(compare_dir: Path | None, out: Path, *, command: str, readme: Path |
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.publish", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("compare_dir", nargs="?", type=Path, help="The eval.compare output folder (its --out, default {run_dir}/compare).")
-    parser.add_argument("--out", type=Path, required=True, help="Folder under results/ to write, e.g. results/seed.")
+    add_io_arguments(parser, out="Folder under results/ to write, e.g. results/seed.", out_metavar="DIR", out_required=True)
     parser.add_argument("--command", default="python -m eval.compare", help="The exact eval.compare command of the run, recorded in the README.")
     parser.add_argument("--readme", type=Path, default=Path("README.md"), help="Project README whose generated blocks (results, headline, retrieval, systems) are regenerated (default README.md).")
     parser.add_argument("--readme-only", action="store_true", help="Only regenerate the README's generated blocks from <out>/metrics.json, the retrieval runs kept in <out> (retrieval-*, rerankers-*, rewriters-*.json) and the default profile, and those runs' sections of <out>/README.md.")
@@ -328,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
         if not args.readme_only and args.compare_dir is None:
             raise PublishError("name the eval.compare output folder to publish, or pass --readme-only")
-        out = publish(None if args.readme_only else args.compare_dir, args.out, command=args.command, readme=args.readme, repo=Path.cwd())
+        out = publish(None if args.readme_only else args.compare_dir, Path(args.out), command=args.command, readme=args.readme, repo=Path.cwd())
         print(f"wrote {out} and the generated blocks in {args.readme}")
 
     return run_cli(body)

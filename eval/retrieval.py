@@ -5,6 +5,7 @@
     python -m eval.retrieval --data ../shared/data/seed-technical-qa/splits --protocol open-book --split test --tune
     python -m eval.retrieval --data ../shared/data/seed-technical-qa/splits --protocol open-book --split val \
         --retrievers full,full-no-rewrite,full-base-embedder,full-dense,full-no-rerank --format json
+    python -m eval.retrieval --data ../shared/data/seed-technical-qa/splits --queries realistic --split val
 
 Protocols:
   open-book    the corpus is every answer of train+val+test, one passage each; the queries are the
@@ -38,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 from eval.metrics import rouge_l_f1
 from pipeline.metrics import DEFAULT_KS, DEPTH, paired_mean_test, retrieval_per_query, summarize
+from pipeline.cli import add_io_arguments
 from pipeline.config import RESOLVED_CONFIG_NAME, Config, ConfigError, add_config_arguments, save_resolved_config
 from pipeline.data import load_split, open_book_corpus
 from pipeline.errors import run_cli
@@ -328,6 +330,10 @@ def evaluate_closed_book(
 
 
 def to_markdown(result: dict[str, Any]) -> str:
+    if result.get("queries") == "realistic":  # --queries realistic: its own table (eval/realistic)
+        from eval.realistic import to_markdown as realistic_markdown
+
+        return realistic_markdown(result)
     order = METRIC_ORDER if result["protocol"] == "open-book" else CLOSED_ORDER
     lines = [f"### Retrieval, {result['protocol']}, split {result['split']} ({result['corpus_size']} passages, n={next(iter(result['retrievers'].values()))['n']})", ""]
     lines.append("| retriever | " + " | ".join(order) + " |")
@@ -370,14 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", metavar="DIR", help="Folder with train/val/test.jsonl. Default: data.dir of the profile.")
+    add_io_arguments(
+        parser,
+        data="Folder with train/val/test.jsonl. Default: data.dir of the profile.",
+        split="Split whose questions are the queries. Default: test.",
+        split_default="test",
+        split_choices=("val", "test"),
+        formats="Output: a Markdown table with 95%% intervals, or the JSON document. Default: md.",
+        out="Also write the JSON result here (atomically), with the resolved config beside it.",
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="open-book", help="open-book: all answers are the corpus, gold = own answer; closed-book: the train pairs are the knowledge base, answers are compared with the reference. Default: open-book.")
-    parser.add_argument("--split", choices=["val", "test"], default="test", help="Split whose questions are the queries. Default: test.")
     parser.add_argument("--retrievers", default=",".join(RETRIEVERS), metavar="LIST", help="Comma-separated retrievers among dense, bm25, hybrid (hybrid uses the profile's fusion settings); open-book also takes [rw-][ft-]BASE[+rerank] variants: rw- searches with the question plus what full's rewriter writes (rewrite.mode, none meaning hyde; rewrite.adapter), ft- embeds the corpus with the fine-tuned embedder (finetune.embedder.output), +rerank reranks rerank.candidates passages with the cross-encoder at rerank.model, e.g. hybrid+rerank,ft-dense,ft-hybrid+rerank; and full's retrieval stack (what `full` runs before generation: rewrite, retrieve.mode, rerank with rerank.retrieval_weight) with its one-part-off variants full-no-rewrite, full-base-embedder, full-dense (no BM25), full-no-rerank, each with its paired Delta against full. Default: dense, bm25, hybrid.")
+    parser.add_argument("--queries", choices=["clean", "realistic"], default="clean", help="clean: the split's seed questions; realistic: follow-ups, verbose and compound messages (hand-written and generated, eval/realistic) beside their clean oracle, through full's first stage and reranker (open-book only; --retrievers and --tune do not apply). Default: clean.")
+    parser.add_argument("--cases", metavar="DIR", help="--queries realistic: folder with the hand-written cases <split>.jsonl (default: eval/realistic/data, written for the seed data); 'none': generated cases only.")
     parser.add_argument("--tune", action="store_true", help="open-book only: choose the hybrid's fusion (mode, k, weights) on val and report it once on --split as hybrid-tuned.")
     parser.add_argument("--sim-threshold", type=float, default=0.8, metavar="T", help="closed-book: cosine (MiniLM) between a retrieved answer and the reference that counts as a hit. Default: 0.8.")
-    parser.add_argument("--format", choices=["md", "json"], default="md", help="Output: a Markdown table with 95%% intervals, or the JSON document. Default: md.")
-    parser.add_argument("--out", metavar="FILE", help="Also write the JSON result here (atomically), with the resolved config beside it.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars or log lines; only the result.")
     add_config_arguments(parser)
     return parser
@@ -400,7 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tune and args.protocol != "open-book":
             raise ConfigError("--tune needs --protocol open-book (the closed-book protocol has no gold passage to tune on)")
         log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-        if args.protocol == "open-book":
+        if args.queries == "realistic":
+            from eval.realistic.benchmark import evaluate_cli
+
+            result = evaluate_cli(config, args, default_retrievers=",".join(RETRIEVERS), log=log)
+        elif args.protocol == "open-book":
             result = evaluate_open_book(config, config.data.dir, args.split, names, tune=args.tune, show_progress=not args.quiet, log=log)
         else:
             result = evaluate_closed_book(config, config.data.dir, args.split, names, sim_threshold=args.sim_threshold, show_progress=not args.quiet, log=log)
@@ -412,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(args.out, result)
             # named after the run: the folder may hold a comparison whose ragft_config.yaml describes it (results/seed)
             out = Path(args.out)
-            save_resolved_config(config, out.parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split}, filename=f"{out.stem}.{RESOLVED_CONFIG_NAME}")
+            save_resolved_config(config, out.parent, extra={"kind": "retrieval-eval", "protocol": args.protocol, "split": args.split, "queries": args.queries}, filename=f"{out.stem}.{RESOLVED_CONFIG_NAME}")
         print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
 
     return run_cli(body)

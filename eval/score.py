@@ -26,6 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from eval.metrics import BertScoreModel, compute_answer_scores, paired_answer_tests
+from eval.report import render_paired_tests, render_table
+from pipeline.cli import add_io_arguments
 from pipeline.config import Config, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import DataError
 from pipeline.errors import run_cli
@@ -117,7 +120,6 @@ def score_files(
     """Score every file; the result is what `--format json` prints."""
     from tqdm.auto import tqdm
 
-    from eval.metrics import BertScoreModel, compute_answer_scores, paired_answer_tests
 
     settings = config.eval
     names = [system_name(p) for p in paths]
@@ -163,8 +165,6 @@ def score_files(
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    from eval.report import render_paired_tests, render_table
-
     text = render_table(result["systems"], model_for_bertscore=result["model_for_bertscore"], bertscore_info=result["bertscore"])
     baseline = result.get("baseline")
     if baseline:
@@ -185,13 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="Prediction files (.jsonl: question, prediction, reference per line); each is one system named by its file stem.")
-    parser.add_argument("--format", choices=("md", "json"), default="md", help="Output on stdout: a markdown table (md, default) or the full results as JSON.")
+    add_io_arguments(parser, formats="Output on stdout: a markdown table (md, default) or the full results as JSON.", out="Also write scores.json, scores.md and the resolved config to DIR.", out_metavar="DIR")
     parser.add_argument("--bertscore-model", metavar="M", help="BERTScore model (hub id or folder). Naming one turns the MiniLM fallback off: it must load. Default: eval.bertscore_model of the profile (roberta-large unless the profile names another; the bundled MiniLM when it is not on this machine).")
     parser.add_argument("--no-bertscore", action="store_true", help="Skip BERTScore (no model is loaded).")
     parser.add_argument("--baseline", metavar="STEM", help="File stem every other system is paired-tested against; a _test/_val/_train suffix may be left out. Default: eval.baseline (rag_vanilla); skipped when no file matches the default.")
     parser.add_argument("--samples", type=int, metavar="N", help="Bootstrap resamples for intervals and paired tests. Default: eval.bootstrap_samples (1000).")
     parser.add_argument("--seed", type=int, metavar="S", help="Seed of the bootstrap. Default: eval.seed (42).")
-    parser.add_argument("--out", metavar="DIR", help="Also write scores.json, scores.md and the resolved config to DIR.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
     add_config_arguments(parser)
     return parser

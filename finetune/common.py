@@ -16,13 +16,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from pipeline.config import LoraTrainConfig
-from pipeline.fileio import atomic_directory
+from pipeline.config import ConfigError, LoraTrainConfig, config_digest, save_resolved_config
+from pipeline.fileio import atomic_directory, atomic_write_text, write_json
 
 if TYPE_CHECKING:
-    from pipeline.config import Config
     from peft import LoraConfig
     from trl import SFTConfig
+
+    from pipeline.config import Config
 
 
 def seed_everything(seed: int) -> None:
@@ -208,8 +209,6 @@ def train_lora_adapter(
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from pipeline.config import config_digest, save_resolved_config
-    from pipeline.fileio import atomic_write_text, write_json
     from pipeline.models import apply_cpu_threads, check_model_source, cpu_has_native_bf16, load_causal_lm, resolve_device
 
     started = time.perf_counter()
@@ -241,8 +240,6 @@ def train_lora_adapter(
     fit = fit_report(train_rows, tokenizer, train_cfg.max_seq_length)
     log(f"data            {len(train_rows)} train / {len(val_rows)} val examples ({kind}); tokens per example: mean {fit['mean_tokens']}, max {fit['max_tokens']}")
     if fit["no_answer_left"] == len(train_rows):
-        from pipeline.config import ConfigError
-
         raise ConfigError(f"every training prompt is at least {section}.max_seq_length={train_cfg.max_seq_length} tokens long (longest example {fit['max_tokens']}), so no completion token would be trained; raise {section}.max_seq_length or lower finetune.raft.num_passages")
     if fit["truncated"]:
         log(f"warning: {fit['truncated']} train examples exceed {section}.max_seq_length={train_cfg.max_seq_length} and lose completion tokens; raise it or lower generator.max_passage_chars")

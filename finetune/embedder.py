@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from finetune.common import seed_everything
 from finetune.reranker import (
     REPORT_METRICS,
     TrainingSetupError,
@@ -48,6 +49,8 @@ from finetune.reranker import (
 from pipeline.config import Config, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import load_split
 from pipeline.errors import run_cli
+from pipeline.fileio import atomic_directory
+from pipeline.models import check_model_source, resolve_model
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -78,8 +81,8 @@ def train_embedder(model: "SentenceTransformer", rows: dict[str, list[str]], con
     """Train `model` in place with MultipleNegativesRankingLoss; returns the log history."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     settings = config.finetune.embedder
     seed = config.finetune.seed
@@ -116,7 +119,7 @@ def train_embedder(model: "SentenceTransformer", rows: dict[str, list[str]], con
 
 def dense_val_metrics(config: Config, reference: str, *, k: int = 20, show_progress: bool = True) -> dict[str, Any]:
     """Open-book val metrics of dense retrieval with the embedder at `reference`."""
-    from pipeline.models import load_embedder
+    from pipeline.encoders import load_embedder
 
     embed = load_embedder(config, reference=reference)
     candidates = openbook_candidates(config, "val", k, limit=config.finetune.embedder.eval_limit, embed_model=embed, mode="dense", show_progress=show_progress)
@@ -132,9 +135,7 @@ class EmbedderRun:
 
 
 def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None] = print) -> EmbedderRun:
-    from finetune.common import seed_everything
-    from pipeline.fileio import atomic_directory
-    from pipeline.models import check_model_source, load_sentence_transformer, resolve_model
+    from pipeline.encoders import load_sentence_transformer
     from pipeline.retrieve import build_retriever
 
     settings = config.finetune.embedder

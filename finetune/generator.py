@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from finetune.common import train_lora_adapter
+from pipeline.cli import add_io_arguments
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args
 from pipeline.data import load_split
 from pipeline.errors import run_cli
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--mode", choices=MODES, required=True, help="plain: question -> answer (no context). raft: question + retrieved passages (oracle with probability finetune.raft.oracle_prob) -> answer.")
-    parser.add_argument("--out", metavar="DIR", help="Adapter folder. Default: finetune.generator.output (plain) or finetune.raft.output (raft).")
+    add_io_arguments(parser, out="Adapter folder. Default: finetune.generator.output (plain) or finetune.raft.output (raft).", out_metavar="DIR")
     parser.add_argument("--no-resume", action="store_true", help="Ignore checkpoints of an interrupted run with the same settings and start over.")
     add_config_arguments(parser)
     return parser

@@ -50,9 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from pipeline.metrics import first_relevant_rank
-from finetune.synthetic import builder_parser, run_builder
+from finetune.common import seed_everything
+from finetune.reranker import TrainingSetupError, query_vectors
+from finetune.synthetic import ChunkLog, builder_digest, builder_parser, chunks, finish, run_builder, sample_texts
 from pipeline.config import Config
+from pipeline.data import DataError, load_split
+from pipeline.index import KnowledgeBase, qa_node_id
+from pipeline.metrics import first_relevant_rank
+from pipeline.models import load_llm
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -153,7 +158,6 @@ def answer_corpus(records: Sequence[dict[str, str]]) -> tuple[list["TextNode"], 
     QA node id of the first pair with that answer; and the gold passage id of every record."""
     from llama_index.core.schema import TextNode
 
-    from pipeline.index import qa_node_id
 
     nodes: list[TextNode] = []
     by_answer: dict[str, str] = {}
@@ -186,12 +190,6 @@ def build_judged_rewrites(
     from llama_index.core.schema import QueryBundle
     from tqdm.auto import tqdm
 
-    from finetune.common import seed_everything
-    from finetune.reranker import TrainingSetupError, query_vectors
-    from finetune.synthetic import ChunkLog, builder_digest, chunks, finish, sample_texts
-    from pipeline.data import load_split
-    from pipeline.index import KnowledgeBase
-    from pipeline.models import load_llm
     from pipeline.retrieve import build_retriever
     from rewrite.prompts import hyde_messages
 
@@ -295,8 +293,6 @@ def build_judged_rewrites(
 def judged_targets(path: str | Path, records: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     """`records` (the train split) whose question has a judged rewrite in `path`, in their order,
     as new records with the rewrite as the answer; the others are left out (finetune.rewriter.targets)."""
-    from pipeline.data import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"finetune.rewriter.targets={path}: no such file; build it with python -m finetune.judged_rewrites (same --config and --set), or set finetune.rewriter.targets=null")

@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from finetune.common import train_lora_adapter
-from pipeline.config import Config
+from pipeline.cli import add_io_arguments
+from pipeline.config import Config, add_config_arguments, config_from_args
 from pipeline.data import load_split
+from pipeline.errors import run_cli
 from rerank.query_likelihood import QL_ADAPTER_KIND, ql_example
 
 
@@ -55,11 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import json
 
-    from pipeline.config import add_config_arguments, config_from_args
-    from pipeline.errors import run_cli
-
     parser = argparse.ArgumentParser(prog="python -m finetune.ql_reranker", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", metavar="DIR", help="Adapter folder. Default: finetune.ql_reranker.output.")
+    add_io_arguments(parser, out="Adapter folder. Default: finetune.ql_reranker.output.", out_metavar="DIR")
     parser.add_argument("--no-resume", action="store_true", help="Ignore checkpoints of an interrupted run with the same settings and start over.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars (logs stay).")
     add_config_arguments(parser)

@@ -31,25 +31,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
+from pipeline.cli import add_io_arguments
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import SPLITS, load_split
 from pipeline.errors import UserFacingError, run_cli
 from pipeline.fileio import write_jsonl
 from pipeline.generate import cite
+from pipeline.index import finetuned_embedder_config, open_index, qa_node_id, qa_text
 
 if TYPE_CHECKING:
     from llama_index.core.base.base_retriever import BaseRetriever
 
 
 def _qa_text(question: str, answer: str) -> str:
-    from pipeline.index import qa_text
-
     return qa_text(question, answer)
 
 
 def _qa_id(question: str, answer: str) -> str:
-    from pipeline.index import qa_node_id
-
     return qa_node_id(question, answer)
 
 
@@ -208,8 +206,6 @@ def raft_retriever(config: Config, *, kb: Any = None) -> "BaseRetriever":
     if raft.context == "loo":
         candidates = max(config.rerank.candidates, context_size(config)) if config.rerank.enabled else context_size(config)
         if kb is None and config.index.finetuned_embedder:
-            from pipeline.index import finetuned_embedder_config, open_index
-
             kb = open_index(finetuned_embedder_config(config))
         return build_retriever(config, mode=config.retrieve.mode, top_k=candidates + 1, kb=kb)
     return build_retriever(config, mode=raft.retriever, top_k=raft.num_passages + 5, kb=kb)
@@ -281,8 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--split", choices=SPLITS, default="train", help="Split of data.dir whose questions get triples (default train; val is for validation loss; test is refused).")
-    parser.add_argument("--out", metavar="FILE", help="Output jsonl. Default: {finetune.raft.output}-triples/<split>.jsonl.")
+    add_io_arguments(
+        parser,
+        split="Split of data.dir whose questions get triples (default train; val is for validation loss; test is refused).",
+        split_default="train",
+        out="Output jsonl. Default: {finetune.raft.output}-triples/<split>.jsonl.",
+    )
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="Only the first N questions of the split (N >= 1).")
     add_config_arguments(parser)
     return parser

@@ -44,9 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from finetune.common import seed_everything
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
-from pipeline.data import load_split
+from pipeline.data import load_split, open_book_corpus
 from pipeline.errors import UserFacingError, run_cli
+from pipeline.fileio import atomic_directory
+from pipeline.index import KnowledgeBase, KnowledgeBaseError, open_index, qa_node_id
+from pipeline.metrics import retrieval_per_query, summarize
+from pipeline.models import check_model_source, resolve_model
 
 if TYPE_CHECKING:
     from llama_index.core.base.base_retriever import BaseRetriever
@@ -73,8 +78,6 @@ class TrainingSetupError(UserFacingError, RuntimeError):
 
 def open_knowledge_base(config: Config) -> "KnowledgeBase":
     """The persisted knowledge base, or a clear error saying how to build it."""
-    from pipeline.index import KnowledgeBaseError, open_index
-
     try:
         kb = open_index(config)
         kb.manifest  # noqa: B018  (raises now when there is no usable index)
@@ -122,7 +125,6 @@ def mine_hard_negatives(
     from llama_index.core.schema import QueryBundle
     from tqdm.auto import tqdm
 
-    from pipeline.index import qa_node_id
 
     if num <= 0:
         return [[] for _ in records]
@@ -236,9 +238,6 @@ def openbook_setup(config: Config, split: str, *, embed_model: Any = None, show_
     """The open-book protocol exactly as `eval.retrieval` defines it (every answer of
     train+val+test a passage, an in-memory knowledge base over them), the questions of `split` and
     their relevant passage ids. Returns (kb, questions, relevant); close the kb when done."""
-    from pipeline.data import open_book_corpus
-    from pipeline.index import KnowledgeBase
-
     nodes, questions, relevant = open_book_corpus(config.data.dir)
     kb = KnowledgeBase.from_nodes(config, nodes, embed_model=embed_model, show_progress=show_progress)
     return kb, questions[split], relevant[split]
@@ -300,8 +299,6 @@ def rerank_order(score_fn: Callable[[str, Sequence[str]], Sequence[float]], cand
 
 def ranking_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[set[str]], *, seed: int = 42, samples: int = 1000) -> dict[str, Any]:
     """Recall@1/5/10/20, MRR@10, nDCG@10, hit rate with bootstrap 95% intervals (eval.metrics)."""
-    from pipeline.metrics import retrieval_per_query, summarize
-
     return summarize(retrieval_per_query(ranked, relevant), samples=samples, seed=seed)
 
 
@@ -334,7 +331,7 @@ def format_comparison(before: dict[str, Any], after: dict[str, Any], labels: tup
 
 def new_cross_encoder(config: Config, *, base_model: str | None = None) -> "CrossEncoder":
     """The starting point: the base encoder with a one-logit head (fresh unless it has one)."""
-    from pipeline.models import check_model_source, load_cross_encoder
+    from pipeline.encoders import load_cross_encoder
 
     settings = config.finetune.reranker
     device = "cpu" if config.generator.device == "cpu" else "auto"
@@ -460,9 +457,6 @@ class RerankerRun:
 
 def run(config: Config, *, show_progress: bool = True, log: Callable[[str], None] = print) -> RerankerRun:
     """The whole command: mine, build examples, evaluate base, train, evaluate, save."""
-    from finetune.common import seed_everything
-    from pipeline.fileio import atomic_directory
-    from pipeline.models import check_model_source, resolve_model
     from pipeline.retrieve import build_retriever
 
     settings = config.finetune.reranker

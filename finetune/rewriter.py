@@ -42,10 +42,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from finetune.common import train_lora_adapter
+from finetune.judged_rewrites import judged_targets
+from pipeline.cli import add_io_arguments, run_record
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, config_from_dict
-from pipeline.data import SPLITS, DataError, load_split
+from pipeline.data import SPLITS, DataError, load_split, open_book_corpus
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json
+from pipeline.index import KnowledgeBase, finetuned_embedder_config
+from pipeline.metrics import DEPTH, paired_mean_test, retrieval_per_query, summarize
 from rewrite.prompts import hyde_training_example
 
 VARIANTS = ("none", "hyde-base", "hyde-lora", "hyde-judged")
@@ -57,8 +61,6 @@ def rewriter_rows(config: Config, tokenizer: Any) -> tuple[list[dict[str, str]],
     rows = lambda records: [hyde_training_example(r["question"], r["answer"], tokenizer) for r in records]  # noqa: E731
     train = load_split(config.data.dir, "train")
     if config.finetune.rewriter.targets:
-        from finetune.judged_rewrites import judged_targets
-
         train = judged_targets(config.finetune.rewriter.targets, train)
     return rows(train), rows(load_split(config.data.dir, "val"))
 
@@ -98,12 +100,8 @@ def evaluate_rewriters(
     in the dense search vector (rewrite.hyde_question_weight; None: the plain mean), from one
     generation of its rewrites, and reported as `VARIANT@w` (default: the profile's weight only,
     reported under the variant's own name)."""
-    from pipeline.metrics import paired_mean_test, retrieval_per_query, summarize
-    from pipeline.metrics import DEPTH
-    from rewrite.rewriter import rewrite_texts
-    from pipeline.data import open_book_corpus
-    from pipeline.index import KnowledgeBase
     from rerank.evaluate import evaluate_variants, parse_variant
+    from rewrite.rewriter import rewrite_texts
 
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -129,8 +127,6 @@ def evaluate_rewriters(
     # the fine-tuned embedder's corpus once for every variant (not once per variant)
     ft_kb = None
     if any(parse_variant(r).finetuned for r in retrievers):
-        from pipeline.index import finetuned_embedder_config
-
         ft_kb = KnowledgeBase.from_nodes(finetuned_embedder_config(config), nodes, show_progress=show_progress)
     result: dict[str, Any] = {"protocol": "open-book", "split": split, "data": str(data_dir), "corpus_size": len(nodes), "results": {}, "rewrites": {}, "adapters": {}, "seconds": {}}
     per_query: dict[str, dict[str, list[float]]] = {}
@@ -239,12 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", metavar="DIR", help="Adapter folder. Default: finetune.rewriter.output (what rewrite.adapter loads).")
+    add_io_arguments(
+        parser,
+        data="Prepared splits for the retrieval report (open-book corpus). Default: data.dir.",
+        split="Split whose questions the retrieval report uses (tune on val; report test once). Default: val.",
+        split_default="val",
+        out="Adapter folder. Default: finetune.rewriter.output (what rewrite.adapter loads).",
+        out_metavar="DIR",
+    )
     parser.add_argument("--no-resume", action="store_true", help="Ignore checkpoints of an interrupted run with the same settings and start over.")
     parser.add_argument("--evaluate-only", action="store_true", help="Skip training; evaluate the adapter already at --out.")
     parser.add_argument("--no-evaluate", action="store_true", help="Train only; skip the retrieval report.")
-    parser.add_argument("--data", metavar="DIR", help="Prepared splits for the retrieval report (open-book corpus). Default: data.dir.")
-    parser.add_argument("--split", default="val", choices=SPLITS, help="Split whose questions the retrieval report uses (tune on val; report test once). Default: val.")
     parser.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST", help=f"Rewrite variants of the report: none (the question alone), hyde-base (the base LM writes the hypothetical answer), and hyde-NAME for each adapter of --adapter. Default: {','.join(VARIANTS)} (a variant without an adapter on disk is skipped).")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="The adapter of a rewrite variant, e.g. hyde-judged=runs/smollm2/adapters/rewriter-judged (repeatable). Default: hyde-lora=--out, hyde-judged=--out followed by -judged.")
     parser.add_argument("--retrievers", default="dense,hybrid,ft-dense", metavar="LIST", help="Retrievers of the report, [ft-](dense|bm25|hybrid)[+rerank] as in eval.retrieval; ft- needs finetune.embedder.output, +rerank rerank.model (skipped when missing). Default: dense,hybrid,ft-dense.")
@@ -261,8 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def body() -> None:
-        from pipeline.cli import run_record
-
         config = config_from_args(args, overrides)
         if not args.evaluate_only:
             train_rewriter(config, resume=not args.no_resume)

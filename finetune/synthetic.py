@@ -22,6 +22,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from pipeline.config import add_config_arguments, config_from_args
+from pipeline.errors import run_cli
 from pipeline.fileio import append_lines, read_complete_lines, write_json, write_jsonl
 
 if TYPE_CHECKING:
@@ -115,7 +117,6 @@ def builder_parser(prog: str, doc: str, *, output_help: str, limit_help: str) ->
     --no-progress; the description is the module doc's first paragraph, the rest its epilog."""
     import argparse
 
-    from pipeline.config import add_config_arguments
 
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
@@ -129,9 +130,6 @@ def builder_parser(prog: str, doc: str, *, output_help: str, limit_help: str) ->
 def run_builder(args: "argparse.Namespace", section: str, build: Callable[..., Any]) -> int:
     """Run `build(config, resume=, show_progress=, log=)` under the CLI's config, --limit and
     --output being shortcuts for finetune.<section>.limit / .output; the exit code of run_cli."""
-    from pipeline.config import config_from_args
-    from pipeline.errors import run_cli
-
     extra = [f"finetune.{section}.limit={args.limit}"] if args.limit is not None else []
     if args.output:
         extra.append(f"finetune.{section}.output={json.dumps(args.output)}")

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from finetune.common import seed_everything
 from pipeline.fileio import atomic_directory
+from pipeline.cli import add_io_arguments
 from pipeline.config import Config, ConfigError, TinyModelConfig, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", metavar="DIR", help="Output folder of the model. Default: finetune.tiny.output of the profile.")
+    add_io_arguments(parser, out="Output folder of the model. Default: finetune.tiny.output of the profile.", out_metavar="DIR")
     parser.add_argument("--seed", type=int, help="Seed of tokenizer-independent randomness (init, batches). Default: finetune.seed (42).")
     add_config_arguments(parser)
     return parser

@@ -1,7 +1,8 @@
 """ragft pipeline: configuration, data, models, knowledge base, retrieval, generation, engines.
 
-    from pipeline import build_query_engine, load_config
+    from pipeline import build_chat_engine, build_query_engine, load_config
     engine = build_query_engine(load_config(), system="full")
+    chat = build_chat_engine(load_config(), system="full")     # a conversation: follow-ups are condensed
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.version import __version__
 
-__all__ = ["Config", "ConfigError", "load_config", "build_query_engine", "Components", "SYSTEMS", "SYSTEM_NAMES", "__version__"]
+__all__ = ["Config", "ConfigError", "load_config", "build_query_engine", "build_chat_engine", "Components", "SYSTEMS", "SYSTEM_NAMES", "__version__"]
 
 
 def __getattr__(name: str):
@@ -18,6 +19,10 @@ def __getattr__(name: str):
         from pipeline import engine
 
         return getattr(engine, name)
+    if name == "build_chat_engine":
+        from pipeline import chat
+
+        return chat.build_chat_engine
     if name in ("SYSTEMS", "SYSTEM_NAMES"):
         from pipeline import systems
 

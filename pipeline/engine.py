@@ -53,7 +53,9 @@ from llama_index.core.workflow import Event, StartEvent, StopEvent, Workflow, st
 
 from pipeline.config import Config, ConfigError
 from pipeline.errors import UserFacingError
+from pipeline.index import finetuned_embedder_config, open_index
 from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
+from pipeline.models import load_llm
 
 if TYPE_CHECKING:
     from rerank import PairScoringReranker
@@ -75,14 +77,15 @@ class ArtifactMissingError(UserFacingError, FileNotFoundError):
 # ------------------------------------------------------------------------------------------------
 
 
-LLM_KINDS = ("base", "plain", "raft", "rewriter")
+LLM_KINDS = ("base", "plain", "raft", "rewriter", "condenser")
 
 
 class Components:
     """Lazily built, shared parts of every system. Thread-safe: the UI asks from several threads.
 
     `kb`: an open knowledge base to use instead of opening `index.dir`. `llms`: LlamaIndex LLMs to
-    use instead of loading the configured ones, by kind ('base', 'plain', 'raft', 'rewriter'): a
+    use instead of loading the configured ones, by kind ('base', 'plain', 'raft', 'rewriter',
+    'condenser': the chat's trained condenser, chat.condense_adapter): a
     model already in memory, a hosted client, or a recording double in tests."""
 
     def __init__(self, config: Config, *, kb: Any = None, llms: Optional[dict[str, Any]] = None) -> None:
@@ -104,8 +107,6 @@ class Components:
     @property
     def kb(self) -> Any:
         if self._kb is None:
-            from pipeline.index import open_index
-
             with self._lock:
                 if self._kb is None:
                     self._kb = open_index(self.config)
@@ -118,8 +119,6 @@ class Components:
             return self.kb
 
         def build():
-            from pipeline.index import finetuned_embedder_config, open_index
-
             return open_index(finetuned_embedder_config(self.config))
 
         return self._once("kb-finetuned", build)
@@ -147,6 +146,7 @@ class Components:
             "plain": (self.config.finetune.generator.output, "python -m finetune.generator --mode plain"),
             "raft": (self.config.finetune.raft.output, "python -m finetune.generator --mode raft"),
             "rewriter": (self.config.rewrite.adapter, "python -m finetune.rewriter"),
+            "condenser": (self.config.chat.condense_adapter, "python -m finetune.condenser"),
         }
         if kind not in sources:
             raise ValueError(f"unknown generator kind {kind!r}")
@@ -162,11 +162,9 @@ class Components:
         return path
 
     def llm(self, kind: str) -> Any:
-        """The base LM ('base') or the base LM with the 'plain', 'raft' or 'rewriter' adapter."""
+        """The base LM ('base') or the base LM with the 'plain', 'raft', 'rewriter' or 'condenser' adapter."""
 
         def build():
-            from pipeline.models import load_llm
-
             llm = load_llm(self.config, adapter=self.adapter_path(kind), verbose=False)
             if hasattr(llm, "share_base") and not self.config.generator.merge_adapter:
                 # one base model in memory; each kind is a PEFT adapter switched on per call (the
@@ -194,7 +192,7 @@ class Components:
 
     def _built_adapters(self) -> list[str]:
         """The adapters of every kind that exist on disk now."""
-        paths = [self._adapter_source(kind)[0] for kind in ("plain", "raft", "rewriter")]
+        paths = [self._adapter_source(kind)[0] for kind in ("plain", "raft", "rewriter", "condenser")]
         return [p for p in paths if p and (Path(p) / "adapter_config.json").is_file()]
 
     @staticmethod

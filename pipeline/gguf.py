@@ -12,7 +12,7 @@ not needed, and importing the package itself fails without `llm`, so the file is
 
 transformers reads a GGUF file (with the `gguf` package) and dequantizes it to fp32, which takes
 ~17 s; the safetensors copy written here reloads in well under a second and keeps the project's
-safetensors-only policy (pipeline/models.py). A GGUF-loaded model is marked as quantized and
+safetensors-only policy (pipeline/models/safety.py). A GGUF-loaded model is marked as quantized and
 `save_pretrained` refuses it, so the quantizer marks are cleared first: the weights are already
 plain fp32 tensors by then.
 
@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from pipeline.errors import UserFacingError
 from pipeline.fileio import atomic_directory, write_json
+from pipeline.logs import quiet_library_warnings
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -122,6 +123,7 @@ def convert_gguf(reference: str, gguf: Path, folder: Path, *, log=None) -> Path:
     """Dequantize `gguf` with transformers and write model + tokenizer as safetensors to `folder`,
     atomically. Returns `folder`."""
     check_gguf(gguf, reference)
+    quiet_library_warnings()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.cli import add_io_arguments
 from pipeline.config import Config, ConfigError, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.data import (
     SPLITS,
@@ -28,6 +29,7 @@ from pipeline.data import (
 )
 from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_many, jsonl_text
+from pipeline.models import check_model_source
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--input", metavar="FILE", help="Raw question/answer file: .jsonl (one object per line), .json (a list of objects) or .csv (header with question,answer). Default: data.input of the profile.")
-    parser.add_argument("--out", metavar="DIR", help="Folder for train/val/test.jsonl and prepare.json. Default: data.dir of the profile.")
+    add_io_arguments(parser, out="Folder for train/val/test.jsonl and prepare.json. Default: data.dir of the profile.", out_metavar="DIR")
     parser.add_argument("--threshold", type=float, metavar="T", help="Semantic de-duplication: drop a question whose cosine similarity with an earlier kept question is > T (0 < T <= 1; 1 disables). Default: data.dedup_threshold (0.9).")
     parser.add_argument("--seed", type=int, help="Seed of the shuffle before splitting. Default: data.seed (42).")
     parser.add_argument("--ratios", metavar="TRAIN,VAL,TEST", help="Split fractions summing to 1; boundaries are int(fraction * n). Default: data.ratios (0.7,0.15,0.15).")
@@ -76,7 +78,7 @@ def _overrides_from_flags(args: argparse.Namespace) -> list[str]:
 
 def make_embed_fn(model_reference: str, device: str = "auto", *, allow_pickle: bool = False):
     """A function embedding questions with normalized sentence-transformers vectors, with a progress bar."""
-    from pipeline.models import load_sentence_transformer
+    from pipeline.encoders import load_sentence_transformer
 
     model = None
 
@@ -107,8 +109,6 @@ def prepare(config: Config, *, embed=None, log=print) -> dict:
         log(f"semantic dedup  {len(semantic):>6} (disabled: threshold 1.0)")
     else:
         if embed is None:
-            from pipeline.models import check_model_source
-
             embed = make_embed_fn(check_model_source(config, data.dedup_model, "data.dedup_model"), allow_pickle=config.security.allow_pickle_weights)
         semantic = semantic_dedup(exact, embed, data.dedup_threshold)
         log(f"semantic dedup  {len(semantic):>6} (-{len(exact) - len(semantic)} with cosine > {data.dedup_threshold} on {data.dedup_model})")

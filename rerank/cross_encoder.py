@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, List, Literal, Optional, Sequence
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from pipeline.models import check_model_source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -196,8 +197,6 @@ class CrossEncoderReranker(PairScoringReranker):
     def from_config(cls, config: "Config", **overrides: Any) -> "CrossEncoderReranker":
         """A reranker with the `rerank` section's settings (nothing is loaded yet); `rerank.model`
         must pass the `security` section's checks (pipeline.models.check_model_source)."""
-        from pipeline.models import check_model_source
-
         settings: dict[str, Any] = {
             "model": check_model_source(config, config.rerank.model, "rerank.model"),
             "top_n": config.rerank.top_n,
@@ -224,7 +223,7 @@ class CrossEncoderReranker(PairScoringReranker):
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    from pipeline.models import load_cross_encoder
+                    from pipeline.encoders import load_cross_encoder
 
                     self._model = load_cross_encoder(self.model, device=self.device, max_length=self.max_length, backend=self.backend, allow_pickle=self.allow_pickle_weights, int8_cache_dir=self.int8_cache_dir)
         return self._model

@@ -35,7 +35,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
 
-from pipeline.config import Config, ConfigError
+from pipeline.cli import add_io_arguments, config_for_data, run_record
+from pipeline.config import Config, ConfigError, add_config_arguments
+from pipeline.data import open_book_corpus
+from pipeline.errors import run_cli
+from pipeline.fileio import write_json
+from pipeline.index import KnowledgeBase, finetuned_embedder_config
+from pipeline.metrics import paired_mean_test, retrieval_per_query, summarize
+from pipeline.models import ModelNotFoundError, check_adapter_folder, resolve_model
 
 if TYPE_CHECKING:
     from pipeline.index import KnowledgeBase
@@ -66,11 +73,7 @@ def parse_variant(name: str) -> Variant:
 
 
 def check_reranker(config: Config) -> None:
-    from pipeline.models import ModelNotFoundError, resolve_model
-
     if config.rerank.kind == "query-likelihood":
-        from pipeline.models import check_adapter_folder
-
         try:
             check_adapter_folder(config.rerank.model, allow_pickle=True)  # its weights are checked when they load
         except ModelNotFoundError:
@@ -134,7 +137,6 @@ def evaluate_variants(
     from llama_index.core.schema import QueryBundle
     from tqdm.auto import tqdm
 
-    from pipeline.index import KnowledgeBase, finetuned_embedder_config
     from pipeline.retrieve import DenseRetriever, build_retriever
     from rerank import build_reranker
 
@@ -235,9 +237,6 @@ def interpolation_grid(
     from llama_index.core.schema import MetadataMode, QueryBundle
     from tqdm.auto import tqdm
 
-    from pipeline.metrics import paired_mean_test, retrieval_per_query, summarize
-    from pipeline.data import open_book_corpus
-    from pipeline.index import KnowledgeBase, finetuned_embedder_config
     from pipeline.retrieve import DenseRetriever, build_retriever
     from rerank.cross_encoder import interpolated_order
 
@@ -320,16 +319,19 @@ def grid_markdown(result: dict[str, Any]) -> str:
 def build_parser() -> "argparse.ArgumentParser":
     import argparse
 
-    from pipeline.config import add_config_arguments
-
     parser = argparse.ArgumentParser(prog="python -m rerank.evaluate", description="Compare rerankers over one first stage at a grid of interpolation weights (open-book protocol).", epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", metavar="DIR", help="Folder with train/val/test.jsonl (the open-book corpus is every answer). Default: data.dir of the profile.")
-    parser.add_argument("--split", choices=["val", "test"], default="val", help="Split whose questions are the queries. Default: val (choose the weight there; report test with --weights W).")
+    add_io_arguments(
+        parser,
+        data="Folder with train/val/test.jsonl (the open-book corpus is every answer). Default: data.dir of the profile.",
+        split="Split whose questions are the queries. Default: val (choose the weight there; report test with --weights W).",
+        split_default="val",
+        split_choices=("val", "test"),
+        formats="Output: a Markdown table or the JSON document. Default: md.",
+        out="Also write the JSON result here (atomically).",
+    )
     parser.add_argument("--first-stage", default="ft-dense", metavar="RETRIEVER", help="[ft-](dense|bm25|hybrid): the retriever whose rerank.candidates passages are reordered. Default: ft-dense (full's first stage in the smollm2 profile).")
     parser.add_argument("--reranker", action="append", default=[], metavar="NAME=DIR", help="A reranker to compare, under a name for the table (repeatable): a cross-encoder folder (python -m finetune.reranker) or a query-likelihood LoRA adapter of the generator's base LM (python -m finetune.ql_reranker).")
     parser.add_argument("--weights", default=",".join(str(w) for w in WEIGHTS), metavar="LIST", help=f"Comma-separated first-stage weights in [0, 1]. Default: {','.join(str(w) for w in WEIGHTS)}.")
-    parser.add_argument("--format", choices=["md", "json"], default="md", help="Output: a Markdown table or the JSON document. Default: md.")
-    parser.add_argument("--out", metavar="FILE", help="Also write the JSON result here (atomically).")
     parser.add_argument("--quiet", action="store_true", help="No progress bars or log lines; only the result.")
     add_config_arguments(parser)
     return parser
@@ -340,16 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
     import time
 
-    from pipeline.errors import run_cli
-    from pipeline.fileio import write_json
-
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
 
     def body() -> None:
-        from pipeline.cli import config_for_data
-        from pipeline.cli import run_record
-
         config = config_for_data(args)
         rerankers = {}
         for item in args.reranker:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from rerank.cross_encoder import PairScoringReranker
+from pipeline.models import check_model_source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,8 +91,6 @@ class QueryLikelihoodReranker(PairScoringReranker):
     def from_config(cls, config: "Config", **overrides: Any) -> "QueryLikelihoodReranker":
         """A reranker with the `rerank` and `generator` sections' settings (nothing is loaded yet);
         both the adapter and the base LM must pass the `security` section's checks."""
-        from pipeline.models import check_model_source
-
         gen = config.generator
         settings: dict[str, Any] = {
             "model": check_model_source(config, config.rerank.model, "rerank.model"),

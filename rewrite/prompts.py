@@ -1,15 +1,17 @@
 """Rewriter prompts: the one place they are written, used by inference and by rewriter training.
 
-Each mode has one message template; `pipeline.generate.render_prompt` renders it with the
-model's chat template or the plain format, exactly as for answer generation. The question is the
-only input: no retrieved passage ever enters a rewriter prompt, and what the rewriter writes is
-used only as a search query, never shown to the generator.
+Each mode has one message template, and so has the chat's condense step (conversation + last
+message -> a standalone question); `pipeline.generate.render_prompt` renders it with the model's
+chat template or the plain format, exactly as for answer generation. No retrieved passage ever
+enters a rewriter prompt. What a rewrite mode writes (hypothetical passages, phrasings,
+sub-questions) is used only as a search query, never shown to the generator; a condensed question
+takes the message's place for the whole query: retrieval, the reranker and the generator read it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
@@ -26,6 +28,14 @@ DECOMPOSE_SYSTEM = (
     "thing. Write one sub-question per line, numbered 1., 2., ... If it asks one thing only, "
     "write it unchanged."
 )
+
+
+CONDENSE_SYSTEM = (
+    "Rewrite the user's last message as one standalone search question about the same subject, "
+    "replacing every word that refers back to the conversation (it, this, they, the former...) "
+    "by what it refers to. Write only the question."
+)
+CONDENSE_ANSWER_CHARS = 300  # of each earlier answer: the user's own earlier questions carry most of the subject
 
 
 def _check_question(question: str) -> str:
@@ -54,6 +64,34 @@ def decompose_messages(question: str, n: int) -> list[ChatMessage]:
         ChatMessage(role=MessageRole.SYSTEM, content=DECOMPOSE_SYSTEM.format(n=n)),
         ChatMessage(role=MessageRole.USER, content=f"Question: {_check_question(question)}"),
     ]
+
+
+def condense_messages(history: Sequence[ChatMessage], message: str, *, answer_chars: int = CONDENSE_ANSWER_CHARS) -> list[ChatMessage]:
+    """The condense prompt: the conversation so far (the user's turns whole, each answer cut to
+    `answer_chars` characters) and the last message -> one standalone search question. The history
+    is data in the user turn, never chat turns of the prompt, so the model continues with the
+    question and not with another answer."""
+    lines = []
+    for turn in history:
+        text = " ".join((turn.content or "").split())
+        if not text:
+            continue
+        if turn.role == MessageRole.ASSISTANT:
+            lines.append(f"Assistant: {text[:answer_chars]}{'…' if len(text) > answer_chars else ''}")
+        elif turn.role == MessageRole.USER:
+            lines.append(f"User: {text}")
+    conversation = "\n".join(lines) or "(none)"
+    return [
+        ChatMessage(role=MessageRole.SYSTEM, content=CONDENSE_SYSTEM),
+        ChatMessage(role=MessageRole.USER, content=f"Conversation:\n{conversation}\n\nLast message: {_check_question(message)}\n\nStandalone question:"),
+    ]
+
+
+def condense_training_example(history: Sequence[ChatMessage], message: str, standalone: str, tokenizer: Optional[object] = None) -> dict[str, str]:
+    """A TRL prompt/completion pair for a condenser adapter: the prompt is exactly the inference prompt."""
+    from pipeline.generate import prompt_completion
+
+    return prompt_completion(condense_messages(history, message), standalone, tokenizer)
 
 
 def rewrite_messages(mode: str, question: str, n: int) -> list[ChatMessage]:

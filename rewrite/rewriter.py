@@ -35,7 +35,9 @@ from llama_index.core.indices.query.query_transform.base import BaseQueryTransfo
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle
 
+from pipeline.index import qa_text
 from rewrite.prompts import parse_lines, rewrite_messages
+from pipeline.models import load_llm
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -228,8 +230,6 @@ class QueryRewriter(BaseQueryTransform):
             if not answer:
                 return Rewrite(mode, question, (), "fallback", raw, seconds)
             if self._passage_format is None:
-                from pipeline.index import qa_text
-
                 self._passage_format = qa_text
             return Rewrite(mode, question, (self._passage_format(question.strip(), answer),), "llm", raw, seconds)
         if mode == "multi":
@@ -251,8 +251,6 @@ def rewrite_texts(config: Config, questions: Sequence[str], *, adapter: str | No
     A HyDE passage is the hypothetical answer alone: the open-book corpus holds answers alone, so
     this is the corpus's own format, as the engine writes "Question: ...\nAnswer: ..." for its
     question-answer nodes."""
-    from pipeline.models import load_llm
-
     mode = mode or (config.rewrite.mode if config.rewrite.mode != "none" else "hyde")
     llm = load_llm(config, adapter=config.rewrite.adapter if adapter == "config" else adapter, verbose=show_progress)
     rewriter = QueryRewriter(llm, mode=mode, n_queries=config.rewrite.n_queries, max_new_tokens=config.rewrite.max_new_tokens, passage_format=lambda question, answer: answer)

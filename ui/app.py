@@ -6,12 +6,16 @@
     RAGFT_CONFIG=cpu RAGFT_SET="retrieve.top_k=10" streamlit run ui/app.py   # the same through the environment
     streamlit run ui/app.py -- --help                          # the flags, shown in the page
 
-The page: a chat with history; in the sidebar the system picker (every name of pipeline.systems),
+The page: one conversation per browser session (its memory lives in st.session_state, never shared
+between sessions), asked through pipeline.chat's chat engine, so a follow-up ("and why is it
+balanced?") is condensed into a standalone question before retrieval; each answer's trace shows
+what was searched ("searched as: ..."), and "New conversation" empties the memory and the page.
+In the sidebar the system picker (every name of pipeline.systems),
 the profile in use, the knowledge base and an upload box (.md, .txt, .pdf up to
 `ui.upload_max_mb`) that adds documents through the index's own idempotent ingestion and
 single-writer lock, in a background thread. Each answer streams as it is generated, citations
 [n] point at the numbered sources below it (passage text, origin, retrieval rank and score,
-rerank score and rank; a toggle shows every candidate before reranking), then the rewrite, the
+rerank score and rank; a toggle shows every candidate before reranking), then what was searched, the rewrite, the
 agent's rounds (grade, retry) and the wall time per stage, and thumbs up/down feedback that is
 appended to `ui.feedback_file` (JSONL).
 
@@ -36,6 +40,9 @@ if str(_ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from pipeline.config import ConfigError, describe_config  # noqa: E402
+from pipeline.errors import UserFacingError  # noqa: E402
+from pipeline.index import KnowledgeBaseError, read_manifest  # noqa: E402
+from pipeline.systems import SYSTEM_NAMES, SYSTEMS, get_system  # noqa: E402
 from ui import render  # noqa: E402
 from ui.backend import (  # noqa: E402
     IngestionRunner,
@@ -47,6 +54,7 @@ from ui.backend import (  # noqa: E402
     resolve_settings,
     utc_now,
 )
+from pipeline.models import ModelLoadError, ModelNotFoundError  # noqa: E402
 
 logger = logging.getLogger("ragft.ui")
 CANDIDATES_HELP = "The retriever's candidate list before reranking, in its order, with each candidate's rerank rank and score (empty when the reranker dropped it)."
@@ -64,14 +72,31 @@ def get_components(profile: str | None, overrides: tuple[str, ...]):
     return Components(load_config(profile, overrides))
 
 
-@st.cache_resource(show_spinner=False)
-def get_engine(profile: str | None, overrides: tuple[str, ...], system: str):
-    """One streaming engine per system, all sharing the process's Components (an engine holds no
-    per-query state: every query runs a fresh workflow, so sessions may share it)."""
-    from pipeline import build_query_engine
+def conversation_memory(config):
+    """This browser session's conversation memory (pipeline.chat.ChatMemory, chat.memory_tokens
+    tokens), created on its first use. It lives in st.session_state only: never in a cached
+    resource or a module global, so no two sessions ever share a conversation."""
+    if "chat_memory" not in st.session_state:
+        from pipeline.chat import new_memory
 
-    components = get_components(profile, overrides)
-    return build_query_engine(components.config, system, components=components, streaming=True)
+        st.session_state.chat_memory = new_memory(config)
+    return st.session_state.chat_memory
+
+
+def chat_engine(system: str, components):
+    """A chat engine of `system` on this session's memory: cheap to build (models are the shared
+    Components'), so switching systems keeps the conversation."""
+    from pipeline import build_chat_engine
+
+    return build_chat_engine(components.config, system, components=components, memory=conversation_memory(components.config))
+
+
+def new_conversation() -> None:
+    """Forget this session's conversation: the memory the chat engine reads and the page's turns."""
+    memory = st.session_state.get("chat_memory")
+    if memory is not None:
+        memory.reset()
+    st.session_state.turns = []
 
 
 @st.cache_resource(show_spinner=False)
@@ -84,10 +109,8 @@ def get_runner(profile: str | None, overrides: tuple[str, ...]) -> IngestionRunn
 def known_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message already says what is wrong and how to fix it: shown as they are."""
     from pipeline.engine import ArtifactMissingError
-    from pipeline.index import KnowledgeBaseError
-    from pipeline.models import ModelLoadError, ModelNotFoundError
 
-    return (ArtifactMissingError, KnowledgeBaseError, ModelNotFoundError, ModelLoadError, ConfigError, ValueError)
+    return (UserFacingError, ArtifactMissingError, KnowledgeBaseError, ModelNotFoundError, ModelLoadError, ConfigError, ValueError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,26 +129,28 @@ def node_label(components, node_id: str) -> str:
     return render.source_label(meta, node_id)
 
 
-def progress_text(system: str, config=None) -> str:
+def progress_text(system: str, config=None, condensing: bool = False) -> str:
     """What the system is doing before its answer starts streaming ('Rewriting, retrieving…'),
-    as it runs under `config` (no reranking where rerank.enabled is off)."""
-    from pipeline.systems import get_system
-
+    as it runs under `config` (no reranking where rerank.enabled is off); `condensing`: the
+    message is a follow-up, rewritten first into a standalone question."""
     spec = get_system(system, config)
-    steps = [name for name, on in (("rewriting", spec.rewrite), ("retrieving", spec.retrieve is not None), ("reranking", spec.rerank)) if on]
+    steps = [name for name, on in (("condensing the follow-up", condensing), ("rewriting", spec.rewrite), ("retrieving", spec.retrieve is not None), ("reranking", spec.rerank)) if on]
     return ", ".join(steps).capitalize() + "…" if steps else "Generating…"
 
 
-def ask(question: str, system: str, settings, components, turn_id: int, answer_box) -> dict[str, Any]:
-    """Run one query, streaming the answer into `answer_box`; returns the turn to keep."""
+def ask(question: str, system: str, components, turn_id: int, answer_box) -> dict[str, Any]:
+    """Run one conversation turn (condense a follow-up, then query), streaming the answer into
+    `answer_box`; returns the turn to keep. A turn that fails leaves the conversation's memory as
+    it was (pipeline.chat writes a turn only once its answer has streamed)."""
     turn: dict[str, Any] = {"id": turn_id, "question": question, "system": system, "answer": "", "sources": [], "metadata": {}, "candidates": [], "error": None}
     started = time.perf_counter()
     try:
-        engine = get_engine(settings.profile, settings.overrides, system)
+        chat = chat_engine(system, components)
+        condensing, _why = chat.gate(question)
         # the spinner lives in the answer's own slot, so the page keeps the same element layout
         # as when this turn is re-drawn from the history (expanders then stay open on reruns)
-        with answer_box, st.spinner(progress_text(system, components.config)):
-            response = engine.query(question)
+        with answer_box, st.spinner(progress_text(system, components.config, condensing)):
+            response = chat.stream_chat(question)
         text = ""
         for delta in response.response_gen:
             text += delta
@@ -160,6 +185,8 @@ def show_details(turn: dict[str, Any], feedback_file: str, profile: str) -> None
     timings = metadata.get("timings", {})
     cited = render.citation_caption(turn["answer"], [row["text"] for row in turn["sources"]])
     st.caption(render.escape_markdown(render.join_nonempty([f"system {turn['system']}", cited, render.timing_text(timings, turn.get("wall"))])))
+    if metadata.get("condensed"):  # a follow-up: say at once how it was read (the trace always says it)
+        st.caption(render.escape_markdown(render.searched_as(metadata)))
     if turn.get("not_found"):
         st.info("No passage of the knowledge base was good enough, so the system declined to answer from it.", icon=":material/search_off:")
 
@@ -180,8 +207,11 @@ def show_details(turn: dict[str, Any], feedback_file: str, profile: str) -> None
 
     rounds = render.round_lines(metadata)
     blocks = render.rewrite_blocks(metadata)
-    if rounds or blocks or timings:
+    searched = render.searched_as(metadata)
+    if rounds or blocks or timings or searched:
         with st.expander("Trace: rewrite, rounds, timings", key=f"trace-{turn['id']}"):
+            if searched:
+                st.caption(render.escape_markdown(searched))
             if metadata.get("route"):
                 st.caption(render.escape_markdown(f"first round's rewrite mode chosen by: {metadata['route']}"))
             for line in rounds:
@@ -216,9 +246,6 @@ def save_feedback(turn_id: int, feedback_file: str, profile: str) -> None:
 
 
 def sidebar(settings, components, runner) -> str:
-    from pipeline.index import KnowledgeBaseError, read_manifest
-    from pipeline.systems import SYSTEM_NAMES, SYSTEMS, get_system
-
     config = components.config
     st.sidebar.title("ragft chat")
     origin = {"default": "default profile", "--config": "from --config", "RAGFT_CONFIG": "from RAGFT_CONFIG"}[settings.origin]
@@ -256,8 +283,8 @@ def sidebar(settings, components, runner) -> str:
         upload_box(config, runner)
         ingestion_status(runner)
         st.divider()
-        if st.button("Clear chat", width="stretch"):
-            st.session_state.turns = []
+        if st.button("New conversation", key="new-conversation", width="stretch", help="Forget this conversation: a follow-up after this is read on its own."):
+            new_conversation()
             st.rerun()
         st.caption(f"Feedback: {render.escape_markdown(config.ui.feedback_file)}")
     return system
@@ -363,7 +390,7 @@ def main() -> None:
             st.markdown(render.escape_markdown(question))
         with st.chat_message("assistant"):
             box = st.empty()
-            turn = ask(question.strip(), system, settings, components, turn_id, box)
+            turn = ask(question.strip(), system, components, turn_id, box)
             turns.append(turn)
             show_answer(turn, box)
             show_details(turn, config.ui.feedback_file, config.profile)

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from pipeline.config import Config, ConfigError, add_config_arguments, load_config
+from pipeline.index import IndexLockedError, KnowledgeBaseError, SourceError, WriterLock, read_manifest
 from pipeline.systems import uses_finetuned_embedder
+from pipeline.models import ModelNotFoundError, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +99,6 @@ def missing_parts(components: Any, spec: Any) -> list[str]:
     """Messages (each with the command that builds the part) for what `spec` needs and lacks.
     Cheap: checks files, loads no model."""
     from pipeline.engine import ArtifactMissingError
-    from pipeline.index import KnowledgeBaseError, read_manifest
-    from pipeline.models import ModelNotFoundError, resolve_model
 
     config: Config = components.config
     problems: list[str] = []
@@ -285,8 +285,6 @@ class IngestionRunner:
     def submit(self, files: Sequence[tuple[str, bytes]]) -> IngestStatus:
         """Save `files` ((name, bytes), already checked with `check_upload`) and start ingesting.
         Raises UploadRefused while an ingestion runs here or another process holds the lock."""
-        from pipeline.index import IndexLockedError, WriterLock
-
         if not files:
             raise UploadRefused("no file to ingest")
         with self._lock:
@@ -321,14 +319,12 @@ class IngestionRunner:
             if self._embed_model_factory is not None:
                 self._embed_model[key] = self._embed_model_factory()
             else:
-                from pipeline.models import load_embedder
+                from pipeline.encoders import load_embedder
 
                 self._embed_model[key] = load_embedder(config)
         return self._embed_model[key]
 
     def _run(self, names: list[str], created: list[Path]) -> None:
-        from pipeline.index import IndexLockedError, SourceError
-
         warnings: list[str] = []
         try:
             from pipeline.index import ingest_all_indexes

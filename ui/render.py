@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 _PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 
-STAGES = ("rewrite", "retrieve", "rerank", "generate")
+STAGES = ("condense", "rewrite", "retrieve", "rerank", "generate")
 REWRITE_TITLES = {"hyde": "Hypothetical passage", "multi": "Phrasings", "decompose": "Sub-questions"}
 
 
@@ -268,9 +268,24 @@ def rewrite_blocks(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+def searched_as(metadata: Mapping[str, Any]) -> str:
+    """'searched as: <standalone question>' and how it came about (plain text, to be escaped):
+    condensed from the conversation by the model, or the message as typed and why."""
+    question = metadata.get("standalone_question")
+    if not question:
+        return ""
+    condense = metadata.get("condense") or {}
+    reason = condense.get("reason", "")
+    if metadata.get("condensed"):
+        how = "the previous question + this message (the model's rewrite was unusable)" if condense.get("method") == "fallback" else "condensed from the conversation"
+        return f"searched as: {question} ({how}; {reason})" if reason else f"searched as: {question} ({how})"
+    return f"searched as: {question} (the message as typed; {reason})" if reason else f"searched as: {question} (the message as typed)"
+
+
 def timing_text(timings: Mapping[str, float], wall: Optional[float] = None) -> str:
-    """'rewrite 120 ms · retrieve 45 ms · … · total 1.23 s' (stages that ran, in pipeline order)."""
-    parts = [f"{stage} {fmt_seconds(timings[stage])}" for stage in STAGES if stage in timings]
+    """'condense 90 ms · rewrite 120 ms · retrieve 45 ms · … · total 1.23 s' (stages that ran, in
+    pipeline order; condense only when the model condensed the message: the gate alone costs 0)."""
+    parts = [f"{stage} {fmt_seconds(timings[stage])}" for stage in STAGES if stage in timings and not (stage == "condense" and not timings[stage])]
     total = wall if wall is not None else timings.get("total")
     if total is not None:
         parts.append(f"total {fmt_seconds(total)}")
@@ -290,6 +305,7 @@ def feedback_record(turn: Mapping[str, Any], rating: int, *, profile: str, times
         "time": timestamp,
         "rating": "up" if rating == 1 else "down",
         "question": turn["question"],
+        "searched_as": (turn.get("metadata") or {}).get("standalone_question", turn["question"]),
         "answer": turn.get("answer", ""),
         "system": turn["system"],
         "profile": profile,

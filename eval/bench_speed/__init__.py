@@ -98,6 +98,7 @@ from eval.bench_speed.measure import (
     run,
 )
 from eval.bench_speed.render import fill_block, read_result, readme_text, targets_table, to_markdown
+from pipeline.cli import add_io_arguments
 from pipeline.config import add_config_arguments, config_from_args
 from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text, write_json
@@ -124,15 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser)
     q, f = SAMPLES["quick"], SAMPLES["full"]
     parser.add_argument("--quick", action="store_true", help="Small samples, no eval.compare: under 5 minutes on 2 cores.")
-    parser.add_argument("--data", default=str(SEED_SPLITS), metavar="DIR", help="Prepared splits (train/val/test.jsonl) the figures are measured on. Default: the seed splits in ../shared.")
+    add_io_arguments(
+        parser,
+        data="Prepared splits (train/val/test.jsonl) the figures are measured on. Default: the seed splits in ../shared.",
+        data_default=str(SEED_SPLITS),
+        formats="Print a Markdown table (md) or the JSON object (json) on stdout.",
+        out="Also write the JSON result to FILE (atomically).",
+    )
     parser.add_argument("--reranker", metavar="DIR", help="Cross-encoder folder. Default: the one eval.compare trained on --data, else rerank.model, else MiniLM with a random one-logit head.")
     for name, unit in (("passages", "Train passages embedded for the ingest figure"), ("queries", "Val questions of the rerank and retrieve+rerank figures"), ("prompts", "Prompts of the generate figure"), ("new_tokens", "max_new_tokens of the generate figure"), ("questions", "Val questions of the MRR@10 delta"), ("rounds", "Interleaved timing rounds of ingest and rerank (the best is kept)")):
         capped = " (at most the split's size)" if name in ("passages", "queries", "prompts", "questions") else ""
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, metavar="N", help=f"{unit}. Default: {q[name]} with --quick, else {f[name]}{capped}.")
     parser.add_argument("--no-compare", action="store_true", help="Without --quick: skip timing eval.compare on the demo data.")
     parser.add_argument("--time-install", action="store_true", help="Without --quick: also time `make install` into a fresh temporary venv (needs make and the package registries; ~2 minutes), so that the targets table judges a fresh clone's `make run` (install + eval.compare) against its 15 minutes.")
-    parser.add_argument("--format", choices=("md", "json"), default="md", help="Print a Markdown table (md) or the JSON object (json) on stdout.")
-    parser.add_argument("--out", metavar="FILE", help="Also write the JSON result to FILE (atomically).")
     parser.add_argument("--readme", metavar="FILE", help="Also write a README (command, git revision, wall time, figures) made from the result to FILE.")
     parser.add_argument("--readme-block", metavar="FILE", help="Also fill the block <!-- results:bench-speed:start --> ... <!-- results:bench-speed:end --> of FILE (the project README) with the result's tables, so no figure there is typed by hand.")
     parser.add_argument("--from-json", metavar="FILE", help="Measure nothing: render a result written earlier with --out (with --format, --readme).")

@@ -20,10 +20,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from eval.bench_speed.timing import TokenOrderedCrossEncoder, TokenOrderedEmbedder, cross_encoder_speed, embedder_speed
+from eval.bench_speed.timing import TokenOrderedCrossEncoder, TokenOrderedEmbedder, cross_encoder_speed, embedder_speed, random_head_cross_encoder
+from eval.metrics import latency_summary, rouge_l_f1
+from eval.retrieval import run_retriever
+from pipeline.cli import data_run_dir
 from pipeline.config import MINILM, Config, ConfigError, config_from_dict
-from pipeline.data import SPLITS, DataError, load_split
+from pipeline.data import SPLITS, DataError, load_split, open_book_corpus
 from pipeline.errors import UserFacingError
+from pipeline.index import KnowledgeBase, qa_nodes, qa_text
+from pipeline.metrics import DEPTH, paired_mean_test, retrieval_per_query
+from pipeline.models import resolve_model
 
 FORMAT = "ragft-bench-speed/1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +105,6 @@ def reranker_sources(config: Config, data: Path, reranker: Optional[str]) -> lis
         if not _is_cross_encoder(path):
             raise BenchError(f"--reranker {reranker}: no config.json and *.safetensors there. Fix: point --reranker at a cross-encoder folder (python -m finetune.reranker writes one), or leave it out")
         return [(path, "--reranker")]
-    from pipeline.cli import data_run_dir
 
     trained = Path(data_run_dir(config.run_dir, data)) / "reranker"
     return [(p, how) for p, how in ((trained, "trained by eval.compare on --data"), (Path(config.rerank.model), "rerank.model")) if _is_cross_encoder(p)]
@@ -107,9 +112,6 @@ def reranker_sources(config: Config, data: Path, reranker: Optional[str]) -> lis
 
 def copy_reranker(config: Config, data: Path, reranker: Optional[str], work: Path, log: Callable[[str], None]) -> tuple[Path, str]:
     """A private copy of the first usable cross-encoder (or MiniLM with a random head) and how it was chosen."""
-    from eval.bench_speed.timing import random_head_cross_encoder
-    from pipeline.models import resolve_model
-
     target = work / "reranker"
     for source, how in reranker_sources(config, data, reranker):
         try:  # a folder being rewritten right now can vanish under the copy: try the next one
@@ -131,7 +133,6 @@ def copy_embedder(config: Config, data: Path, work: Path, log: Callable[[str], N
     otherwise: the bench then embeds with index.embed_model."""
     if not config.index.finetuned_embedder:
         return None, f"{config.index.embed_model} (index.embed_model: full searches the base embedder's index)"
-    from pipeline.cli import data_run_dir
 
     trained = Path(data_run_dir(config.run_dir, data)) / "embedder"
     if not (trained / "modules.json").is_file():
@@ -164,14 +165,14 @@ class Parts:
     """What every section measures, loaded (and exported to int8) before any clock starts."""
 
     configs: dict[str, Config]  # "torch" / "int8"
-    embedders: dict[str, Any]  # the dense index's embedder of each backend (pipeline.models.load_embedder)
-    cross_encoders: dict[str, Any]  # CrossEncoder / Int8CrossEncoder (pipeline.models.load_cross_encoder)
+    embedders: dict[str, Any]  # the dense index's embedder of each backend (pipeline.encoders.load_embedder)
+    cross_encoders: dict[str, Any]  # CrossEncoder / Int8CrossEncoder (pipeline.encoders.load_cross_encoder)
     reranker: str  # where the cross-encoder came from
     embedder: str = ""  # where the embedder came from
 
 
 def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, log: Callable[[str], None]) -> Parts:
-    from pipeline.models import load_cross_encoder, load_embedder
+    from pipeline.encoders import load_cross_encoder, load_embedder
 
     path, how = copy_reranker(config, data, reranker, work, log)
     log(f"cross-encoder: {how}")
@@ -198,7 +199,6 @@ def load_parts(config: Config, data: Path, reranker: Optional[str], work: Path, 
 def measure_ingest(parts: Parts, train: Sequence[dict[str, str]], *, passages: int, rounds: int) -> dict[str, Any]:
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    from pipeline.index import qa_text
 
     texts = [qa_text(r["question"], r["answer"]) for r in train[:passages]]
     others = {name: parts.embedders[name] for name in FAST if name != "int8"}
@@ -216,8 +216,6 @@ def faster(detail: Mapping[str, Any], unit: str, names: Sequence[str] = (*FAST, 
 
 def build_kb(parts: Parts, backend: str, train: Sequence[dict[str, str]]) -> Any:
     """The in-memory knowledge base of the train pairs (nodes exactly as ingestion makes them)."""
-    from pipeline.index import KnowledgeBase, qa_nodes
-
     return KnowledgeBase.from_nodes(parts.configs[backend], qa_nodes(train, split="train"), embed_model=parts.embedders[backend])
 
 
@@ -249,8 +247,6 @@ def measure_one_query(parts: Parts, lists: Sequence[tuple[str, list[Any]]]) -> d
     scoring its `rerank.candidates` (question, passage) pairs in one predict call (one warm-up
     each). Batch throughput does not decide latency: onnxruntime embeds one question in ~2 ms
     where the inductor graph, faster on batches, takes ~4 (it runs one row as two)."""
-    from eval.metrics import latency_summary
-
     def p50_ms(call: Callable[[Any], Any], items: Sequence[Any]) -> float:
         call(items[0])  # warm-up
         timings = []
@@ -304,7 +300,6 @@ def measure_latency(parts: Parts, kb: Any, kb_backend: str, lists: Sequence[tupl
 def measure_retrieve_rerank(parts: Parts, kb: Any, embed_backend: str, rerank_backend: str, questions: Sequence[str]) -> dict[str, Any]:
     """Per-question latency of retrieval (retrieve.mode) + reranking (eval.metrics.latency_summary), one
     warm-up query first."""
-    from eval.metrics import latency_summary
     from pipeline.retrieve import build_retriever
     from rerank.cross_encoder import CrossEncoderReranker
 
@@ -387,9 +382,6 @@ def generation_rows(
     whether they are as good, not whether they are the same."""
     import numpy as np
 
-    from eval.metrics import rouge_l_f1
-    from pipeline.metrics import paired_mean_test
-
     rows: dict[str, Any] = {}
     for name, (texts, seconds) in runs.items():
         tokens = count_tokens(texts)
@@ -453,11 +445,6 @@ def measure_quality(parts: Parts, data: Path, picked: Sequence[int], *, log: Cal
     (rerank.evaluate.evaluate_variants, eval.metrics), and the paired bootstrap of int8 - fp32."""
     import numpy as np
 
-    from pipeline.metrics import paired_mean_test, retrieval_per_query
-    from eval.retrieval import run_retriever
-    from pipeline.metrics import DEPTH
-    from pipeline.data import open_book_corpus
-    from pipeline.index import KnowledgeBase
     from pipeline.retrieve import build_retriever
     from rerank.evaluate import evaluate_variants
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from eval.bench_speed.measure import FIGURES, FORMAT, LATER_FIGURES, TOKEN_ORDER, BenchError
+from eval.publish import PublishError, replace_block
 from pipeline.fileio import atomic_write_text
 
 # --------------------------------------------------------------------------------------------
@@ -131,8 +132,6 @@ def read_result(path: Path, flag: str) -> dict[str, Any]:
 
 
 def fill_block(path_arg: str, flag: str, block: str, body: str) -> None:
-    from eval.publish import PublishError, replace_block
-
     path = Path(path_arg)
     try:
         text = path.read_text(encoding="utf-8")

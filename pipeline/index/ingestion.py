@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from pipeline import models
+from pipeline import encoders, models
 from pipeline.config import Config, save_resolved_config
 from pipeline.index.bm25 import BM25_DIRNAME, _bm25_fingerprint, _persist_bm25, build_bm25, node_fingerprint
 from pipeline.index.documents import SourceError, _structure_splitter_cls, qa_documents, read_sources
@@ -202,7 +202,7 @@ def ingest(
             _persist_docstore(docstore, index_dir / DOCSTORE_NAME)
 
         if to_run and embed_model is None:
-            embed_model = models.load_embedder(config)
+            embed_model = encoders.load_embedder(config)
         if embed_model is not None:
             manifest["embed_class"] = type(embed_model).__name__
         splitter = _structure_splitter_cls()(chunk_size=config.index.chunk_size, chunk_overlap=config.index.chunk_overlap)

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pipeline import models
+from pipeline import encoders
 from pipeline.config import Config
 from pipeline.index.bm25 import BM25_DIRNAME, _bm25_fingerprint, _quiet_bm25, _stemmer, build_bm25
 from pipeline.index.store import (
@@ -133,7 +133,7 @@ class KnowledgeBase:
     @property
     def embed_model(self) -> "BaseEmbedding":
         if self._embed_model is None:
-            self._embed_model = models.load_embedder(self.config)
+            self._embed_model = encoders.load_embedder(self.config)
         return self._embed_model
 
     @property

@@ -6,7 +6,7 @@ emoji or Unicode line separators, and a 100,000-character question run end to en
 second run reuses the first), and damaged leftovers of an earlier run are run again, not trusted.
 
 Runs call `main(argv)` in-process with the `nn_answer` system (no language model) and
-`pipeline.models.load_embedder` patched to the hashed `hash_embedding_cls`, so nothing trains."""
+`pipeline.encoders.load_embedder` patched to the hashed `hash_embedding_cls`, so nothing trains."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ RECORDS = [{"question": f"What is concept number {i}?", "answer": f"Concept {i} 
 @pytest.fixture()
 def fake_embedder(monkeypatch, hash_embedding_cls):
     """Every embedder load (ingestion, retrieval) gets the hashed one: the model is irrelevant here."""
-    import pipeline.models
+    import pipeline.encoders
 
     embed = hash_embedding_cls()
-    monkeypatch.setattr(pipeline.models, "load_embedder", lambda config, **kwargs: embed)
+    monkeypatch.setattr(pipeline.encoders, "load_embedder", lambda config, **kwargs: embed)
     return embed
 
 

@@ -358,7 +358,7 @@ def test_compare_timings_reads_what_eval_compare_writes(tmp_path):
 
 
 def test_sections_on_tiny_models(tmp_path, demo_dir, tiny_cross_encoder_dir, hash_embedding_cls):
-    from pipeline.models import load_cross_encoder
+    from pipeline.encoders import load_cross_encoder
 
     data = _write_splits(tmp_path / "data", demo_dir, {"train": 40, "val": 6, "test": 4})
     train = load_split(data, "train")

@@ -75,7 +75,7 @@ def test_a_bundled_gguf_base_lm_is_planned_as_a_conversion_then_reused(tmp_path,
     fake.parent.mkdir()
     fake.write_bytes(b"GGUF" + b"0" * 64)
     monkeypatch.setattr(gguf, "bundled_gguf", lambda reference: fake if reference == gguf.SMOLLM2 else None)
-    monkeypatch.setattr("pipeline.models._hub_cache_path", lambda reference: None)
+    monkeypatch.setattr("pipeline.models.hub._hub_cache_path", lambda reference: None)
     config = load_config("smollm2", [f"run_dir={tmp_path / 'run'}", f"data.dir={demo_dir}"])
     step = plan_builds(config, ["vanilla"]).steps[1]
     assert (step.artifact, step.action, step.path) == ("base_lm", "build", gguf.SMOLLM2)
@@ -357,3 +357,26 @@ def test_a_query_likelihood_adapter_named_outside_the_builder_must_exist(tmp_pat
         plan_builds(config, ["full"])
     (elsewhere / "adapter_config.json").write_text("{}")
     assert _actions(plan_builds(config, ["full"]))["ql-reranker"] == "external"
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_docstring_table_is_the_registry():
+    assert build.artifact_table() in build.__doc__
+    assert list(build.ARTIFACTS) == [line.split("|")[1].strip() for line in build.artifact_table().splitlines()[2:]]
+
+
+def test_every_artifact_comes_after_those_it_is_built_from(tmp_path, demo_dir):
+    order = list(build.ARTIFACTS)
+    for overrides in ((), ("index.finetuned_embedder=true",), ("rerank.kind=query-likelihood",)):
+        config = _config(tmp_path, demo_dir, *overrides)
+        for name in order:
+            assert all(order.index(up) < order.index(name) for up in build.upstream_of(config, name)), name
+
+
+def test_an_artifact_that_may_live_elsewhere_needs_its_external_check():
+    with pytest.raises(ValueError, match="Artifact 'x': buildable is set but external is None"):
+        build.Artifact("x", "index.dir", "nothing", lambda *a: None, buildable=lambda config: True)

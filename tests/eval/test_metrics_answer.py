@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from eval import metrics as M
+from pipeline import metrics as R
 
 SEED_FIGURES = {  # system: (BLEU-4, ROUGE-L), from the seed data's README
     "vanilla_test": (0.0274, 0.1620),
@@ -92,7 +93,7 @@ def test_seed_bleu_and_rouge(seed_dir, name):
 def test_bleu_bootstrap_is_fast(rag_vanilla):
     scores = M.compute_answer_scores(*rag_vanilla)
     started = time.perf_counter()
-    low, high = M.bootstrap_ci(scores.n, scores.statistic("bleu4"), samples=1000, seed=1)
+    low, high = R.bootstrap_ci(scores.n, scores.statistic("bleu4"), samples=1000, seed=1)
     # Summing precomputed statistics: milliseconds; re-tokenizing per resample would take minutes.
     assert time.perf_counter() - started < 10
     assert low < scores.value("bleu4") < high
@@ -216,10 +217,10 @@ def test_latency_summary():
 
 def test_paired_mean_test_bootstraps_the_difference_of_means():
     a, b = [1.0, 0.5, 0.0, 1.0], [0.5, 0.5, 0.0, 0.0]
-    test = M.paired_mean_test(a, b, samples=300, seed=3)
+    test = R.paired_mean_test(a, b, samples=300, seed=3)
     assert test["diff"] == pytest.approx(0.375)
-    expected = M.paired_bootstrap_test(4, lambda idx: sum(a[i] for i in idx) / len(idx), lambda idx: sum(b[i] for i in idx) / len(idx), samples=300, seed=3)
+    expected = R.paired_bootstrap_test(4, lambda idx: sum(a[i] for i in idx) / len(idx), lambda idx: sum(b[i] for i in idx) / len(idx), samples=300, seed=3)
     assert test["ci95_low"] == pytest.approx(expected["ci95_low"]) and test["ci95_high"] == pytest.approx(expected["ci95_high"])
     assert 0.0 <= test["ci95_low"] <= 0.375 <= test["ci95_high"]  # a is never below b
     with pytest.raises(ValueError, match="one score per question"):
-        M.paired_mean_test(a, b[:3])
+        R.paired_mean_test(a, b[:3])

@@ -35,7 +35,7 @@ def test_short_real_training_moves_the_weights_and_saves_a_usable_embedder(demo_
     import torch
 
     from finetune.embedder import train_embedder
-    from pipeline.models import load_embedder, load_sentence_transformer
+    from pipeline.encoders import load_embedder, load_sentence_transformer
 
     records = load_split(demo_dir, "train")[:24]
     config = load_config("tiny", [f"run_dir={tmp_path}", "finetune.embedder.batch_size=8", "finetune.embedder.learning_rate=1.0e-4"])

@@ -3,7 +3,6 @@ against a plain forward pass (rerank/query_likelihood.py, finetune/ql_reranker.p
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

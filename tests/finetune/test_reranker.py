@@ -187,7 +187,7 @@ def test_layers_keeps_the_first_n_and_the_saved_model_reloads_with_them(tiny_cro
 
     from finetune.reranker import new_cross_encoder
     from pipeline.config import ConfigError
-    from pipeline.models import load_cross_encoder
+    from pipeline.encoders import load_cross_encoder
 
     full = new_cross_encoder(load_config("tiny", [f"run_dir={tmp_path}"]), base_model=str(tiny_cross_encoder_dir))
     cut = new_cross_encoder(load_config("tiny", [f"run_dir={tmp_path}", "finetune.reranker.layers=1"]), base_model=str(tiny_cross_encoder_dir))
@@ -209,7 +209,7 @@ def test_run_saves_the_cross_encoder_with_its_evaluation_and_training_log(small_
 
     import finetune.reranker as reranker
     from pipeline.index import KnowledgeBase, qa_nodes
-    from pipeline.models import load_cross_encoder
+    from pipeline.encoders import load_cross_encoder
 
     config = load_config("tiny", [f"run_dir={tmp_path}", f"data.dir={small_data_dir}", f"finetune.reranker.base_model={tiny_cross_encoder_dir}",
                                   "finetune.reranker.limit=6", "finetune.reranker.eval_limit=4", "finetune.reranker.mine_candidates=5"])

@@ -6,7 +6,7 @@ with a warning naming each (documented); text in any script, with emoji or Unico
 separators, and a 100,000-character question are indexed and found again.
 
 The embedder is the hashed bag-of-words `hash_embedding_cls` (the model is irrelevant here); CLI
-runs call `main(argv)` in-process with `pipeline.models.load_embedder` patched to return it."""
+runs call `main(argv)` in-process with `pipeline.encoders.load_embedder` patched to return it."""
 
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ def _cli(capsys, tmp_path: Path, data_dir: Path, *args: str) -> tuple[int, str, 
 
 @pytest.fixture()
 def fake_embedder(monkeypatch, hash_embedding_cls):
-    """The CLI loads its embedder through pipeline.models.load_embedder: hand it the hashed one."""
-    import pipeline.models
+    """The CLI loads its embedder through pipeline.encoders.load_embedder: hand it the hashed one."""
+    import pipeline.encoders
 
     embed = hash_embedding_cls()
-    monkeypatch.setattr(pipeline.models, "load_embedder", lambda config, **kwargs: embed)
+    monkeypatch.setattr(pipeline.encoders, "load_embedder", lambda config, **kwargs: embed)
     return embed
 
 

@@ -189,6 +189,7 @@ KILLER = r"""
 import os, sys
 sys.path.insert(0, {root!r})
 import pipeline
+import pipeline.encoders
 import pipeline.index as ix
 import pipeline.index.ingestion as ingestion  # patched where ingest looks the names up
 from pipeline.config import load_config
@@ -537,11 +538,11 @@ def _trained_embedder(path: Path) -> Path:
 @pytest.fixture()
 def embedders(monkeypatch, hash_embedding_cls) -> dict:
     """One hashed embedder per index (by index.embed_model), handed to the CLI through
-    pipeline.models.load_embedder; each counts what it embedded."""
+    pipeline.encoders.load_embedder; each counts what it embedded."""
     import pipeline.models
 
     made: dict = {}
-    monkeypatch.setattr(pipeline.models, "load_embedder", lambda config, **kwargs: made.setdefault(config.index.embed_model, hash_embedding_cls()))
+    monkeypatch.setattr(pipeline.encoders, "load_embedder", lambda config, **kwargs: made.setdefault(config.index.embed_model, hash_embedding_cls()))
     return made
 
 

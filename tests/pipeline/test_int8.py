@@ -1,4 +1,4 @@
-"""pipeline/int8.py: the int8 export caches (onnxruntime and torch inductor), the backend switch,
+"""pipeline.int8: the int8 export caches (onnxruntime and torch inductor), the backend switch,
 and agreement with torch fp32.
 
 Cache logic runs on a copy of the session's random-weight 2-layer cross-encoder (exports in about
@@ -13,10 +13,11 @@ import shutil
 import numpy as np
 import pytest
 
-import pipeline.int8 as int8
 from helpers import TECH_PASSAGES
 from pipeline.config import MINILM, ConfigError, load_config
-from pipeline.int8 import CACHE_DIRNAME, INDUCTOR, META_NAME, ONNX_NAME, PT2_NAME, Int8CacheError, Int8CrossEncoder, Int8Embedding, Int8Settings, cache_folder
+from pipeline.int8 import CACHE_DIRNAME, INDUCTOR, META_NAME, ONNX_NAME, PT2_NAME, Int8CacheError, Int8CrossEncoder, Int8Embedding, Int8Settings, cache_folder, ensure_int8
+from pipeline.int8 import cache as int8_cache
+from pipeline.int8 import runtime as int8_runtime
 from pipeline.models import resolve_model
 
 QUESTIONS = ["What does a B-tree index speed up?", "How does TCP slow start grow the window?", "What is garbage collection?"]
@@ -36,13 +37,13 @@ class ExportSpy:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        real = int8._export
+        real = int8_cache._export  # ensure_int8 looks it up in pipeline.int8.cache
 
         def spy(*args, **kwargs):
             self.calls += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(int8, "_export", spy)
+        monkeypatch.setattr(int8_cache, "_export", spy)
 
 
 def test_export_is_cached_beside_the_model_and_reused(tiny_ce, monkeypatch):
@@ -99,7 +100,7 @@ def test_damaged_cache_is_refused_with_the_file_and_the_fix(tiny_ce):
     # garbage whose sha256 matches the record: onnxruntime itself refuses it, with the same advice
     onnx_file.write_bytes(b"not an onnx model")
     meta = json.loads((folder / META_NAME).read_text())
-    meta["onnx_sha256"] = int8._sha256_file(onnx_file)
+    meta["onnx_sha256"] = int8_cache._sha256_file(onnx_file)
     (folder / META_NAME).write_text(json.dumps(meta))
     with pytest.raises(Int8CacheError, match="onnxruntime cannot load") as caught:
         Int8CrossEncoder(tiny_ce).load()
@@ -142,7 +143,7 @@ def test_inductor_export_is_cached_reused_and_refused_when_damaged(tiny_ce, monk
         Int8CrossEncoder(tiny_ce, settings=settings).load()
     assert str(pt2_file) in str(caught.value) and f"delete {folder}" in str(caught.value)
     pt2_file.write_bytes(b"not a program")  # garbage whose sha256 matches the record
-    meta["pt2_sha256"] = int8._sha256_file(pt2_file)
+    meta["pt2_sha256"] = int8_cache._sha256_file(pt2_file)
     (folder / META_NAME).write_text(json.dumps(meta))
     with pytest.raises(Int8CacheError, match="torch.export cannot load"):
         Int8CrossEncoder(tiny_ce, settings=settings).load()
@@ -150,7 +151,7 @@ def test_inductor_export_is_cached_reused_and_refused_when_damaged(tiny_ce, monk
     assert Int8CrossEncoder(tiny_ce, max_length=64, settings=settings).predict([("q", "p")]).shape == (1,) and spy.calls == 2
 
     # other settings: exported again; keep_fp32 names the inductor runtime's Linear modules
-    _, meta = int8.ensure_int8(tiny_ce, "cross-encoder", settings=Int8Settings(runtime=INDUCTOR, keep_fp32=(r"^model\.classifier$",)))
+    _, meta = ensure_int8(tiny_ce, "cross-encoder", settings=Int8Settings(runtime=INDUCTOR, keep_fp32=(r"^model\.classifier$",)))
     assert spy.calls == 3 and meta["fp32_modules"] == ["model.classifier"] and meta["settings"]["keep_fp32"] == [r"^model\.classifier$"]
 
 
@@ -185,7 +186,7 @@ def test_batches_are_cut_by_token_count_and_padded_as_the_tokenizer_pads(tiny_ce
     first, second = ["What is GC?", "Which host?", "What is a B-tree?"], ["Garbage collection frees memory no longer reachable.", "127.0.0.1:8080/a_b-c", "A balanced tree."]
     encoded = runtime.encode(first, second, 64)
     counts = [len(ids) for ids in encoded["input_ids"]]
-    assert int8._by_tokens(encoded) == sorted(range(3), key=lambda i: -counts[i])
+    assert int8_runtime._by_tokens(encoded) == sorted(range(3), key=lambda i: -counts[i])
     assert counts[1] > counts[0] and len(first[1] + second[1]) < len(first[0] + second[0]), counts
     padded = runtime.tokenizer(first, second, padding=True, truncation="longest_first", max_length=64, return_tensors="np")
     out, mask = runtime.run(encoded, [0, 1, 2])
@@ -202,7 +203,7 @@ def test_inputs_are_tokenized_a_window_at_a_time_and_each_is_scored_once(tiny_ce
     alone = scorer.predict(pairs, batch_size=1, activation_fn=torch.nn.Identity())  # one pair per batch: no batching effect
     runtime = scorer._runtime
     everything = runtime.token_counts(first, second, 64)
-    monkeypatch.setattr(int8, "TOKENIZE_WINDOW", 4)
+    monkeypatch.setattr(int8_runtime, "TOKENIZE_WINDOW", 4)
     chunks = [chunk for chunk, _out, _mask in runtime.batches(first, second, 64, 3)]
     assert [len(chunk) for chunk in chunks] == [3, 1, 2] and sorted(i for chunk in chunks for i in chunk) == list(range(6))
     assert all(i < 4 for chunk in chunks[:2] for i in chunk) and all(i >= 4 for i in chunks[2])  # windows of 4 and 2
@@ -223,7 +224,7 @@ def test_sessions_stop_spinning_when_a_run_ends(tiny_ce):
 def test_backend_switch_picks_the_int8_classes(tmp_path, tiny_ce):
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    from pipeline.models import load_embedder
+    from pipeline.encoders import load_embedder
     from rerank import CrossEncoderReranker
 
     run = [f"run_dir={tmp_path}"]
@@ -300,7 +301,7 @@ def test_batch_embedding_orders_texts_by_token_count_and_returns_them_in_the_giv
 @pytest.mark.realweights
 @pytest.mark.parametrize("runtime", ["onnxruntime", "inductor"])
 def test_int8_minilm_embeddings_agree_with_torch(tmp_path_factory, runtime):
-    from pipeline.models import load_embedder
+    from pipeline.encoders import load_embedder
 
     config = load_config("tiny", [f"run_dir={tmp_path_factory.mktemp('int8-run')}"])
     reference = np.asarray(load_embedder(config).get_text_embedding_batch(QUESTIONS + PASSAGES))
@@ -323,7 +324,7 @@ def test_int8_cross_encoder_ranking_agrees_with_torch(tmp_path_factory):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.models import load_cross_encoder
+    from pipeline.encoders import load_cross_encoder
 
     folder = tmp_path_factory.mktemp("minilm-ce") / "model"
     torch.manual_seed(0)  # MiniLM's encoder with a fresh one-logit head: real activations, random scores

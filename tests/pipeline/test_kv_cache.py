@@ -1,4 +1,4 @@
-"""pipeline.kv_cache: the append-only KV cache, its decoding attention and the shared-prefix batch
+"""pipeline.models.kv_cache: the append-only KV cache, its decoding attention and the shared-prefix batch
 layout, against what transformers computes without them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from pipeline import kv_cache
+from pipeline.models import kv_cache
 
 
 def test_the_shared_prefix_leaves_every_row_a_token_of_its_own():

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from pipeline.config import MINILM, load_config
-from pipeline.models import ModelNotFoundError, load_embedder, resolve_model
+from pipeline.models import ModelNotFoundError, resolve_model
+from pipeline.encoders import load_embedder
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_bf16_backends_load_bfloat16_weights_and_stay_close_to_fp32(empty_hub_ca
     import numpy as np
     import torch
 
-    from pipeline.models import load_cross_encoder
+    from pipeline.encoders import load_cross_encoder
 
     texts = ["What is a B-tree?", "A B-tree is a balanced search tree whose nodes fill disk pages.", "TCP slow start doubles the window."]
     fp32 = np.asarray(load_embedder(load_config("tiny")).get_text_embedding_batch(texts))

@@ -1,4 +1,4 @@
-"""Language-model backends of pipeline/models.py, on the session's micro tiny LM."""
+"""Language-model backends of pipeline.models (causal_lm.py, device.py, llm.py), on the session's micro tiny LM."""
 
 from __future__ import annotations
 
@@ -153,12 +153,12 @@ def test_four_bit_loads_on_cuda(config):
 
 
 def test_append_only_cache_with_a_shared_prefix_keeps_greedy_answers(config, llm, monkeypatch):
-    """generator.cache_implementation=append (pipeline.kv_cache): the batch's shared prompt prefix
+    """generator.cache_implementation=append (pipeline.models.kv_cache): the batch's shared prompt prefix
     is prefilled once and decoding reads the append-only cache; on the micro LM in float32 the
     greedy answers equal those of transformers' dynamic cache, batched and streamed."""
     import dataclasses
 
-    from pipeline import kv_cache
+    from pipeline.models import kv_cache
 
     appending = load_llm(dataclasses.replace(config, generator=dataclasses.replace(config.generator, cache_implementation="append")), verbose=False)
     shared = []
@@ -208,17 +208,18 @@ def test_prepacking_is_skipped_when_the_packed_copies_would_not_fit(monkeypatch,
     is swapped and a warning names both sizes and the setting."""
     import logging
 
-    import pipeline.models as models
+    from pipeline.models import device
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)).to(torch.bfloat16)  # 2 x 8 KiB of weights
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: 30_000)
-    with caplog.at_level(logging.WARNING, logger="pipeline.models"):
-        assert models.prepack_linear_weights(model) == 0
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: 30_000)
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.device"):
+        assert device.prepack_linear_weights(model) == 0
     assert [type(m).__name__ for m in model] == ["Linear", "Linear"]
     assert "not prepacking" in caplog.text and "generator.prepack_weights=false" in caplog.text
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: 40_000)
-    assert models.prepack_linear_weights(model) == 2
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: 40_000)
+    assert device.prepack_linear_weights(model) == 2
     import psutil
 
-    assert 0 < models.available_memory_bytes() <= psutil.virtual_memory().total  # the real figure, from psutil
+    monkeypatch.undo()
+    assert 0 < device.available_memory_bytes() <= psutil.virtual_memory().total  # the real figure, from psutil
 

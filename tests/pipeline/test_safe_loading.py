@@ -110,7 +110,7 @@ def test_a_symlink_in_the_run_dir_pointing_outside_is_refused(strict, tmp_path):
 
 def test_every_config_driven_loader_refuses_before_reading_anything(strict, tmp_path, tiny_lm_dir, tiny_cross_encoder_dir):
     from eval.metrics import BertScoreModel
-    from pipeline.models import load_embedder
+    from pipeline.encoders import load_embedder
     from rerank import CrossEncoderReranker
 
     run = tmp_path / "run"

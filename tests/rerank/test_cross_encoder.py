@@ -40,11 +40,11 @@ def raw_logits(reranker: CrossEncoderReranker, question: str = QUESTION) -> np.n
 
 
 def test_constructor_is_cheap_and_loading_is_lazy(monkeypatch, tiny_cross_encoder_dir):
-    import pipeline.models
+    import pipeline.encoders
 
     calls = []
-    real = pipeline.models.load_cross_encoder
-    monkeypatch.setattr(pipeline.models, "load_cross_encoder", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = pipeline.encoders.load_cross_encoder
+    monkeypatch.setattr(pipeline.encoders, "load_cross_encoder", lambda *a, **k: calls.append(a) or real(*a, **k))
     reranker = CrossEncoderReranker(model=str(tiny_cross_encoder_dir), top_n=2, device="cpu")
     assert not reranker.loaded and calls == []
     assert reranker.postprocess_nodes([], query_str=QUESTION) == []  # nothing to score: still not loaded

@@ -222,3 +222,56 @@ def test_agent_retries_then_declines_and_the_trace_shows_each_round(monkeypatch,
     assert rounds[0].startswith("- Round 1 · rewrite ") and "→ retry with multi" in rounds[0]
     assert rounds[1].startswith("- Round 2 · rewrite multi") and rounds[1].endswith("after the last round → not found")
     assert [e.label for e in reply.expander] == ["Sources (0)", "Trace: rewrite, rounds, timings"]  # candidates still viewable
+
+
+# ------------------------------------------------------------------ conversations
+
+
+def test_a_follow_up_is_condensed_the_trace_says_what_was_searched_and_new_conversation_forgets(monkeypatch, ui_system):
+    profile, _ = ui_system
+    at = open_app(monkeypatch, profile)
+    ask(at, "What is a B-tree?", "nn_answer")
+    first = at.session_state["turns"][-1]
+    assert first["metadata"]["condensed"] is False
+    trace = [plain(c.value) for c in at.chat_message[1].caption if plain(c.value).startswith("searched as: ")]
+    assert trace == ["searched as: What is a B-tree? (the message as typed; first turn: no earlier question)"]
+
+    ask(at, "and how is it kept balanced?", "nn_answer")  # the tiny LM condenses (badly, but it does)
+    turn = at.session_state["turns"][-1]
+    assert turn["error"] is None and turn["question"] == "and how is it kept balanced?"
+    meta = turn["metadata"]
+    assert meta["condensed"] is True and meta["standalone_question"] and meta["condense"]["reason"] == "continues the conversation: opens with 'and'"
+    captions = [plain(c.value) for c in at.chat_message[3].caption if plain(c.value).startswith("searched as: ")]
+    assert len(captions) == 2 and captions[0] == captions[1]  # under the answer and in the trace
+    assert captions[0].startswith(f"searched as: {meta['standalone_question']} (")
+    memory = at.session_state["chat_memory"]
+    assert [m.content for m in memory.get_all() if m.role.value == "user"] == ["What is a B-tree?", "and how is it kept balanced?"]
+
+    at.button(key="new-conversation").click().run()
+    assert not at.exception and at.session_state["turns"] == [] and memory.get_all() == []
+    assert not at.chat_message  # the page forgot too
+    ask(at, "and how is it kept balanced?", "nn_answer")
+    assert at.session_state["turns"][-1]["metadata"]["condensed"] is False  # nothing left to refer back to
+
+
+def test_each_browser_session_has_its_own_conversation(monkeypatch, ui_system):
+    profile, _ = ui_system
+    alice = open_app(monkeypatch, profile)
+    ask(alice, "What is a B-tree?", "nn_answer")
+    bob = open_app(monkeypatch, profile)  # another browser: same process, same cached models
+    assert "turns" not in bob.session_state or bob.session_state["turns"] == []
+    ask(bob, "and how is it kept balanced?", "nn_answer")
+    assert bob.session_state["turns"][-1]["metadata"]["condensed"] is False  # Alice's B-tree is not Bob's context
+    assert bob.session_state["chat_memory"] is not alice.session_state["chat_memory"]
+    assert len(alice.session_state["chat_memory"].get_all()) == 2 and len(bob.session_state["chat_memory"].get_all()) == 2
+
+
+def test_a_failed_turn_keeps_the_conversation(monkeypatch, ui_system):
+    profile, _ = ui_system
+    at = open_app(monkeypatch, profile)
+    ask(at, "What is a B-tree?", "nn_answer")
+    memory = at.session_state["chat_memory"]
+    before = memory.get_all()
+    ask(at, ("How does a hash table handle collisions? " * 3000)[:100_000], "rag_vanilla")  # over the context window
+    assert at.session_state["turns"][-1]["error"] and at.chat_message[-1].error
+    assert memory.get_all() == before

@@ -151,6 +151,18 @@ def test_rewrite_blocks_name_what_the_rewriter_wrote():
 def test_timing_text_lists_stages_in_pipeline_order_and_the_wall_total():
     assert render.timing_text(METADATA["timings"], wall=1.9) == "rewrite 200 ms · retrieve 50 ms · rerank 100 ms · generate 1.50 s · total 1.90 s"
     assert render.timing_text({"retrieve": 0.01, "total": 0.02}) == "retrieve 10 ms · total 20 ms"
+    assert render.timing_text({"condense": 0.25, "retrieve": 0.01, "total": 0.3}) == "condense 250 ms · retrieve 10 ms · total 300 ms"
+    assert render.timing_text({"condense": 0.0, "retrieve": 0.01}) == "retrieve 10 ms"  # the gate kept the message: nothing ran
+
+
+def test_searched_as_says_how_the_question_was_read():
+    condensed = {"standalone_question": "How are B-trees balanced?", "condensed": True, "condense": {"reason": "refers back: 'it'", "method": "llm"}}
+    assert render.searched_as(condensed) == "searched as: How are B-trees balanced? (condensed from the conversation; refers back: 'it')"
+    fallback = {**condensed, "condense": {"reason": "elliptical: no subject of its own", "method": "fallback"}}
+    assert "the previous question + this message" in render.searched_as(fallback)
+    typed = {"standalone_question": "What is a B-tree?", "condensed": False, "condense": {"reason": "first turn: no earlier question"}}
+    assert render.searched_as(typed) == "searched as: What is a B-tree? (the message as typed; first turn: no earlier question)"
+    assert render.searched_as({}) == ""  # a single-question engine's metadata
 
 
 # ------------------------------------------------------------------ feedback
@@ -164,6 +176,7 @@ def test_feedback_rows_are_appended_as_jsonl(tmp_path):
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [r["rating"] for r in rows] == ["up", "down"]
     assert rows[0]["question"] == "What is <x>?" and rows[0]["answer"] == "It is y [1]." and rows[0]["system"] == "full"
+    assert rows[0]["searched_as"] == "What is <x>?"  # no metadata: searched as typed
     assert rows[0]["sources"] == [{"n": 1, "id": "qa-1", "label": "QA qa-1", "source": "train.jsonl", "retrieval_rank": 2, "retrieval_score": 0.03, "rerank_score": 0.7, "rerank_rank": 1}]
     with pytest.raises(ValueError, match="rating must be 0"):
         render.feedback_record(turn, 3, profile="tiny", timestamp="t")

@@ -22,6 +22,8 @@ import functools
 import os
 from typing import Any, Optional, Sequence
 
+from pipeline.models.errors import ModelLoadError
+
 # the attention implementation name LocalCausalLM sets on a CPU model with cache_implementation=append
 DECODE_ATTENTION = "ragft_cpu_decode"
 # a shared prefix shorter than this is not worth a separate forward pass
@@ -124,8 +126,6 @@ def register_decode_attention() -> str:
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     except ImportError as exc:
         import transformers
-
-        from pipeline.models import ModelLoadError
 
         raise ModelLoadError(
             f"generator.cache_implementation=append needs transformers' attention and cache-layer interfaces (4.56 or later); this is transformers {transformers.__version__} ({exc}). "
