@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-
 # name -> module. Add a line here only to rename or reorder; eval/bench_<name>.py is found anyway.
 SUBCOMMANDS: dict[str, str] = {
     "retrieval": "eval.bench_retrieval",

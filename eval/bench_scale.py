@@ -450,8 +450,8 @@ def run_benchmark(
     given is the caller's and is never deleted."""
     import torch
 
-    from pipeline.index import ingest, open_index
     from pipeline.encoders import load_embedder
+    from pipeline.index import ingest, open_index
     from pipeline.retrieve import build_retriever
 
     unknown = [s for s in stores if s not in STORES]

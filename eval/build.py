@@ -57,10 +57,10 @@ from pipeline.errors import UserFacingError
 from pipeline.fileio import write_json
 from pipeline.gguf import converted_dir, is_converted
 from pipeline.index import KnowledgeBaseError, finetuned_embedder_config, ingest_finetuned_index, read_manifest
-from pipeline.prepare import prepare
-from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 from pipeline.models import ModelNotFoundError, check_adapter_folder, resolve_model
 from pipeline.models.hub import _hub_cache_path
+from pipeline.prepare import prepare
+from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 
 STAMP_NAME = "ragft_build.json"
 

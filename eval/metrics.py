@@ -43,7 +43,6 @@ from pipeline.metrics import (
 )
 from pipeline.models import ModelNotFoundError, check_model_source, require_safetensors, resolve_device, resolve_model
 
-
 # --------------------------------------------------------------------------------------------
 # answer metrics: per question, so that the bootstrap can resample them
 # --------------------------------------------------------------------------------------------

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from eval.metrics import rouge_l_f1
-from pipeline.metrics import DEFAULT_KS, DEPTH, paired_mean_test, retrieval_per_query, summarize
 from pipeline.cli import add_io_arguments
 from pipeline.config import RESOLVED_CONFIG_NAME, Config, ConfigError, add_config_arguments, save_resolved_config
 from pipeline.data import load_split, open_book_corpus
 from pipeline.errors import run_cli
 from pipeline.fileio import write_json
+from pipeline.metrics import DEFAULT_KS, DEPTH, paired_mean_test, retrieval_per_query, summarize
 
 PROTOCOLS = ("open-book", "closed-book")
 RETRIEVERS = ("dense", "bm25", "hybrid")

@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from finetune.common import seed_everything
-from pipeline.fileio import atomic_directory
 from pipeline.cli import add_io_arguments
 from pipeline.config import Config, ConfigError, TinyModelConfig, add_config_arguments, config_from_args, save_resolved_config
 from pipeline.errors import run_cli
-from pipeline.fileio import write_json
+from pipeline.fileio import atomic_directory, write_json
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase

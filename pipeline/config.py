@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterable, Literal, Optional, Sequence, Union
 
 import yaml
 
-from pipeline.version import __version__
 from pipeline.errors import UserFacingError
 from pipeline.fileio import atomic_write_text
+from pipeline.version import __version__
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_PROFILE = "smollm2"

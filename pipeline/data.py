@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
+
 from pipeline.errors import UserFacingError
 
 if TYPE_CHECKING:

@@ -54,8 +54,8 @@ from llama_index.core.workflow import Event, StartEvent, StopEvent, Workflow, st
 from pipeline.config import Config, ConfigError
 from pipeline.errors import UserFacingError
 from pipeline.index import finetuned_embedder_config, open_index
-from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 from pipeline.models import load_llm
+from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 
 if TYPE_CHECKING:
     from rerank import PairScoringReranker

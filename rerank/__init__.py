@@ -3,7 +3,6 @@ base LM's query likelihood), and `build_reranker`, the one that rerank.kind name
 
 from typing import TYPE_CHECKING
 
-
 from rerank.cross_encoder import (
     RERANK_METADATA_KEYS,
     CrossEncoderReranker,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, List, Literal, Optional, Sequence
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
 from pipeline.models import check_model_source
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from rerank.cross_encoder import PairScoringReranker
 from pipeline.models import check_model_source
+from rerank.cross_encoder import PairScoringReranker
 
 if TYPE_CHECKING:
     import numpy as np

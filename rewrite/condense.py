@@ -48,8 +48,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-from rewrite.prompts import condense_messages
 from pipeline.models import PromptTooLongError
+from rewrite.prompts import condense_messages
+from rewrite.rewriter import resolve_llm
 
 LONG_MESSAGE_CHARS = 400
 MAX_QUESTION_CHARS = 400  # a standalone question longer than this is cut: it is a search query
@@ -192,8 +193,7 @@ class Condenser:
     @property
     def llm(self) -> Any:
         if self._llm is None:
-            source = self._llm_source
-            self._llm = source() if callable(source) and not hasattr(source, "chat") else source
+            self._llm = resolve_llm(self._llm_source)
         return self._llm
 
     def gate(self, message: str, history: Sequence[ChatMessage]) -> tuple[bool, str]:

@@ -36,8 +36,8 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle
 
 from pipeline.index import qa_text
-from rewrite.prompts import parse_lines, rewrite_messages
 from pipeline.models import load_llm
+from rewrite.prompts import parse_lines, rewrite_messages
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -108,6 +108,11 @@ def split_clauses(question: str, limit: int) -> list[str]:
 LLMSource = Union[Any, Callable[[], Any]]
 
 
+
+def resolve_llm(source: Any) -> Any:
+    """An LLM, or a zero-argument factory of one (called once, on first use: models load lazily)."""
+    return source() if callable(source) and not hasattr(source, "chat") else source
+
 class QueryRewriter(BaseQueryTransform):
     """Rewrite a question for retrieval with a (LoRA) language model; see the module docstring.
 
@@ -154,8 +159,7 @@ class QueryRewriter(BaseQueryTransform):
     @property
     def llm(self) -> Any:
         if self._llm is None:
-            source = self._llm_source
-            self._llm = source() if callable(source) and not hasattr(source, "chat") else source
+            self._llm = resolve_llm(self._llm_source)
         return self._llm
 
     # ---- public -----------------------------------------------------------------------------

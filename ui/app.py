@@ -42,6 +42,7 @@ import streamlit as st  # noqa: E402
 from pipeline.config import ConfigError, describe_config  # noqa: E402
 from pipeline.errors import UserFacingError  # noqa: E402
 from pipeline.index import KnowledgeBaseError, read_manifest  # noqa: E402
+from pipeline.models import ModelLoadError, ModelNotFoundError  # noqa: E402
 from pipeline.systems import SYSTEM_NAMES, SYSTEMS, get_system  # noqa: E402
 from ui import render  # noqa: E402
 from ui.backend import (  # noqa: E402
@@ -54,7 +55,6 @@ from ui.backend import (  # noqa: E402
     resolve_settings,
     utc_now,
 )
-from pipeline.models import ModelLoadError, ModelNotFoundError  # noqa: E402
 
 logger = logging.getLogger("ragft.ui")
 CANDIDATES_HELP = "The retriever's candidate list before reranking, in its order, with each candidate's rerank rank and score (empty when the reranker dropped it)."

@@ -30,8 +30,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from pipeline.config import Config, ConfigError, add_config_arguments, load_config
 from pipeline.index import IndexLockedError, KnowledgeBaseError, SourceError, WriterLock, read_manifest
-from pipeline.systems import uses_finetuned_embedder
 from pipeline.models import ModelNotFoundError, resolve_model
+from pipeline.systems import uses_finetuned_embedder
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from eval.realistic.benchmark import readme
-from pipeline.errors import run_cli
 from pipeline.data import DataError
+from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text
 
 
