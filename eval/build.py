@@ -12,7 +12,7 @@ What each system needs follows from its `pipeline.systems.SystemSpec`, never fro
 a generator or a rewriter needs the base LM; `retrieve` needs the knowledge base (and, for a
 system that searches the fine-tuned embedder's index, that embedder and its index); `rerank` the
 reranker rerank.kind names (the cross-encoder, or the query-likelihood adapter); generator `plain` / `raft` their LoRA adapters; rewriting (or the agent loop, whose
-retries rewrite) with `rewriter_adapter` the rewriter adapter. Each artifact is one `Artifact`
+retries rewrite) with `rewriter_adapter` the rewriter adapter (the condenser's under rewrite.mode condense). Each artifact is one `Artifact`
 entry of `ARTIFACTS` (where it lives, its builder, the settings, splits and artifacts it is built
 from, how an artifact the config names elsewhere is checked); builders, in dependency order
 (`artifact_table()`):
@@ -29,6 +29,7 @@ from, how an artifact the config names elsewhere is checked); builders, in depen
 | generator-plain | finetune.generator.output | finetune.generator.train_generator(mode="plain") |
 | generator-raft | finetune.raft.output | finetune.generator.train_generator(mode="raft") |
 | rewriter | rewrite.adapter | finetune.rewriter.train_rewriter (only when it is finetune.rewriter.output) |
+| condenser | rewrite.condense_adapter | finetune.condenser.train_condenser (rewrite.mode condense; only when it is finetune.condenser.output) |
 
 Up to date means: the artifact exists and the settings it was built with equal the settings in
 force for the keys it depends on (`Artifact.keys`). Artifacts built here also get a stamp
@@ -274,6 +275,15 @@ def _external_rewriter(config: Config, path: str) -> str:
     return "an adapter the config names (not finetune.rewriter.output)"
 
 
+def _external_condenser(config: Config, path: str) -> str:
+    if not Path(path).exists():
+        raise BuildError(
+            f"rewrite.condense_adapter={path!r} does not exist and is not finetune.condenser.output ({config.finetune.condenser.output}), so it is not built here. "
+            f"Set finetune.condenser.output={path} (or rewrite.condense_adapter={config.finetune.condenser.output}) to let eval.compare train it, or rewrite.condense_adapter=null for the base LM"
+        )
+    return "an adapter the config names (not finetune.condenser.output)"
+
+
 # the builders (their Python APIs, so their progress bars and logs show)
 
 
@@ -329,6 +339,12 @@ def _train_rewriter(config: Config, step: Step, log: Callable[[str], None], show
     train_rewriter(config, output=config.rewrite.adapter, log=log, show_progress=show_progress)
 
 
+def _train_condenser(config: Config, step: Step, log: Callable[[str], None], show_progress: bool) -> None:
+    from finetune.condenser import train_condenser
+
+    train_condenser(config, output=config.rewrite.condense_adapter, log=log, show_progress=show_progress)
+
+
 # In dependency order: an artifact comes after those it is built from.
 ARTIFACTS: dict[str, Artifact] = {
     a.name: a
@@ -377,6 +393,11 @@ ARTIFACTS: dict[str, Artifact] = {
             "rewriter", "rewrite.adapter", "finetune.rewriter.train_rewriter (only when it is finetune.rewriter.output)", _train_rewriter,
             keys=(*_LM_KEYS, "finetune.rewriter.*"), splits=_TRAIN_SPLITS, upstream=("base_lm",),
             buildable=lambda config: bool(config.rewrite.adapter) and _same_path(config.rewrite.adapter, config.finetune.rewriter.output), external=_external_rewriter,
+        ),
+        Artifact(
+            "condenser", "rewrite.condense_adapter", "finetune.condenser.train_condenser (rewrite.mode condense; only when it is finetune.condenser.output)", _train_condenser,
+            keys=(*_LM_KEYS, "finetune.condenser.*", "index.embed_model"), splits=("train",), upstream=("base_lm",),
+            buildable=lambda config: bool(config.rewrite.condense_adapter) and _same_path(config.rewrite.condense_adapter, config.finetune.condenser.output), external=_external_condenser,
         ),
     )
 }
@@ -473,8 +494,10 @@ def required_artifacts(config: Config, specs: Sequence[SystemSpec]) -> list[str]
                 needed.add(reranker_artifact(config))  # leave-one-out contexts are reranked as in `full`
             if config.finetune.raft.context == "loo" and config.index.finetuned_embedder:
                 needed.update(("embedder", "index-finetuned"))  # ... and retrieved as in `full`
-        if rewrites and spec.rewriter_adapter and config.rewrite.adapter:
-            needed.add("rewriter")
+        if rewrites and spec.rewriter_adapter and config.rewrite.mode == "condense" and config.rewrite.condense_adapter:
+            needed.add("condenser")
+        if rewrites and spec.rewriter_adapter and config.rewrite.adapter and (config.rewrite.mode != "condense" or (spec.agent and config.agent.retry_modes)):
+            needed.add("rewriter")  # condense mode's retries still use the QueryRewriter
     if config.generator.backend != "hf":
         needed.discard("base_lm")  # served by an OpenAI-compatible server: nothing local to check
     return [name for name in ARTIFACTS if name in needed]

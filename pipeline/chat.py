@@ -12,7 +12,7 @@
 One turn: the message (+ the conversation in memory, or the `chat_history` passed) -> the condense
 step of rewrite/ (`rewrite.Condenser`: its gate keeps a first turn or a standalone message as typed,
 with no LM call; a follow-up is rewritten into a standalone question by the rewriter's LM, or by
-the trained condenser at chat.condense_adapter) -> the system's query engine
+the trained condenser at rewrite.condense_adapter) -> the system's query engine
 (`build_query_engine(config, system)`) answers the standalone question: retrieval, the reranker
 and the generator all read it. The memory keeps the user's own words (a condensed question rides
 along in the message's `additional_kwargs["standalone_question"]`) and the answers.
@@ -291,15 +291,12 @@ class _Turn:
 
 
 def default_condenser(config: Config, spec: SystemSpec, components: Components) -> Condenser:
-    """The condense step of `config`: the trained condenser (chat.condense_adapter) when set, else
-    the LM the system's rewriter uses (rewrite.adapter when set, the base LM otherwise)."""
-    if config.chat.condense_adapter:
-        kind = "condenser"
-    elif spec.rewriter_adapter and config.rewrite.adapter:
-        kind = "rewriter"
-    else:
-        kind = "base"
-    return Condenser(lambda: components.llm(kind), max_new_tokens=config.rewrite.max_new_tokens, enabled=config.chat.condense)
+    """The condense step of `config`: the trained condenser (rewrite.condense_adapter) for a system
+    that rewrites with its trained rewriter under rewrite.mode condense (eval.compare builds it
+    then), else the base LM with the same prompt."""
+    trained = spec.rewrite and spec.rewriter_adapter and config.rewrite.mode == "condense" and config.rewrite.condense_adapter
+    kind = "condenser" if trained else "base"
+    return Condenser(lambda: components.llm(kind), max_new_tokens=config.rewrite.max_new_tokens, max_questions=config.rewrite.n_queries, enabled=config.chat.condense)
 
 
 class RagftChatEngine(BaseChatEngine):
@@ -375,19 +372,27 @@ class RagftChatEngine(BaseChatEngine):
         report = dict(getattr(self._memory, "last_report", {}) or {})
         metadata["memory"] = {**report, "history_dropped": turn.history_dropped}
 
+    def _condense(self, turn: _Turn) -> Condensed:
+        """The turn's condense step; a rewrite is handed to the components so that a query engine
+        under rewrite.mode condense searches it as the chat wrote it, without rewriting it again."""
+        condensed = self._condenser.condense(turn.message, turn.history)
+        if condensed.condensed:
+            self.components.remember_condensed(self.spec.rewriter_adapter, condensed)
+        return condensed
+
     @staticmethod
     def _tool_output(question: str, response: Any, text: str) -> ToolOutput:
         return ToolOutput(content=text, tool_name="query_engine", raw_input={"query": question}, raw_output=response)
 
     def chat(self, message: str, chat_history: Optional[List[ChatMessage]] = None) -> AgentChatResponse:
         turn = self._begin(message, chat_history)
-        condensed = self._condenser.condense(turn.message, turn.history)
+        condensed = self._condense(turn)
         response = self.query_engine().query(condensed.question)
         return self._finish(turn, condensed, response)
 
     async def achat(self, message: str, chat_history: Optional[List[ChatMessage]] = None) -> AgentChatResponse:
         turn = self._begin(message, chat_history)
-        condensed = await self._condenser.acondense(turn.message, turn.history)
+        condensed = await asyncio.to_thread(self._condense, turn)
         response = await self.query_engine().aquery(condensed.question)
         return self._finish(turn, condensed, response)
 
@@ -401,7 +406,7 @@ class RagftChatEngine(BaseChatEngine):
         """Condense and retrieve now; the answer streams from `response_gen`. The turn reaches the
         memory when the stream has ended (a stream stopped or failed midway leaves it out)."""
         turn = self._begin(message, chat_history)
-        condensed = self._condenser.condense(turn.message, turn.history)
+        condensed = self._condense(turn)
         response = self.query_engine(streaming=True).query(condensed.question)
         metadata = self._metadata(turn, condensed, response.metadata)
 
@@ -417,7 +422,7 @@ class RagftChatEngine(BaseChatEngine):
     async def astream_chat(self, message: str, chat_history: Optional[List[ChatMessage]] = None) -> StreamingChatResponse:
         """stream_chat for an event loop: iterate `async_response_gen()`."""
         turn = self._begin(message, chat_history)
-        condensed = await self._condenser.acondense(turn.message, turn.history)
+        condensed = await asyncio.to_thread(self._condense, turn)
         response = await self.query_engine(streaming=True).aquery(condensed.question)
         metadata = self._metadata(turn, condensed, response.metadata)
         done = object()

@@ -131,8 +131,9 @@ class RerankConfig:
 
 @dataclass
 class RewriteConfig:
-    mode: Literal["none", "hyde", "multi", "decompose"] = option("hyde", "Query rewriting before retrieval.")
+    mode: Literal["none", "hyde", "multi", "decompose", "condense"] = option("hyde", "Query rewriting before retrieval. condense: the condenser (rewrite/condense.py) turns a long, wrapped or joined message into its standalone search question(s), each retrieved and reranked on its own, and searches a clean question as typed (no LM call); hyde, multi, decompose: the QueryRewriter's expansions (rewrite/rewriter.py).")
     adapter: Optional[str] = option("{run_dir}/adapters/rewriter", "LoRA adapter of the rewriter on top of the generator's base model; null uses the base model.")
+    condense_adapter: Optional[str] = option("{run_dir}/adapters/condenser", "LoRA adapter of the trained condenser (python -m finetune.condenser) on the generator's base model, read by rewrite.mode condense and by the chat's condense step; null condenses zero-shot with the base model and the same prompt.")
     n_queries: int = option(3, "Alternative phrasings (multi) or sub-questions (decompose) at most.", POSITIVE)
     max_new_tokens: int = option(64, "Tokens generated for a rewrite.", POSITIVE)
     hyde_question_weight: Optional[float] = option(None, "Dense search with hypothetical passages (hyde): the search vector is w * the question's vector + (1 - w) * the mean of the hypotheticals' vectors. null: the plain mean of the question and each hypothetical (the HyDE paper's; w = 1/2 with one). BM25 still searches the question's and the hypotheticals' terms. Choose it on val: python -m finetune.rewriter --evaluate-only --split val --set rewrite.hyde_question_weight=W.", FRACTION)
@@ -207,6 +208,13 @@ class RewriterTrainConfig(LoraTrainConfig):
 
 
 @dataclass
+class CondenserTrainConfig(LoraTrainConfig):
+    """finetune.condenser: the shared LoRA settings plus how many train cases of each family are generated."""
+
+    per_family: int = option(400, "Train-split cases generated per family (follow-up, verbose, compound; eval/realistic/cases.py), plus as many clean questions copied as the smallest family has, before retrieval keeps those whose target finds the gold passage(s).", POSITIVE)
+
+
+@dataclass
 class RaftConfig:
     context: Literal["loo", "oracle"] = option("loo", "How training contexts are built. loo (leave-one-out): the trained question's top passages from the very retriever and reranker `full` uses, with its own pair left out, as a closed-book test question sees them. oracle: RAFT's mix, the question's own pair (with probability oracle_prob) among hard distractors.")
     oracle_prob: float = option(0.8, "Fraction of RAFT examples whose context includes the question's own answer passage.", FRACTION)
@@ -277,6 +285,10 @@ class FinetuneConfig:
         metadata={"help": "LoRA fine-tuning of the generator's base LM as a query-likelihood reranker (python -m finetune.ql_reranker): it reads a train answer and writes the train question; rerank.kind=query-likelihood scores a candidate by the mean log-probability of the question given it.", "check": None},
     )
     embedder: EmbedderTrainConfig = option(EmbedderTrainConfig, "Bi-encoder embedder fine-tuning (finetune.embedder).")
+    condenser: CondenserTrainConfig = field(
+        default_factory=lambda: CondenserTrainConfig(output="{run_dir}/adapters/condenser", max_seq_length=384, epochs=2.0),
+        metadata={"help": "LoRA fine-tuning of the condenser (python -m finetune.condenser): (conversation, message) -> the standalone search question(s), or the message unchanged, on train-split cases whose targets retrieval chose; its output is what rewrite.condense_adapter loads.", "check": None},
+    )
     judged_rewrites: JudgedRewritesConfig = option(JudgedRewritesConfig, "Sampled HyDE rewrites of the train questions judged by the rank of the gold passage: rewriter training targets (python -m finetune.judged_rewrites).")
 
 
@@ -310,7 +322,6 @@ class EvalConfig:
 class ChatConfig:
     memory_tokens: int = option(1024, "Tokens of conversation a chat engine keeps (the user's messages and the answers, counted with the generator's tokenizer); past it the oldest turns are dropped. The condense step reads at most this much history: 1024 is short enough for a 135M model to read and leaves the prompt and the rewrite room in the smallest context window (the tiny LM's 2048 tokens; SmolLM2's is 8192).", POSITIVE)
     condense: bool = option(True, "Rewrite a follow-up message into a standalone search question (history + message) before retrieval; a first turn or a message the gate finds standalone costs no LM call. false searches every message as typed.")
-    condense_adapter: Optional[str] = option(None, "LoRA adapter of a trained condenser on the generator's base model; null condenses with the rewriter's LM (rewrite.adapter when set, else the base model) and the condense prompt of rewrite/prompts.py.")
 
 
 @dataclass

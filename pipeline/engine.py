@@ -16,11 +16,17 @@ steps' parts on or off (pipeline/systems.py):
                    `low_confidence` in the metadata (agent.on_weak=answer, the default), or a grounded
                    refusal with no sources (agent.on_weak=not_found)
 
-A question with several asks ("Compare X and Y and explain Z") is routed to `decompose` in its
-first round; each sub-question is retrieved on its own and the lists are interleaved before the
-reranker judges every candidate against the ORIGINAL question.
+With `rewrite.mode: condense` the first round's rewrite is the condenser (rewrite/condense.py): a
+message that reads as one clean question is searched as typed, with no LM call; a long, wrapped
+or joined one is rewritten by the trained condenser (rewrite.condense_adapter) into its standalone
+search question(s), and the generator reads that rewrite instead of the message. Under the other
+modes a question with several asks ("Compare X and Y and explain Z") is routed to `decompose` in
+its first round. Either way, several search questions are each retrieved and reranked on their
+own, and the generator's passages are taken from their lists in turn (each list's best first), so
+every ask is covered.
 
-`Response.metadata` holds: `system`; `rewrites` (one per round); `rounds` (each round's mode,
+`Response.metadata` holds: `system`; `search_question` (what the generator answered: the
+condensed question, else the question); `rewrites` (one per round); `rounds` (each round's mode,
 retrieved ids with retrieval scores, reranked ids with scores before and after reranking, grade
 decision); `not_found`; `low_confidence`; `timings` (seconds per stage: rewrite, retrieve, rerank, generate, total).
 Components (index, retrievers, reranker, LMs, rewriter) are built lazily, once, by a `Components`
@@ -59,7 +65,7 @@ from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
 
 if TYPE_CHECKING:
     from rerank import PairScoringReranker
-    from rewrite import QueryRewriter
+    from rewrite import Condensed, Condenser, QueryRewriter
 
 NOT_FOUND_ANSWER = "I could not find this in the knowledge base, so I cannot answer it from there."
 
@@ -85,7 +91,7 @@ class Components:
 
     `kb`: an open knowledge base to use instead of opening `index.dir`. `llms`: LlamaIndex LLMs to
     use instead of loading the configured ones, by kind ('base', 'plain', 'raft', 'rewriter',
-    'condenser': the chat's trained condenser, chat.condense_adapter): a
+    'condenser': the trained condenser, rewrite.condense_adapter): a
     model already in memory, a hosted client, or a recording double in tests."""
 
     def __init__(self, config: Config, *, kb: Any = None, llms: Optional[dict[str, Any]] = None) -> None:
@@ -146,7 +152,7 @@ class Components:
             "plain": (self.config.finetune.generator.output, "python -m finetune.generator --mode plain"),
             "raft": (self.config.finetune.raft.output, "python -m finetune.generator --mode raft"),
             "rewriter": (self.config.rewrite.adapter, "python -m finetune.rewriter"),
-            "condenser": (self.config.chat.condense_adapter, "python -m finetune.condenser"),
+            "condenser": (self.config.rewrite.condense_adapter, "python -m finetune.condenser"),
         }
         if kind not in sources:
             raise ValueError(f"unknown generator kind {kind!r}")
@@ -190,6 +196,41 @@ class Components:
 
         return self._once(("rewriter", with_adapter), build)
 
+    def condenser(self, with_adapter: bool) -> "Condenser":
+        """The condense step: the trained condenser (rewrite.condense_adapter) when `with_adapter`
+        and set, else the base LM with the same prompt (zero-shot). Loads no model until a message
+        passes the gate."""
+
+        def build():
+            from rewrite import Condenser
+
+            kind = "condenser" if with_adapter and self.config.rewrite.condense_adapter else "base"
+            return Condenser(lambda: self.llm(kind), max_new_tokens=self.config.rewrite.max_new_tokens, max_questions=self.config.rewrite.n_queries)
+
+        return self._once(("condenser", with_adapter), build)
+
+    def condense(self, with_adapter: bool, questions: Sequence[str], *, show_progress: bool = False) -> list["Condensed"]:
+        """The condenser's result for each single question (no history), memoized per question so
+        that a batched pass ahead of the rounds (query_batch) is read by each round."""
+        memo = self._once(("condensed", with_adapter), dict)
+        todo = list(dict.fromkeys(q for q in questions if q not in memo))
+        if todo:
+            for question, made in zip(todo, self.condenser(with_adapter).condense_many([(q, []) for q in todo], show_progress=show_progress)):
+                with self._lock:
+                    if len(memo) >= 4096:  # bounded: a long-running UI process
+                        memo.pop(next(iter(memo)))
+                    memo[question] = made
+        return [memo[q] for q in questions]
+
+    def remember_condensed(self, with_adapter: bool, made: "Condensed") -> None:
+        """A rewrite made elsewhere (the chat's condense step): the engine's condense step then
+        searches its question(s) as they are, with no second LM call."""
+        from rewrite import Condensed
+
+        memo = self._once(("condensed", with_adapter), dict)
+        with self._lock:
+            memo[made.question] = Condensed(made.question, made.questions, False, "condensed by the chat", "chat")
+
     def _built_adapters(self) -> list[str]:
         """The adapters of every kind that exist on disk now."""
         paths = [self._adapter_source(kind)[0] for kind in ("plain", "raft", "rewriter", "condenser")]
@@ -219,8 +260,14 @@ class QueryState:
     best_nodes: list[NodeWithScore] = field(default_factory=list)
     best_score: float = float("-inf")
     route: str = ""  # why the first round used its rewrite mode
+    search_question: str = ""  # the condenser's standalone rewrite, which the generator reads instead of the question
     low_confidence: bool = False  # every round graded weak; answered from the best one (agent.on_weak)
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def asked(self) -> str:
+        """What the generator answers: the condensed question when there is one, else the question."""
+        return self.search_question or self.question
 
     def timed(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
@@ -291,6 +338,8 @@ class RagftWorkflow(Workflow):
             return "none", "rewriting off"
         from rewrite import split_clauses
 
+        if self.config.rewrite.mode == "condense":
+            return "condense", "rewrite.mode"
         if split_clauses(question, self.config.rewrite.n_queries):
             return "decompose", "multi-part question"
         return self.config.rewrite.mode, "rewrite.mode"
@@ -301,30 +350,39 @@ class RagftWorkflow(Workflow):
         record: dict[str, Any] = {"round": state.round, "mode": mode}
         started = time.perf_counter()
         rewrite = None
-        if mode != "none":
+        searches: list[str] = []  # several: each retrieved and reranked on its own
+        if mode == "condense":
+            made = self.components.condense(spec.rewriter_adapter, [state.question])[0]
+            record["rewrite"] = {"mode": "condense", "texts": list(made.questions), **made.as_dict()}
+            if made.changed:
+                searches = list(made.questions)
+                state.search_question = " ".join(made.questions)
+        elif mode != "none":
             rewrite = self.components.rewriter(spec.rewriter_adapter).rewrite(state.question, mode)
             record["rewrite"] = rewrite.as_dict()
+            if rewrite.mode == "decompose" and rewrite.texts:
+                searches = list(rewrite.texts)
         state.timed("rewrite", time.perf_counter() - started)
 
         started = time.perf_counter()
         candidates = max(config.rerank.candidates, self._context_k()) if spec.rerank else self._context_k()
         retriever = self.components.retriever(self._retrieve_mode(), candidates, finetuned=uses_finetuned_embedder(config, spec))
-        if rewrite is not None and rewrite.mode == "decompose" and rewrite.texts:
-            lists = [retriever.retrieve(sub) for sub in rewrite.texts]
-            hits = _interleave(lists, candidates)
+        if searches:
+            lists = [retriever.retrieve(text) for text in searches]
         else:
             texts = list(rewrite.texts) if rewrite is not None else []
             bundle = QueryBundle(query_str=state.question, custom_embedding_strs=[state.question, *texts] if texts else None)
-            hits = retriever.retrieve(bundle)
+            lists = [retriever.retrieve(bundle)]
+            searches = [state.question]
         state.timed("retrieve", time.perf_counter() - started)
-        record["retrieved"] = [_node_summary(h, ("dense_rank", "dense_score", "bm25_rank", "bm25_score", "fusion_score")) for h in hits]
+        record["retrieved"] = [_node_summary(h, ("dense_rank", "dense_score", "bm25_rank", "bm25_score", "fusion_score")) for h in _interleave(lists, candidates * len(lists))]
 
-        if spec.rerank and hits:
+        if spec.rerank and any(lists):
             started = time.perf_counter()
-            hits = self.components.reranker().postprocess_nodes(hits, query_str=state.question)
+            lists = [self.components.reranker().postprocess_nodes(hits, query_str=text) if hits else hits for hits, text in zip(lists, searches)]
             state.timed("rerank", time.perf_counter() - started)
-            record["reranked"] = [_node_summary(h, ("retrieval_rank", "retrieval_score", "rerank_score", "rerank_rank", "rerank_combined")) for h in hits]
-        hits = hits[: self._context_k()]
+            record["reranked"] = [_node_summary(h, ("retrieval_rank", "retrieval_score", "rerank_score", "rerank_rank", "rerank_combined")) for h in _interleave(lists, candidates * len(lists))]
+        hits = _interleave(lists, self._context_k())
         state.rounds.append(record)
         return hits
 
@@ -383,7 +441,7 @@ class RagftWorkflow(Workflow):
         result = {"state": state, "nodes": ev.nodes, "grounded": ev.grounded, "answer": None}
         if state.generate:
             started = time.perf_counter()
-            result["answer"] = await asyncio.to_thread(self._answer, state.question, ev.nodes, ev.grounded)
+            result["answer"] = await asyncio.to_thread(self._answer, state.asked, ev.nodes, ev.grounded)
             state.timed("generate", time.perf_counter() - started)
         return StopEvent(result=result)
 
@@ -538,6 +596,9 @@ class RagftQueryEngine(BaseQueryEngine):
             if mode != "none":
                 by_mode.setdefault(mode, []).append(question)
         shares: dict[str, float] = {}
+        if "condense" in by_mode:
+            for question, made in zip(by_mode["condense"], self.components.condense(self.spec.rewriter_adapter, by_mode.pop("condense"), show_progress=show_progress)):
+                shares[question] = made.seconds
         for mode, batch in by_mode.items():
             for made in self.components.rewriter(self.spec.rewriter_adapter).rewrite_many(batch, mode, show_progress=show_progress):
                 shares[made.question] = made.seconds
@@ -562,7 +623,7 @@ class RagftQueryEngine(BaseQueryEngine):
             started = time.perf_counter()
             llm = self.components.llm(self.spec.generator)
             contexts = [[passage_text(n) for n in results[i]["nodes"]] or None for i in todo]
-            generated = answer_batch(llm, [results[i]["state"].question for i in todo], contexts, max_passage_chars=self.config.generator.max_passage_chars, show_progress=show_progress)
+            generated = answer_batch(llm, [results[i]["state"].asked for i in todo], contexts, max_passage_chars=self.config.generator.max_passage_chars, show_progress=show_progress)
             per_question = (time.perf_counter() - started) / len(todo)
             costs = list(getattr(llm, "last_costs", None) or [])
             if len(costs) != len(todo):  # an LLM without per-prompt costs: an even share of the pass
@@ -585,6 +646,7 @@ class RagftQueryEngine(BaseQueryEngine):
         return {
             "system": self.spec.name,
             "route": state.route,
+            "search_question": state.asked,
             "rewrites": [r["rewrite"] for r in state.rounds if "rewrite" in r],
             "rounds": state.rounds,
             "not_found": not result["grounded"],
@@ -610,7 +672,7 @@ class RagftQueryEngine(BaseQueryEngine):
             started = time.perf_counter()
             llm = self.components.llm(self.spec.generator)
             passages = [passage_text(n) for n in nodes] or None
-            messages = answer_messages(state.question, passages, max_passage_chars=self.config.generator.max_passage_chars)
+            messages = answer_messages(state.asked, passages, max_passage_chars=self.config.generator.max_passage_chars)
             yield from clean_stream((chunk.delta or "" for chunk in llm.stream_chat(messages)), len(nodes))
             metadata["timings"]["generate"] = round(time.perf_counter() - started, 6)
 

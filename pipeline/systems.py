@@ -100,8 +100,11 @@ SYSTEM_NAMES = tuple(SYSTEMS)
 def get_system(name: str, config: "Optional[Config]" = None) -> SystemSpec:
     """The named system; with `config`, as it runs under it: retrieve "config" resolved to
     retrieve.mode and the passages of full and its ablations to rerank.top_n, and no reranking
-    anywhere when rerank.enabled is off. Two systems equal under a
-    config (full-dense and full where retrieve.mode is dense) give the same answers."""
+    anywhere when rerank.enabled is off, no rewriting where nothing is ever rewritten (rewrite.mode
+    none and an agent that never retries), and `rewriter_adapter` set where no rewriter adapter is
+    read. Two systems equal under a config (full-dense and full where retrieve.mode is dense;
+    full-no-rewrite and full where rewrite.mode is none) give the same answers, and eval.compare
+    generates them once."""
     try:
         spec = SYSTEMS[name]
     except KeyError:
@@ -114,5 +117,18 @@ def get_system(name: str, config: "Optional[Config]" = None) -> SystemSpec:
             changes["retrieve"] = config.retrieve.mode
         if spec.full_family and spec.retrieve is not None and spec.top_k is None:
             changes["top_k"] = config.rerank.top_n  # reranked or not: one passage count for the whole family
+        rerank = changes.get("rerank", spec.rerank)
+        # the agent retries (with a rewrite) only when a sigmoid score in 0..1 can fall below its threshold
+        agent_retries = spec.agent and rerank and config.agent.grade_threshold > 0 and config.agent.max_rounds > 1 and bool(config.agent.retry_modes)
+        if spec.rewrite and config.rewrite.mode == "none" and not agent_retries:
+            changes["rewrite"] = False  # nothing is ever rewritten: the same system as without the rewriter
+        rewrites = changes.get("rewrite", spec.rewrite)
+        adapter_read = rewrites and (
+            (config.rewrite.mode == "condense" and bool(config.rewrite.condense_adapter))
+            or (config.rewrite.mode not in ("none", "condense") and bool(config.rewrite.adapter))
+            or (agent_retries and bool(config.rewrite.adapter))
+        )
+        if not spec.rewriter_adapter and not adapter_read:
+            changes["rewriter_adapter"] = True  # no adapter is read either way: one system
         spec = dataclasses.replace(spec, **changes) if changes else spec
     return spec

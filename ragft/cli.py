@@ -46,7 +46,8 @@ TRAIN_PARTS: dict[str, Command] = {
     "embedder": Command("finetune.embedder", "fine-tune the retrieval embedder on the train split"),
     "ql-reranker": Command("finetune.ql_reranker", "the query-likelihood reranker (SmolLM2 + LoRA; shipped)"),
     "reranker": Command("finetune.reranker", "the cross-encoder reranker (rerank.kind: cross-encoder)"),
-    "rewriter": Command("finetune.rewriter", "the LoRA query rewriter"),
+    "rewriter": Command("finetune.rewriter", "the LoRA HyDE query rewriter"),
+    "condenser": Command("finetune.condenser", "the LoRA condenser: conversation + message -> standalone search question(s)"),
     "tiny": Command("finetune.tiny", "the tiny scratch LM the test suite uses"),
 }
 

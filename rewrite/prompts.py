@@ -31,9 +31,11 @@ DECOMPOSE_SYSTEM = (
 
 
 CONDENSE_SYSTEM = (
-    "Rewrite the user's last message as one standalone search question about the same subject, "
-    "replacing every word that refers back to the conversation (it, this, they, the former...) "
-    "by what it refers to. Write only the question."
+    "Rewrite the user's last message as a standalone search question: keep only what it asks, "
+    "drop greetings and background, and replace every word that refers back to the conversation "
+    "(it, this, they, the former...) by what it refers to. If the message asks two different "
+    "things, write two questions, one per line. If it already stands alone, write it unchanged. "
+    "Write only the question(s)."
 )
 CONDENSE_ANSWER_CHARS = 300  # of each earlier answer: the user's own earlier questions carry most of the subject
 
@@ -85,6 +87,16 @@ def condense_messages(history: Sequence[ChatMessage], message: str, *, answer_ch
         ChatMessage(role=MessageRole.SYSTEM, content=CONDENSE_SYSTEM),
         ChatMessage(role=MessageRole.USER, content=f"Conversation:\n{conversation}\n\nLast message: {_check_question(message)}\n\nStandalone question:"),
     ]
+
+
+def llamaindex_condense_messages(history: Sequence[ChatMessage], message: str) -> list[ChatMessage]:
+    """LlamaIndex's CondenseQuestionChatEngine prompt (its DEFAULT_TEMPLATE, the history as its
+    `messages_to_history_str` writes it), one user turn as its `llm.predict` sends it: the
+    benchmark's untrained-baseline on the same LM."""
+    from llama_index.core.chat_engine.condense_question import DEFAULT_TEMPLATE
+    from llama_index.core.base.llms.generic_utils import messages_to_history_str
+
+    return [ChatMessage(role=MessageRole.USER, content=DEFAULT_TEMPLATE.format(chat_history=messages_to_history_str(list(history)), question=_check_question(message)))]
 
 
 def condense_training_example(history: Sequence[ChatMessage], message: str, standalone: str, tokenizer: Optional[object] = None) -> dict[str, str]:

@@ -271,13 +271,13 @@ def rewrite_blocks(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
 def searched_as(metadata: Mapping[str, Any]) -> str:
     """'searched as: <standalone question>' and how it came about (plain text, to be escaped):
     condensed from the conversation by the model, or the message as typed and why."""
-    question = metadata.get("standalone_question")
+    question = " | ".join(line for line in str(metadata.get("standalone_question") or "").splitlines() if line.strip())  # a compound message: one search per ask
     if not question:
         return ""
     condense = metadata.get("condense") or {}
     reason = condense.get("reason", "")
     if metadata.get("condensed"):
-        how = "the previous question + this message (the model's rewrite was unusable)" if condense.get("method") == "fallback" else "condensed from the conversation"
+        how = "the previous question + this message (the model's rewrite was unusable)" if condense.get("method") == "fallback" else "rewritten by the condenser"
         return f"searched as: {question} ({how}; {reason})" if reason else f"searched as: {question} ({how})"
     return f"searched as: {question} (the message as typed; {reason})" if reason else f"searched as: {question} (the message as typed)"
 

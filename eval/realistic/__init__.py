@@ -10,7 +10,8 @@ families beside their oracle.
 """
 
 from eval.realistic.benchmark import DEFAULT_VARIANTS, VARIANTS, QueryVariant, case_metrics, evaluate_realistic, query_texts, register_variant, target_ranks, to_markdown
-from eval.realistic.cases import DATA_DIR, FAMILIES, Case, build_cases, clean_cases, generate_cases, inject_typos, load_hand_cases, resolve_cases, same_topic_pairs
+from eval.realistic.benchmark import DATA_DIR
+from rewrite.cases import FAMILIES, Case, build_cases, clean_cases, generate_cases, inject_typos, load_hand_cases, resolve_cases, same_topic_pairs
 
 __all__ = [
     "Case",

@@ -1,6 +1,6 @@
 """The realistic-query benchmark: `python -m eval.retrieval --queries realistic --split val`.
 
-Every case (eval/realistic/cases.py) is searched with each query variant that applies to its
+Every case (rewrite/cases.py) is searched with each query variant that applies to its
 family, through `full`'s retrieval stack as the engine runs it under the profile: its first stage
 (`retrieve.mode` over the fine-tuned embedder's vectors when `index.finetuned_embedder`) and its
 reranker (`rerank.kind` at `rerank.model`, interpolated by `rerank.retrieval_weight`), built by the
@@ -17,7 +17,8 @@ Query variants (`VARIANTS`; a rewriter is one more entry, see `register_variant`
           rewriter would search with (a perfect decomposition for compound cases).
 
 A variant gives one or more query texts per case; each text is searched on its own and a target's
-rank is its best rank over the texts' lists. Per case: MRR@10 and R@1 averaged over its targets
+rank is its rank in the round-robin merge of the texts' lists (`merge_rankings`), the engine's
+merge: what the generator reads. Per case: MRR@10 and R@1 averaged over its targets
 (a compound case has two, so one list can reach at most R@1 = 0.5 and MRR@10 = 0.75), and for
 compound cases `both@3` / `both@5`: both targets at rank <= 3 (what the generator reads,
 rerank.top_n) / 5. Each is reported per family, and per source (hand, generated), as a mean with
@@ -28,13 +29,15 @@ the means (variant / oracle).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from eval.realistic.cases import DATA_DIR, FAMILIES, SOURCES, Case, build_cases
+from rewrite.cases import FAMILIES, SOURCES, Case, build_cases
 from pipeline.config import Config
 
+DATA_DIR = Path(__file__).resolve().parent / "data"  # the hand-written cases: {val,test}.jsonl
 METRICS = ("mrr@10", "recall@1", "both@3", "both@5")
 BOTH_KS = (3, 5)  # both@3: what full's generator reads (rerank.top_n); both@5
 MRR_DEPTH = 10
@@ -104,20 +107,82 @@ def query_texts(case: Case, variant: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# rewriters as query variants
+# --------------------------------------------------------------------------------------------
+
+REWRITERS = {
+    "condense-base": "zero-shot SmolLM2 (the base LM) with ragft's condense prompt, behind the gate (rewrite/condense.py)",
+    "condense-llamaindex": "LlamaIndex's CondenseQuestionChatEngine prompt on the same base LM, as that engine runs it: every turn with history condensed, a first turn searched as typed",
+    "condense-trained": "the trained condenser (rewrite.condense_adapter, python -m finetune.condenser) with ragft's condense prompt, behind the gate",
+}
+
+
+def _history(case: Case) -> list[Any]:
+    from llama_index.core.base.llms.types import ChatMessage
+
+    return [ChatMessage(role=t["role"], content=t["content"]) for t in case.history]
+
+
+def rewriter_condenser(config: Config, name: str) -> Any:
+    """The Condenser behind a REWRITERS variant (the LM loads on its first message)."""
+    from pipeline.models import load_llm
+    from rewrite.condense import Condenser
+    from rewrite.prompts import llamaindex_condense_messages
+
+    if name not in REWRITERS:
+        raise ValueError(f"unknown rewriter {name!r}; known: {', '.join(REWRITERS)}")
+    if name == "condense-trained" and not config.rewrite.condense_adapter:
+        raise ValueError("condense-trained needs rewrite.condense_adapter (train it: python -m finetune.condenser)")
+    adapter = config.rewrite.condense_adapter if name == "condense-trained" else None
+    kwargs: dict[str, Any] = {"prompt": llamaindex_condense_messages, "gate": False} if name == "condense-llamaindex" else {}
+    return Condenser(lambda: load_llm(config, adapter=adapter, verbose=False), max_new_tokens=config.rewrite.max_new_tokens, max_questions=config.rewrite.n_queries, **kwargs)
+
+
+def register_rewriters(config: Config, names: Sequence[str], cases: Sequence[Case], *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run each named rewriter over every case once (batched; clean ones too, to show it leaves
+    them as they are) and register it as a query variant reading those rewrites; returns per
+    rewriter what it cost (LM calls, seconds) and what it wrote."""
+    costs: dict[str, Any] = {}
+    for name in names:
+        condenser = rewriter_condenser(config, name)
+        members = list(cases)  # the clean family too: a rewriter must leave a clean question's retrieval as it was
+        started = time.perf_counter()
+        made = condenser.condense_many([(c.message, _history(c)) for c in members], show_progress=show_progress)
+        seconds = time.perf_counter() - started
+        by_id = {c.id: m for c, m in zip(members, made)}
+        calls = sum(m.condensed for m in made)
+        costs[name] = {"lm_calls": calls, "cases": len(members), "seconds": round(seconds, 1), "methods": dict(Counter(m.method for m in made))}
+        log(f"{name}: {calls} of {len(members)} messages sent to the LM, {seconds:.1f} s")
+        register_variant(QueryVariant(name, lambda case, by_id=by_id: list(by_id[case.id].questions), FAMILIES, REWRITERS[name]))
+        costs[name]["rewrites"] = {c.id: list(m.questions) for c, m in zip(members, made)}
+    return costs
+
+
+# --------------------------------------------------------------------------------------------
 # metrics
 # --------------------------------------------------------------------------------------------
 
 
+def merge_rankings(rankings: Sequence[Sequence[str]]) -> list[str]:
+    """Several ranked lists -> one: round-robin, each list's best first, repeated ids dropped (how
+    the engine merges the lists of several search questions before the generator reads the top)."""
+    merged: list[str] = []
+    seen: set[str] = set()
+    for rank in range(max((len(r) for r in rankings), default=0)):
+        for ranking in rankings:
+            if rank < len(ranking) and ranking[rank] not in seen:
+                seen.add(ranking[rank])
+                merged.append(ranking[rank])
+    return merged
+
+
 def target_ranks(rankings: Sequence[Sequence[str]], relevant: Sequence[str]) -> list[Optional[int]]:
-    """The 1-based rank of each relevant id: its best rank over the rankings (one per query text of
-    the variant), None when no ranking holds it."""
+    """The 1-based rank of each relevant id in the round-robin merge of the rankings (one per query
+    text of the variant; `merge_rankings`), None when no ranking holds it."""
     from pipeline.metrics import first_relevant_rank
 
-    ranks = []
-    for node_id in relevant:
-        found = [r for r in (first_relevant_rank(ids, {node_id}) for ids in rankings) if r is not None]
-        ranks.append(min(found) if found else None)
-    return ranks
+    merged = merge_rankings(rankings)
+    return [first_relevant_rank(merged, {node_id}) for node_id in relevant]
 
 
 def case_metrics(ranks: Sequence[Optional[int]]) -> dict[str, float]:
@@ -139,7 +204,7 @@ def summarize_groups(cases: Sequence[Case], ranks: Mapping[str, Mapping[str, Seq
     """Per family, per source ("all", and "hand"/"generated" when the family has both): n, each
     variant's summary (means and 95% bootstrap intervals over cases) and its ratio to the oracle.
     `ranks[case.id][variant]` are the case's target ranks."""
-    from pipeline.metrics import summarize
+    from pipeline.metrics import paired_mean_test, summarize
 
     out: dict[str, Any] = {}
     for family in FAMILIES:
@@ -157,6 +222,12 @@ def summarize_groups(cases: Sequence[Case], ranks: Mapping[str, Mapping[str, Seq
                 per_case = [case_metrics(ranks[c.id][variant]) for c in group]
                 values = {m: [v[m] for v in per_case] for m in METRICS if m in per_case[0]}
                 row["variants"][variant] = summarize(values, samples=samples, seed=seed)
+            if family == "clean" and "typed" in row["variants"]:  # a rewriter on clean questions: its paired MRR@10 change
+                typed = [case_metrics(ranks[c.id]["typed"])["mrr@10"] for c in group]
+                row["deltas_vs_typed"] = {
+                    v: paired_mean_test([case_metrics(ranks[c.id][v])["mrr@10"] for c in group], typed, samples=samples, seed=seed)
+                    for v in row["variants"] if v != "typed"
+                }
             oracle = row["variants"].get("oracle")
             if oracle is not None:
                 for variant, summary in row["variants"].items():
@@ -202,21 +273,24 @@ def evaluate_realistic(
     variants: Sequence[str] = DEFAULT_VARIANTS,
     per_family: Optional[int] = None,
     rank: Optional[Callable[[Sequence[str]], tuple[str, Mapping[str, Sequence[str]]]]] = None,
+    rewriters: Sequence[str] = (),
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The benchmark on `split` (val: dev, test: test) of the open-book corpus of `data_dir`.
     `per_family` generated cases per family (default GENERATED_PER_FAMILY); `rank(texts) ->
     (stack name, {text: ranked node ids})` replaces full's stack (tests)."""
-    from eval.realistic import cases as case_builders
+    from rewrite import cases as case_builders
     from pipeline.data import open_book_corpus
 
     per_family = case_builders.GENERATED_PER_FAMILY if per_family is None else per_family
 
-    for variant in variants:
-        _variant_spec(variant)
     nodes, _, _ = open_book_corpus(data_dir)
     cases = build_cases(data_dir, split, hand_dir=hand_dir, seed=config.eval.seed, per_family=per_family)
+    rewriter_costs = register_rewriters(config, rewriters, cases, show_progress=show_progress, log=log) if rewriters else {}
+    variants = [*variants, *[r for r in rewriters if r not in variants]]
+    for variant in variants:
+        _variant_spec(variant)
     counts = {f: {s: sum(1 for c in cases if c.family == f and c.source == s) for s in SOURCES} for f in FAMILIES}
     log(f"realistic queries, {split}: " + "; ".join(f"{f} " + ", ".join(f"{n} {s}" for s, n in by.items() if n) for f, by in counts.items()))
     texts = {(c.id, v): query_texts(c, v) for c in cases for v in variants if applies(c, v)}
@@ -243,6 +317,7 @@ def evaluate_realistic(
         "counts": counts,
         "families": summarize_groups(cases, ranks, variants, samples=config.eval.bootstrap_samples, seed=config.eval.seed),
         "query_texts": len(set(t for ts in texts.values() for t in ts)),
+        "rewriters": rewriter_costs,
         "seconds": {"retrieval": round(seconds, 1)},
         "cases": [{"id": c.id, "family": c.family, "source": c.source, "kind": c.kind, "relevant": list(c.relevant), "ranks": ranks[c.id]} for c in cases],
     }
@@ -280,12 +355,17 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         for source, row in by_source.items():
             for variant, summary in row["variants"].items():
                 ratios = row["ratios"].get(variant, {})
-                name = "typed (the seed question)" if family == "clean" else variant
+                name = "typed (the seed question)" if family == "clean" and variant == "typed" else variant
                 lines.append(
                     f"| {family} | {source} | {row['n']} | {name} | {_cell(summary, 'mrr@10')} | {_cell(summary, 'recall@1')} | {_cell(summary, 'both@3')} | {_cell(summary, 'both@5')} | "
                     f"{_ratio(ratios, 'mrr@10')} | {_ratio(ratios, 'recall@1')} | {_ratio(ratios, 'both@3')} |"
                 )
     lines += ["", "Query variants: " + "; ".join(f"`{name}`: {help}" for name, help in result["variants"].items()) + "."]
+    clean = (result["families"].get("clean") or {}).get("all", {})
+    for name, test in (clean.get("deltas_vs_typed") or {}).items():
+        lines += ["", f"clean, `{name}` - typed, MRR@10: {test['diff']:+.4f} [{test['ci95_low']:+.4f}, {test['ci95_high']:+.4f}] (paired bootstrap over the {clean['n']} questions)."]
+    for name, cost in (result.get("rewriters") or {}).items():
+        lines += ["", f"`{name}`: {cost['lm_calls']} of {cost['cases']} messages sent to the LM (the rest passed the gate as typed), {cost['seconds']} s batched; methods {cost['methods']}."]
     counts = "; ".join(f"{family}: " + ", ".join(f"{n} {source}" for source, n in by.items() if n) for family, by in result["counts"].items())
     lines += ["", f"Cases: {counts}. {result['query_texts']} distinct query texts searched in {result['seconds']['retrieval']} s."]
     return "\n".join(lines)
@@ -300,7 +380,11 @@ def evaluate_cli(config: Config, args: Any, *, default_retrievers: str, log: Cal
     if args.tune or args.retrievers != default_retrievers:
         raise ConfigError("--queries realistic searches with full's first stage and reranker under the profile; drop --tune and --retrievers (change the stack with --set)")
     hand_dir = None if (args.cases or "").lower() == "none" else (args.cases or DATA_DIR)
-    return evaluate_realistic(config, config.data.dir, args.split, hand_dir=hand_dir, show_progress=not args.quiet, log=log)
+    rewriters = [r.strip() for r in (getattr(args, "rewriters", None) or "").split(",") if r.strip()]
+    unknown = [r for r in rewriters if r not in REWRITERS]
+    if unknown:
+        raise ConfigError(f"--rewriters: unknown {unknown}; choose among {', '.join(REWRITERS)}")
+    return evaluate_realistic(config, config.data.dir, args.split, hand_dir=hand_dir, rewriters=rewriters, show_progress=not args.quiet, log=log)
 
 
 def readme(result: Mapping[str, Any], *, title: str = "realistic: query rewriting's benchmark") -> str:
@@ -322,7 +406,7 @@ def readme(result: Mapping[str, Any], *, title: str = "realistic: query rewritin
         "",
         "Families: `clean` (the seed question itself), `follow-up` (the last turn of a conversation: pronouns, ellipsis, and topic shifts whose last turn stands alone),"
         " `verbose` (one ask wrapped in fluff, red herrings and typos), `compound` (two asks in one message, two relevant passages).",
-        " `hand`: written by hand as users type (eval/realistic/data); `generated`: built from the split's own questions (eval/realistic/cases.py).",
+        " `hand`: written by hand as users type (eval/realistic/data); `generated`: built from the split's own questions (rewrite/cases.py).",
         "",
         to_markdown(result).replace("### ", "## ", 1),
         "",

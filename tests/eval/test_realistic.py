@@ -10,9 +10,10 @@ import shutil
 
 import pytest
 
-from eval.realistic import benchmark, cases
-from eval.realistic.benchmark import QueryVariant, case_metrics, query_texts, register_variant, summarize_groups, target_ranks
-from eval.realistic.cases import Case, build_cases, generate_cases, inject_typos, load_hand_cases, resolve_cases, same_topic_pairs, with_pronoun
+from eval.realistic import benchmark
+from rewrite import cases
+from eval.realistic.benchmark import QueryVariant, case_metrics, query_texts, register_variant, merge_rankings, summarize_groups, target_ranks
+from rewrite.cases import Case, build_cases, generate_cases, inject_typos, load_hand_cases, resolve_cases, same_topic_pairs, with_pronoun
 from pipeline.data import DataError
 
 QUESTIONS = [
@@ -180,7 +181,7 @@ def test_every_hand_written_case_resolves_to_a_seed_question_of_its_split(seed_d
     splits = seed_dir / "splits"
     answers = [json.loads(line)["answer"] for s in ("train", "val", "test") for line in (splits / f"{s}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     for split in ("val", "test"):
-        hand = resolve_cases(load_hand_cases(cases.DATA_DIR / f"{split}.jsonl", split), _questions(splits, split), split)
+        hand = resolve_cases(load_hand_cases(benchmark.DATA_DIR / f"{split}.jsonl", split), _questions(splits, split), split)
         for family in ("follow-up", "verbose", "compound"):
             assert sum(c.family == family for c in hand) >= 25, (split, family)
         follow = [c for c in hand if c.family == "follow-up"]
@@ -222,8 +223,9 @@ def test_metrics_on_fixed_rankings():
     # one list: target a at 1, b at 4
     assert target_ranks([["a", "x", "y", "b"]], ["a", "b"]) == [1, 4]
     assert case_metrics([1, 4]) == {"mrr@10": (1 + 0.25) / 2, "recall@1": 0.5, "both@3": 0.0, "both@5": 1.0}
-    # oracle: each target in its own list, best rank over the lists
-    assert target_ranks([["a", "b"], ["y", "b", "a"]], ["a", "b"]) == [1, 2]
+    # several lists are merged round-robin as the engine merges them: a, y, b, ...
+    assert target_ranks([["a", "b"], ["y", "b", "a"]], ["a", "b"]) == [1, 3]
+    assert merge_rankings([["a", "b", "c"], ["b", "d"]]) == ["a", "b", "d", "c"]
     assert case_metrics([1, 2])["both@3"] == 1.0 and case_metrics([3, 3])["both@3"] == 1.0 and case_metrics([1, 4])["both@3"] == 0.0
     assert case_metrics([2, None]) == {"mrr@10": 0.25, "recall@1": 0.0, "both@3": 0.0, "both@5": 0.0}
     assert case_metrics([11]) == {"mrr@10": 0.0, "recall@1": 0.0}  # beyond 10 counts nothing; one target: no both@k

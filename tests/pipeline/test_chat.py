@@ -230,20 +230,22 @@ def test_condensing_off_searches_the_message_as_typed(config, retrieved):
     assert retrieved[-1] == FOLLOW_UP
 
 
-def test_a_trained_condenser_replaces_the_lm_by_config_and_a_missing_one_names_its_command(config, tmp_path):
-    trained = dataclasses.replace(config, chat=dataclasses.replace(config.chat, condense_adapter=config.rewrite.adapter))
-    condenser, rewriter = StubLLM(STANDALONE), StubLLM("not me")
-    chat = build_chat_engine(trained, "nn_answer", components=Components(trained, llms={"condenser": condenser, "rewriter": rewriter}))
-    chat.chat(FIRST)
-    assert chat.chat(FOLLOW_UP).metadata["standalone_question"] == STANDALONE
-    assert len(condenser.calls) == 1 and not rewriter.calls
+def test_the_trained_condenser_serves_a_system_that_condenses_with_it_and_a_missing_one_names_its_command(config, tmp_path):
+    from pipeline.chat import default_condenser
+    from pipeline.systems import get_system
 
-    missing = dataclasses.replace(config, chat=dataclasses.replace(config.chat, condense_adapter=str(tmp_path / "no-condenser")))
-    chat = build_chat_engine(missing, "nn_answer", components=Components(missing))
-    chat.chat(FIRST)  # a first turn loads no condenser
+    trained = dataclasses.replace(config, rewrite=dataclasses.replace(config.rewrite, mode="condense", condense_adapter=config.rewrite.adapter))
+    condenser, base = StubLLM(STANDALONE), StubLLM("not me")
+    components = Components(trained, llms={"condenser": condenser, "base": base})
+    assert default_condenser(trained, get_system("full", trained), components).llm is condenser
+    assert default_condenser(trained, get_system("full-base-rewriter", trained), components).llm is base  # the zero-shot ablation
+    assert default_condenser(trained, get_system("nn_answer", trained), components).llm is base  # no rewriter of its own
+
+    missing = dataclasses.replace(trained, rewrite=dataclasses.replace(trained.rewrite, condense_adapter=str(tmp_path / "no-condenser")))
+    lazy = default_condenser(missing, get_system("full", missing), Components(missing))  # builds nothing yet
     with pytest.raises(ArtifactMissingError, match="the condenser adapter is not built") as raised:
-        chat.chat(FOLLOW_UP)
-    assert str(tmp_path / "no-condenser") in str(raised.value) and len(chat.chat_history) == 2
+        lazy.llm
+    assert str(tmp_path / "no-condenser") in str(raised.value) and "finetune.condenser" in str(raised.value)
 
 
 # ------------------------------------------------------------------ streaming and async

@@ -243,3 +243,55 @@ def test_query_batch_writes_the_first_round_rewrites_in_one_batched_pass(tiny_co
         first = response.metadata["rounds"][0]
         assert first["mode"] == "hyde" and first["rewrite"]["texts"] == alone.query(question).metadata["rounds"][0]["rewrite"]["texts"]
         assert response.metadata["timings"]["rewrite"] >= first["rewrite"]["seconds"] - 1e-4 and first["rewrite"]["seconds"] > 0  # its share of the batched pass (the trace rounds to 4 digits)
+
+
+# ------------------------------------------------------------------ rewrite.mode condense
+
+
+def test_condense_mode_searches_a_clean_question_as_typed_and_each_ask_of_a_joined_one_on_its_own(tiny_config, demo_dir):
+    """Under rewrite.mode condense a clean question costs no LM call; a joined one is rewritten
+    (here by a scripted LM) into one question per ask, each retrieved and reranked on its own, the
+    passages taken from both lists, and the generator reads the rewrite."""
+    from llama_index.core.base.llms.types import CompletionResponse, LLMMetadata
+    from llama_index.core.llms.custom import CustomLLM
+
+    from pipeline.data import load_split
+    from pipeline.index import qa_node_id
+
+    class Scripted(CustomLLM):
+        calls: list = []
+
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata()
+
+        def complete(self, prompt, formatted=False, **kwargs):
+            self.calls.append(prompt)
+            return CompletionResponse(text="Compare TCP and UDP.\nExplain the TCP three-way handshake.")
+
+        def stream_complete(self, prompt, formatted=False, **kwargs):
+            raise NotImplementedError
+
+    config = dataclasses.replace(
+        tiny_config,
+        rewrite=dataclasses.replace(tiny_config.rewrite, mode="condense", condense_adapter=None),
+        agent=dataclasses.replace(tiny_config.agent, max_rounds=1),
+    )
+    scripted = Scripted()
+    full = build_query_engine(config, "full", components=Components(config, llms={"base": scripted}))
+
+    clean = full.query("What is a B-tree?")
+    first = clean.metadata["rounds"][0]
+    assert scripted.calls == [] and first["mode"] == "condense" and first["rewrite"]["method"] == "as-is"
+    assert clean.metadata["search_question"] == "What is a B-tree?"
+
+    train = {r["question"]: r for r in load_split(demo_dir, "train")}
+    wanted = {qa_node_id(q, train[q]["answer"]) for q in ("Compare TCP and UDP.", "Explain the TCP three-way handshake.")}
+    joined = full.query("hey, two things for my networking exam: tcp vs udp, and what's the three-way handshake")
+    first = joined.metadata["rounds"][0]
+    assert len(scripted.calls) == 1 and first["rewrite"]["texts"] == ["Compare TCP and UDP.", "Explain the TCP three-way handshake."]
+    assert wanted <= {row["id"] for row in first["retrieved"]}, "the candidates must cover both asks"
+    # the passages alternate between the two reranked lists (each list's best first)
+    reranked = first["reranked"]
+    assert [n.node.node_id for n in joined.source_nodes] == [row["id"] for row in reranked][: len(joined.source_nodes)]
+    assert joined.metadata["search_question"] == "Compare TCP and UDP. Explain the TCP three-way handshake."

@@ -11,8 +11,8 @@ from llama_index.core.llms.custom import CustomLLM
 
 from pipeline.models import PromptTooLongError
 from rewrite import Condenser, needs_condensing
-from rewrite.condense import LONG_MESSAGE_CHARS, clean_condensed
-from rewrite.prompts import CONDENSE_SYSTEM, condense_messages, condense_training_example
+from rewrite.condense import LONG_MESSAGE_CHARS, MESSAGE_CHARS, bounded_message, clean_condensed, question_lines
+from rewrite.prompts import CONDENSE_SYSTEM, condense_messages, condense_training_example, llamaindex_condense_messages
 
 HISTORY = [
     ChatMessage(role=MessageRole.USER, content="What is a B-tree?", additional_kwargs={"standalone_question": "What is a B-tree?"}),
@@ -51,7 +51,6 @@ STANDALONE = [
     "What is a B-tree?",
     "How does a hash table handle collisions?",
     "What is a lock that threads share?",  # a relative 'that' refers to nothing earlier
-    "What is the difference between TCP and UDP?",
     "Examples of sorting algorithms",
     "Why is Python slow?",
     "Define recursion",
@@ -88,18 +87,35 @@ def test_a_follow_up_is_sent_to_the_condenser_with_its_reason(message, why):
     assert needed and why in reason
 
 
-@pytest.mark.parametrize("message", ["and why do databases use it?", "Why?"])
-def test_a_first_turn_is_never_condensed(message):
-    assert needs_condensing(message, []) == (False, "first turn: no earlier question")
+@pytest.mark.parametrize("message", ["Why?", "What is a B-tree?", "Explain the CAP theorem in distributed systems."])
+def test_a_clean_first_turn_costs_no_model_call(message):
+    assert needs_condensing(message, []) == (False, "first turn: one clean question")
     only_answers = [ChatMessage(role=MessageRole.ASSISTANT, content="Hello")]
     assert needs_condensing(message, only_answers)[0] is False
 
 
-def test_a_long_message_carries_its_own_context():
+JOINED_OR_WRAPPED = {
+    "whats a bloom filter for + how does a binary heap keep its order": "'+'",
+    "explain the raft consensus algorithm. also whats a quorum in distributed dbs": "several sentences",
+    "what is a zombie process & what does the scheduler do in an OS": "'&'",
+    "two things: what is a message broker": "'two things'",
+    "What is the difference between TCP and UDP?": "'and'",  # one ask, but the gate cannot tell: the LM copies it
+    "hi all, my manager keeps mentioning this in standups and honestly I am lost, last week it was GitOps, can someone tell me what a canary deployment is": "long message",
+}
+
+
+@pytest.mark.parametrize(("message", "why"), JOINED_OR_WRAPPED.items())
+def test_a_joined_or_wrapped_message_goes_to_the_model_first_turn_or_not(message, why):
+    needed, reason = needs_condensing(message, [])
+    assert needed and why in reason
+    assert needs_condensing(message, HISTORY)[0]  # after the first turn too (maybe for another reason first)
+
+
+def test_a_long_follow_up_goes_to_the_model():
     message = "Why does it crash? " + "x = compute(it) " * 40
     assert len(message) > LONG_MESSAGE_CHARS
     needed, reason = needs_condensing(message, HISTORY)
-    assert not needed and reason.startswith("long message")
+    assert needed and reason.startswith("long message")
 
 
 @pytest.mark.parametrize("message", ["哈希表如何处理冲突？", "🙂🚀🔥", "Как работает хеш-таблица?"])
@@ -123,16 +139,18 @@ def test_condense_prompt_shows_the_conversation_with_answers_cut_and_the_last_me
 
 
 @pytest.mark.parametrize(
-    ("raw", "question"),
+    ("raw", "questions"),
     [
-        ("Why do databases use B-trees?", "Why do databases use B-trees?"),
-        ('Standalone question: "Why do databases use B-trees?"\nAnswer: because', "Why do databases use B-trees?"),
-        ("\n\n  Question: How are B-trees balanced?  \nQuestion: next", "How are B-trees balanced?"),
-        ("", ""),
+        ("Why do databases use B-trees?", ["Why do databases use B-trees?"]),
+        ('Standalone question: "Why do databases use B-trees?"', ["Why do databases use B-trees?"]),
+        ("\n\n  Question: How are B-trees balanced?  \n1. What is a heap?\nhow are b-trees balanced?", ["How are B-trees balanced?", "What is a heap?"]),
+        ("What is Raft?\nWhat is a quorum?\nWhat is Paxos?\nWhat is ZAB?", ["What is Raft?", "What is a quorum?", "What is Paxos?"]),
+        ("", []),
+        ("?\n!", []),
     ],
 )
-def test_the_models_text_is_cleaned_to_one_question(raw, question):
-    assert clean_condensed(raw) == question
+def test_the_models_text_is_cleaned_to_at_most_three_distinct_questions(raw, questions):
+    assert clean_condensed(raw) == questions
 
 
 # ------------------------------------------------------------------ the Condenser
@@ -177,3 +195,46 @@ def test_condensing_off_uses_every_message_as_typed():
         Condenser(None)
     with pytest.raises(ValueError, match="non-empty string"):
         condenser.condense("  ", HISTORY)
+
+
+def test_a_compound_message_becomes_one_search_question_per_line():
+    llm = CountingLLM("What is a zombie process?\nWhat does the scheduler do in an OS?")
+    made = Condenser(llm).condense("what is a zombie process & what does the scheduler do in an OS", [])
+    assert made.questions == ("What is a zombie process?", "What does the scheduler do in an OS?") and made.changed
+    assert made.question == "What is a zombie process?\nWhat does the scheduler do in an OS?"
+    # the query engine is given those lines: they are used as they are, with no second model call
+    again = Condenser(llm).condense(made.question, [])
+    assert again.questions == made.questions and again.method == "lines" and len(llm.calls) == 1
+
+
+def test_question_lines_needs_two_or_three_short_lines():
+    assert question_lines("What is Raft?\n\nWhat is a quorum?") == ["What is Raft?", "What is a quorum?"]
+    assert question_lines("What is Raft?") == []
+    assert question_lines("a\nb\nc\nd") == []
+    assert question_lines("What is Raft?\n" + "word " * 30) == []
+
+
+def test_a_100kb_message_reaches_the_model_bounded():
+    message = "I pasted my whole log, sorry. " + "ERROR connection reset " * 5000 + " so what is a TCP reset?"
+    assert len(message) > 100_000
+    assert len(bounded_message(message)) <= MESSAGE_CHARS + 3 and bounded_message(message).endswith("what is a TCP reset?")
+    llm = CountingLLM("What is a TCP reset?")
+    made = Condenser(llm).condense(message, [])
+    assert made.questions == ("What is a TCP reset?",) and len(llm.calls[0]) < MESSAGE_CHARS + 2000
+
+
+def test_condense_many_equals_one_by_one_and_skips_the_gated():
+    items = [("What is a B-tree?", []), ("and why do databases use it?", HISTORY), ("Is it thread-safe?", HISTORY)]
+    llm = CountingLLM("Why do databases use B-trees?")
+    many = Condenser(llm).condense_many(items)
+    assert len(llm.calls) == 2 and [m.condensed for m in many] == [False, True, True]
+    one = [Condenser(CountingLLM("Why do databases use B-trees?")).condense(m, h) for m, h in items]
+    assert [m.questions for m in many] == [m.questions for m in one]
+
+
+def test_llamaindex_prompt_without_the_gate_condenses_every_later_turn_and_no_first_turn():
+    llm = CountingLLM("What is a B-tree used for?")
+    condenser = Condenser(llm, prompt=llamaindex_condense_messages, gate=False)
+    assert not condenser.condense("hi all, long story, but what is a B-tree and a heap", []).condensed
+    made = condenser.condense("How does a hash table handle collisions?", HISTORY)
+    assert made.condensed and "<Follow Up Message>" in llm.calls[0] and "user: What is a B-tree?" in llm.calls[0]

@@ -157,12 +157,14 @@ def test_timing_text_lists_stages_in_pipeline_order_and_the_wall_total():
 
 def test_searched_as_says_how_the_question_was_read():
     condensed = {"standalone_question": "How are B-trees balanced?", "condensed": True, "condense": {"reason": "refers back: 'it'", "method": "llm"}}
-    assert render.searched_as(condensed) == "searched as: How are B-trees balanced? (condensed from the conversation; refers back: 'it')"
+    assert render.searched_as(condensed) == "searched as: How are B-trees balanced? (rewritten by the condenser; refers back: 'it')"
     fallback = {**condensed, "condense": {"reason": "elliptical: no subject of its own", "method": "fallback"}}
     assert "the previous question + this message" in render.searched_as(fallback)
     typed = {"standalone_question": "What is a B-tree?", "condensed": False, "condense": {"reason": "first turn: no earlier question"}}
     assert render.searched_as(typed) == "searched as: What is a B-tree? (the message as typed; first turn: no earlier question)"
     assert render.searched_as({}) == ""  # a single-question engine's metadata
+    compound = {"standalone_question": "What is Raft?\nWhat is a quorum?", "condensed": True, "condense": {"reason": "may ask two things: 'also'", "method": "llm"}}
+    assert render.searched_as(compound).startswith("searched as: What is Raft? | What is a quorum? (rewritten by the condenser")
 
 
 # ------------------------------------------------------------------ feedback

@@ -12,7 +12,7 @@ Families:
   compound   two asks in one message; two distinct targets.
 
 Sources:
-  hand       written by hand, as a new user would type: `eval/realistic/data/{val,test}.jsonl`.
+  hand       written by hand, as a new user would type: the benchmark's `eval/realistic/data/{val,test}.jsonl`.
   generated  built here from the split's own questions, deterministic with a seed: same-topic
              question pairs (sharing a salient noun phrase) for follow-ups whose last turn names
              the topic with a pronoun, topic shifts, verbose wrappers (fluff + a red herring drawn
@@ -42,7 +42,6 @@ FAMILIES = ("clean", "follow-up", "verbose", "compound")
 HAND_FAMILIES = ("follow-up", "verbose", "compound")
 SOURCES = ("hand", "generated")
 ROLES = ("user", "assistant")
-DATA_DIR = Path(__file__).resolve().parent / "data"  # the hand-written cases: {val,test}.jsonl
 GENERATED_PER_FAMILY = 100  # generated cases per family and split (at most; follow-ups need same-topic pairs)
 TOPIC_SHIFT_SHARE = 0.25  # of the generated follow-ups: the last turn is standalone, the history is another topic
 HAND_KEYS = {"id", "family", "split", "kind", "history", "message", "targets", "note"}
@@ -110,7 +109,7 @@ def load_hand_cases(path: str | Path, split: str) -> list[Case]:
     """The hand-written cases of `split` from a JSONL file (one case per line; see data/README.md)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: missing; the hand-written {split} cases live in {DATA_DIR}/{split}.jsonl (or pass another folder with {split}.jsonl)")
+        raise DataError(f"{path}: missing; the benchmark's hand-written {split} cases live in eval/realistic/data/{split}.jsonl (or pass another folder with {split}.jsonl)")
     cases, seen = [], set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -523,13 +522,13 @@ def build_cases(
     data_dir: str | Path,
     split: str,
     *,
-    hand_dir: Optional[str | Path] = DATA_DIR,
+    hand_dir: Optional[str | Path] = None,
     seed: int = 42,
     per_family: int = GENERATED_PER_FAMILY,
 ) -> list[Case]:
     """Every case of the benchmark for `split`, resolved against that split's questions of
     `data_dir`: clean, the hand-written ones of `hand_dir/<split>.jsonl` (val and test; none with
-    `hand_dir=None`), and the generated ones. `split="train"` is the training-data mode: clean and
+    `hand_dir=None`; the benchmark's are in eval/realistic/data), and the generated ones. `split="train"` is the training-data mode: clean and
     generated cases from the train split only (nothing is written by hand for train). Only the
     given split's file is read."""
     if split not in SPLITS:

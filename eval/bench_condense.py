@@ -1,0 +1,130 @@
+"""What the condense step costs per message: the gate alone, and the LM where the gate sends it.
+
+    python -m eval.bench condense --data ../shared/data/seed-technical-qa/splits --split val
+    python -m eval.bench condense --adapter none --limit 40        # the base LM (zero-shot) instead
+
+Each realistic case of the split (rewrite/cases.py; the hand-written ones of eval/realistic/data
+and the generated ones) is condensed one message at a time, as a chat turn is, with the trained
+condenser (`rewrite.condense_adapter`, or the base LM with `--adapter none`), after
+`--warmup` untimed messages. Printed per family: how many messages the gate sent to the LM, and
+the wall time of the whole condense step per message, p50 / p90 in ms, over all messages and over
+those the LM rewrote. A standalone first turn (the clean family) costs the gate only: its time is
+printed in microseconds, and its LM calls (0) are counted, not assumed. The model loads before the
+clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline.cli import add_io_arguments, run_record
+from pipeline.config import add_config_arguments
+from pipeline.errors import run_cli
+from pipeline.fileio import write_json
+from rewrite.cases import FAMILIES, build_cases
+
+
+def _ms(values: Sequence[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    arr = np.asarray(values) * 1000
+    return {"n": len(values), "p50_ms": round(float(np.percentile(arr, 50)), 1), "p90_ms": round(float(np.percentile(arr, 90)), 1), "mean_ms": round(float(arr.mean()), 1)}
+
+
+def measure(config: Any, split: str, *, adapter: bool, hand_dir: Any, limit: int | None, warmup: int) -> dict[str, Any]:
+    from llama_index.core.base.llms.types import ChatMessage
+
+    from pipeline.models import load_llm
+    from rewrite.condense import Condenser
+
+    cases = build_cases(config.data.dir, split, hand_dir=hand_dir, seed=config.eval.seed)
+    if limit:
+        by_family = {f: [c for c in cases if c.family == f][:limit] for f in FAMILIES}
+        cases = [c for f in FAMILIES for c in by_family[f]]
+    llm = load_llm(config, adapter=config.rewrite.condense_adapter if adapter else None, verbose=False)
+    condenser = Condenser(llm, max_new_tokens=config.rewrite.max_new_tokens, max_questions=config.rewrite.n_queries)
+    history = {c.id: [ChatMessage(role=t["role"], content=t["content"]) for t in c.history] for c in cases}
+    warm = [c for c in cases if condenser.gate(c.message, history[c.id])[0]][:warmup]
+    for case in warm:
+        condenser.condense(case.message, history[case.id])
+    out: dict[str, Any] = {}
+    for family in FAMILIES:
+        members = [c for c in cases if c.family == family]
+        if not members:
+            continue
+        every, rewritten = [], []
+        for case in members:
+            started = time.perf_counter()
+            made = condenser.condense(case.message, history[case.id])
+            seconds = time.perf_counter() - started
+            every.append(seconds)
+            if made.condensed:
+                rewritten.append(seconds)
+        row = {"messages": len(members), "lm_calls": len(rewritten), "all": _ms(every), "rewritten": _ms(rewritten)}
+        gated_out = [s for s, case in zip(every, members) if not condenser.gate(case.message, history[case.id])[0]]
+        row["gated_out_us_p50"] = round(float(np.median(gated_out)) * 1e6, 1) if gated_out else None
+        out[family] = row
+    return {"split": split, "adapter": config.rewrite.condense_adapter if adapter else None, "cases": len(cases), "warmup": len(warm), "families": out}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Condense step per message, split {result['split']}, {'trained condenser ' + str(result['adapter']) if result['adapter'] else 'base LM (zero-shot)'}; one message at a time after {result['warmup']} warm-up messages.",
+        "",
+        "| family | messages | sent to the LM | all: p50 / p90 ms | rewritten: p50 / p90 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for family, row in result["families"].items():
+        every, rewritten = row["all"], row["rewritten"]
+        cell = lambda s: f"{s['p50_ms']} / {s['p90_ms']}" if s.get("n") else "–"  # noqa: E731
+        lines.append(f"| {family} | {row['messages']} | {row['lm_calls']} | {cell(every)} | {cell(rewritten)} |")
+    clean = result["families"].get("clean")
+    if clean:
+        lines += ["", f"A standalone first turn (clean, gated out): {clean['gated_out_us_p50']} µs p50 for the gate, no LM call."]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.bench condense", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    add_config_arguments(parser)
+    add_io_arguments(
+        parser,
+        data="Prepared data folder whose realistic cases are condensed. Default: data.dir of the profile.",
+        split="Split of the cases (val: dev; test). Default: val.",
+        split_default="val",
+        formats="md (a table) or json.",
+        out="Also write the result as JSON here.",
+    )
+    parser.add_argument("--adapter", choices=["trained", "none"], default="trained", help="trained: rewrite.condense_adapter (python -m finetune.condenser); none: the base LM with the same prompt. Default: trained.")
+    parser.add_argument("--cases", metavar="DIR", help="Folder with the hand-written cases <split>.jsonl (default: eval/realistic/data); 'none': generated cases only.")
+    parser.add_argument("--limit", type=int, metavar="N", help="At most N cases per family (quick runs). Default: all.")
+    parser.add_argument("--warmup", type=int, default=3, metavar="N", help="Untimed messages through the LM first. Default: 3.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+
+    def body() -> None:
+        from eval.realistic.benchmark import DATA_DIR
+        from pipeline.cli import config_for_data
+
+        config = config_for_data(args)
+        hand_dir = None if (args.cases or "").lower() == "none" else (args.cases or DATA_DIR)
+        result = measure(config, args.split, adapter=args.adapter == "trained", hand_dir=hand_dir, limit=args.limit, warmup=args.warmup)
+        result["run"] = run_record("eval.bench condense", argv, started)
+        if args.out:
+            write_json(args.out, result)
+        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
