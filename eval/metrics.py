@@ -42,6 +42,7 @@ from pipeline.metrics import (
     paired_bootstrap_test,
 )
 from pipeline.models import ModelNotFoundError, check_model_source, require_safetensors, resolve_device, resolve_model
+from pipeline.support import lcs_length
 
 # --------------------------------------------------------------------------------------------
 # answer metrics: per question, so that the bootstrap can resample them
@@ -150,24 +151,9 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     return bleu_from_statistics(bleu_statistics(predictions, references).sum(axis=0))
 
 
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token lists, bit-parallel (Hyyro 2004):
-    about len(a) * len(b) / 64 machine-word steps. rouge_score fills a pure-Python table instead,
-    which takes minutes for a pair of 20,000-word texts."""
-    masks: dict[str, int] = {}
-    for i, token in enumerate(b):
-        masks[token] = masks.get(token, 0) | (1 << i)
-    full = (1 << len(b)) - 1
-    v = full
-    for token in a:
-        u = v & masks.get(token, 0)
-        v = (v + u) | (v - u)
-    return len(b) - bin(v & full).count("1")
-
-
 def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """Per-pair ROUGE-L F1 of `rouge_score`, no stemmer (the reference experiment's setting): its
-    tokenizer and formula, with the LCS length computed by `_lcs_length` (the same integer)."""
+    tokenizer and formula, with the LCS length computed by `pipeline.support.lcs_length` (the same integer)."""
     from rouge_score import scoring, tokenizers
 
     _check_pairs(predictions, references)
@@ -178,7 +164,7 @@ def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> list[fl
         if not target_tokens or not prediction_tokens:
             values.append(0.0)
             continue
-        lcs = _lcs_length(target_tokens, prediction_tokens)
+        lcs = lcs_length(target_tokens, prediction_tokens)
         values.append(scoring.fmeasure(lcs / len(prediction_tokens), lcs / len(target_tokens)))
     return values
 

@@ -10,11 +10,12 @@
     chat.reset()                                            # a new conversation
 
 One turn: the message (+ the conversation in memory, or the `chat_history` passed) -> the condense
-step of rewrite/ (`rewrite.Condenser`: its gate keeps a first turn or a standalone message as typed,
-with no LM call; a follow-up is rewritten into a standalone question by the rewriter's LM, or by
-the trained condenser at rewrite.condense_adapter) -> the system's query engine
-(`build_query_engine(config, system)`) answers the standalone question: retrieval, the reranker
-and the generator all read it. The memory keeps the user's own words (a condensed question rides
+step of rewrite/ (`rewrite.Condenser`: its gate keeps a clean question as typed, with no LM call;
+a follow-up, a wrapped or a joined message is rewritten into its standalone search question(s) by
+the trained condenser at rewrite.condense_adapter for a system that condenses with it under
+rewrite.mode condense, else by the base LM) -> the system's query engine
+(`build_query_engine(config, system)`) answers the standalone question(s): retrieval, the reranker
+and the generator all read them, each ask retrieved and reranked on its own. The memory keeps the user's own words (a condensed question rides
 along in the message's `additional_kwargs["standalone_question"]`) and the answers.
 
 Memory: a `ChatMemory` (LlamaIndex's `ChatMemoryBuffer` whose store itself is bounded) of

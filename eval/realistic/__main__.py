@@ -1,6 +1,7 @@
-"""Render a realistic-benchmark run's README from its JSON.
+"""Render the realistic benchmark's README from its runs' JSON: retrieval runs, answers, latency.
 
-    python -m eval.realistic results/realistic/retrieval-val.json --out results/realistic/README.md
+    python -m eval.realistic results/realistic/retrieval-val.json results/realistic/retrieval-test.json \
+        results/realistic/answers-test.json results/realistic/latency-val.json --out results/realistic/README.md
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from eval.realistic.benchmark import readme
+from eval.realistic.benchmark import readme, run_lines
 from pipeline.data import DataError
 from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text
@@ -19,15 +20,25 @@ from pipeline.fileio import atomic_write_text
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.realistic", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="The JSON that `python -m eval.retrieval --queries realistic --out FILE` wrote.")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="JSON files, in the order shown: what `python -m eval.retrieval --queries realistic --out FILE`, `python -m eval.realistic.answers --out FILE` or `python -m eval.bench condense --out FILE` wrote.")
     parser.add_argument("--out", metavar="FILE", help="Write the README here (default: print it).")
     args = parser.parse_args(argv)
 
     def body() -> None:
-        path = Path(args.run)
-        if not path.is_file():
-            raise DataError(f"{path}: missing; write it first: python -m eval.retrieval --queries realistic --split val --out {path}")
-        text = readme(json.loads(path.read_text(encoding="utf-8")))
+        from eval.bench_condense import to_markdown as latency_table
+        from eval.realistic.answers import to_markdown as answers_table
+
+        results = []
+        for run in args.runs:
+            path = Path(run)
+            if not path.is_file():
+                raise DataError(f"{path}: missing; write it first: python -m eval.retrieval --queries realistic --split val --out {path}")
+            results.append(json.loads(path.read_text(encoding="utf-8")))
+        sections = {
+            "answers": lambda r: "\n".join([f"## Answers, split {r['split']}", "", *run_lines(r), "", answers_table(r).replace("### ", "#### ", 1)]),
+            "latency": lambda r: "\n".join([f"## What the condense step costs, split {r['split']}", "", *run_lines(r), "", latency_table(r)]),
+        }
+        text = readme(results, sections=sections)
         if args.out:
             atomic_write_text(args.out, text)
         else:
