@@ -253,15 +253,56 @@ def retrieval_stack(config: Config) -> str:
     return full_stack_variants(config_from_dict(raw), ["full-no-rewrite"])["full-no-rewrite"]
 
 
+def rank_cache_path(config: Config, stack: str, nodes: Sequence[Any]) -> Path:
+    """Where the ranked lists of this stack over this corpus are kept ({run_dir}/cache): keyed by
+    the stack, its settings, the identity of the embedder and reranker it reads, and the corpus,
+    so a list is reused only where the same stack would rank it the same way."""
+    import hashlib
+    import json
+
+    from eval.build import artifact_fingerprint
+
+    key = {
+        "stack": stack,
+        "retrieve": config.to_dict()["retrieve"],
+        "rerank": {k: v for k, v in config.to_dict()["rerank"].items() if k != "batch_size"},
+        "embedder": artifact_fingerprint(config.finetune.embedder.output) if config.index.finetuned_embedder else config.index.embed_model,
+        "reranker": artifact_fingerprint(config.rerank.model) if config.rerank.enabled else None,
+        "corpus": hashlib.sha256("\n".join(f"{n.node_id}\t{n.get_content()}" for n in nodes).encode("utf-8")).hexdigest()[:16],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return Path(config.run_dir) / "cache" / f"realistic-ranks-{digest}.jsonl"
+
+
 def rank_with_stack(config: Config, nodes: Sequence[Any], texts: Sequence[str], *, show_progress: bool = True, log: Callable[[str], None] = lambda *_: None) -> tuple[str, dict[str, list[str]]]:
-    """The stack's name and the ranked node ids (best first, 20 deep) of every distinct text."""
+    """The stack's name and the ranked node ids (best first, 20 deep) of every distinct text. Lists
+    ranked by an earlier run of the same stack are read from `rank_cache_path`; new ones are
+    appended to it as they are made (in chunks: a killed run keeps what it ranked)."""
+    from pipeline.fileio import append_lines, read_complete_lines
     from pipeline.metrics import DEPTH
     from rerank.evaluate import evaluate_variants
 
     stack = retrieval_stack(config)
     unique = list(dict.fromkeys(texts))
-    ranked = evaluate_variants(config, nodes, unique, [stack], depth=DEPTH, show_progress=show_progress, log=log)[stack]
-    return stack, dict(zip(unique, ranked))
+    cache = rank_cache_path(config, stack, nodes)
+    ranked = {row["text"]: row["ranked"] for row in read_complete_lines(cache)}
+    todo = [t for t in unique if t not in ranked]
+    log(f"{len(unique) - len(todo)} of {len(unique)} query texts ranked by an earlier run ({cache}); ranking {len(todo)}")
+    if todo:
+        from pipeline.index import KnowledgeBase, finetuned_embedder_config
+
+        finetuned = stack.startswith("ft-")
+        kb = KnowledgeBase.from_nodes(finetuned_embedder_config(config) if finetuned else config, nodes, show_progress=show_progress)  # embedded once for every chunk
+        try:
+            chunk = 200
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                lists = evaluate_variants(config, nodes, part, [stack], depth=DEPTH, show_progress=show_progress, log=log, **({"finetuned_kb": kb} if finetuned else {"kb": kb}))[stack]
+                append_lines(cache, ({"text": t, "ranked": list(r)} for t, r in zip(part, lists)))
+                ranked.update(zip(part, lists))
+        finally:
+            kb.close()
+    return stack, {t: ranked[t] for t in unique}
 
 
 def evaluate_realistic(

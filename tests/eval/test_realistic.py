@@ -289,3 +289,54 @@ def test_cli_on_the_tiny_profile(demo_dir, tmp_path, tiny_cross_encoder_dir, cap
     assert "needs --protocol open-book" in capsys.readouterr().err
     assert main([*args, "--retrievers", "bm25"]) == 2
     assert "drop --tune and --retrievers" in capsys.readouterr().err
+
+
+def test_rewriters_are_run_once_per_case_behind_the_gate_and_reported_beside_the_oracle(demo_dir, tmp_path, tiny_cross_encoder_dir, capsys, monkeypatch):
+    """--rewriters: each rewriter (here a scripted LM behind the real Condenser) rewrites every
+    case in one batched pass, the gate keeping clean questions from the LM; its rows sit beside
+    the oracle, the clean family gets its paired change against `typed`, and its cost is reported."""
+    from llama_index.core.base.llms.types import CompletionResponse, LLMMetadata
+    from llama_index.core.llms.custom import CustomLLM
+
+    from eval.retrieval import main, to_markdown
+    from rewrite.condense import Condenser, needs_condensing
+
+    class Echo(CustomLLM):
+        """Writes back the last message, upper-cased: a rewrite that is easy to recognise."""
+
+        calls: list = []
+
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata()
+
+        def complete(self, prompt, formatted=False, **kwargs):
+            self.calls.append(prompt)
+            return CompletionResponse(text=prompt.split("Last message:")[-1].split("\n")[0].strip().upper())
+
+        def stream_complete(self, prompt, formatted=False, **kwargs):
+            raise NotImplementedError
+
+    echo = Echo()
+    monkeypatch.setattr(cases, "GENERATED_PER_FAMILY", 6)
+    monkeypatch.setattr(benchmark, "rewriter_condenser", lambda config, name: Condenser(echo))
+    hand = _hand_file(tmp_path / "hand", "val", _questions(demo_dir, "val"))
+    sets = [f"run_dir={tmp_path}", f"rerank.model={tiny_cross_encoder_dir}", "rerank.kind=cross-encoder", "rerank.enabled=true", "index.finetuned_embedder=false", "rewrite.mode=none", "retrieve.mode=hybrid"]
+    args = ["--data", str(demo_dir), "--queries", "realistic", "--split", "val", "--cases", str(hand), "--quiet", "--rewriters", "condense-base", *(x for s in sets for x in ("--set", s))]
+    assert main([*args, "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    cost = result["rewriters"]["condense-base"]
+    assert cost["cases"] == len(result["cases"]) and cost["lm_calls"] == len(echo.calls) > 0
+    assert set(cost["rewrites"]) == {c["id"] for c in result["cases"]}
+    assert any(text.isupper() for texts in cost["rewrites"].values() for text in texts)  # the LM's rewrites are searched
+    for family in ("clean", "follow-up", "verbose", "compound"):
+        assert "condense-base" in result["families"][family]["all"]["variants"]
+    assert "condense-base" in result["families"]["verbose"]["all"]["ratios"]
+    delta = result["families"]["clean"]["all"]["deltas_vs_typed"]["condense-base"]
+    assert delta["ci95_low"] <= delta["diff"] <= delta["ci95_high"]
+    questions = _questions(demo_dir, "val")
+    gated_out = [q for q in questions if not needs_condensing(q, [])[0]]
+    assert all(cost["rewrites"][c["id"]] == [q] for c, q in zip([c for c in result["cases"] if c["family"] == "clean"], questions) if q in gated_out)
+    assert "`condense-base`:" in to_markdown(result) and "clean, `condense-base` - typed, MRR@10" in to_markdown(result)
+    assert main([*args[:-len(sets) * 2], "--rewriters", "condense-nope"]) == 2
+    assert "unknown ['condense-nope']" in capsys.readouterr().err
