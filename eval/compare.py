@@ -135,6 +135,9 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
         settings["rewrite"] = {k: v for k, v in tree["rewrite"].items() if k != "hyde_question_weight" or v is not None}
     if spec.agent:
         settings["agent"] = tree["agent"]
+    if spec.full_family and spec.retrieve is not None and spec.generator is not None and config.generator.on_unsupported == "quote":
+        # only quoting changes answers (flagging writes metadata): the digests of other runs stay as they were
+        settings["support"] = {"on_unsupported": "quote", "threshold": config.generator.support_threshold}
     settings["artifacts"] = upstream_fingerprints(config, required_artifacts(config, [spec]))
     return settings
 

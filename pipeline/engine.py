@@ -25,7 +25,9 @@ its first round. Either way, several search questions are each retrieved and rer
 own, and the generator's passages are taken from their lists in turn (each list's best first), so
 every ask is covered.
 
-`Response.metadata` holds: `system`; `search_question` (what the generator answered: the
+`Response.metadata` holds: `system`; `support` (a generated answer with retrieval: its lexical
+support by its passages, pipeline.support, and what generator.on_unsupported did: flagged, or
+quoted the best-supported passage instead); `search_question` (what the generator answered: the
 condensed question, else the question); `rewrites` (one per round); `rounds` (each round's mode,
 retrieved ids with retrieval scores, reranked ids with scores before and after reranking, grade
 decision); `not_found`; `low_confidence`; `timings` (seconds per stage: rewrite, retrieve, rerank, generate, total).
@@ -494,6 +496,36 @@ def fixed_answer(spec: SystemSpec, nodes: list[NodeWithScore], grounded: bool) -
     return None
 
 
+def quoted_passage(hit: NodeWithScore, number: int, max_chars: int = 400) -> str:
+    """A passage given instead of an unsupported answer, marked as a quote: a pair's answer, or the
+    start of a document chunk."""
+    text = str(hit.node.metadata.get("answer") or hit.node.get_content()).strip()
+    text = " ".join(text.split())
+    if len(text) > max_chars:
+        text = text[:max_chars].rsplit(" ", 1)[0] + " …"
+    return f'From the knowledge base [{number}]: "{text}"'
+
+
+def check_support(config: Config, spec: SystemSpec, answer: Optional[str], nodes: Sequence[NodeWithScore], *, stream: bool = False) -> tuple[Optional[str], Optional[dict[str, Any]]]:
+    """(the answer to give, its support record) for a generated answer read from `nodes`
+    (generator.support_threshold, generator.on_unsupported; pipeline.support). None: nothing to
+    check (no retrieval, no generator, a fixed answer)."""
+    from pipeline.support import lexical_support
+
+    if answer is None or spec.retrieve is None or spec.generator is None or not nodes or answer == NOT_FOUND_ANSWER:
+        return answer, None
+    score, best = lexical_support(answer, [passage_text(n) for n in nodes])
+    supported = score >= config.generator.support_threshold
+    policy = config.generator.on_unsupported if spec.full_family else "keep"
+    action = "none"
+    if not supported and policy == "quote" and best is not None and not stream:
+        answer, action = quoted_passage(nodes[best], best + 1), "quoted"
+    elif not supported and policy in ("flag", "quote"):
+        action = "flagged"
+    record = {"score": round(score, 4), "passage": None if best is None else best + 1, "supported": supported, "threshold": config.generator.support_threshold, "action": action}
+    return answer, record
+
+
 # ------------------------------------------------------------------------------------------------
 # the query engine
 # ------------------------------------------------------------------------------------------------
@@ -655,7 +687,11 @@ class RagftQueryEngine(BaseQueryEngine):
         }
 
     def _response(self, result: dict[str, Any]) -> Response:
-        return Response(response=result["answer"], source_nodes=list(result["nodes"]), metadata=self._metadata(result))
+        answer, support = check_support(self.config, self.spec, result["answer"], result["nodes"])
+        metadata = self._metadata(result)
+        if support is not None:
+            metadata["support"] = support
+        return Response(response=answer, source_nodes=list(result["nodes"]), metadata=metadata)
 
     def _streaming_response(self, result: dict[str, Any]) -> StreamingResponse:
         state: QueryState = result["state"]
@@ -673,8 +709,14 @@ class RagftQueryEngine(BaseQueryEngine):
             llm = self.components.llm(self.spec.generator)
             passages = [passage_text(n) for n in nodes] or None
             messages = answer_messages(state.asked, passages, max_passage_chars=self.config.generator.max_passage_chars)
-            yield from clean_stream((chunk.delta or "" for chunk in llm.stream_chat(messages)), len(nodes))
+            parts: list[str] = []
+            for part in clean_stream((chunk.delta or "" for chunk in llm.stream_chat(messages)), len(nodes)):
+                parts.append(part)
+                yield part
             metadata["timings"]["generate"] = round(time.perf_counter() - started, 6)
+            _, support = check_support(self.config, self.spec, "".join(parts), nodes, stream=True)  # shown, so only flagged
+            if support is not None:
+                metadata["support"] = support
 
         return StreamingResponse(response_gen=deltas(), source_nodes=nodes, metadata=metadata)
 

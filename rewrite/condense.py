@@ -10,6 +10,8 @@
 The gate (`needs_condensing`) decides, with no model, whether a message needs rewriting to be
 searched well; only then is the LM called. Its rules, in order (the first that applies decides):
 
+0. longer than `PASTE_CHARS` (4000) characters: a paste, used as typed (retrieval reads its first
+   retrieve.max_query_chars; an LM system refuses it clearly when it overflows the context window);
 1. no earlier user turn (a first turn, or after `reset()`): standalone when it reads as one clean
    question (at most `CLEAN_MAX_WORDS` words, one sentence, no second ask joined by "and", "also",
    "plus", "+", "&", "vs" or a comma); otherwise the LM extracts the ask(s): a long message may
@@ -60,7 +62,8 @@ from rewrite.rewriter import resolve_llm
 
 LONG_MESSAGE_CHARS = 400
 CLEAN_MAX_WORDS = 24  # the seed's clean questions have at most 16 words; the verbose ones at least ~30
-MESSAGE_CHARS = 2000  # of a longer message, the prompt shows the first and last halves (a 100 KB paste stays bounded)
+MESSAGE_CHARS = 2000  # of a longer message, the prompt shows the first and last halves
+PASTE_CHARS = 4000  # longer is a paste, not a question: guessing its ask from a part would answer something else
 MAX_QUESTION_CHARS = 400  # a standalone question longer than this is cut: it is a search query
 FALLBACK_PREVIOUS_CHARS = 300
 
@@ -99,6 +102,7 @@ def _words(text: str) -> list[str]:
 
 
 _JOINED_ASK = re.compile(r"\b(?:and|also|plus|vs|versus|separately)\b|[+&,;]|\b1\)|\btwo things\b", re.IGNORECASE)
+_LEADING_CONNECTOR = re.compile(r"^\W*(?:and|but|also|so|or|plus)\b", re.IGNORECASE)
 _SENTENCE_BREAK = re.compile(r"[.?!]\s+(?=\S)")  # a sentence ends and another follows
 
 
@@ -109,7 +113,7 @@ def clean_question(message: str) -> tuple[bool, str]:
         return False, f"long message ({len(words)} words): the ask may be wrapped in context"
     if _SENTENCE_BREAK.search(message.strip()):
         return False, "several sentences: it may ask several things"
-    joined = _JOINED_ASK.search(message)
+    joined = _JOINED_ASK.search(_LEADING_CONNECTOR.sub("", message))  # "and why?" opens with "and": it joins nothing
     if joined:
         return False, f"may ask two things: {joined.group(0)!r}"
     return True, "first turn: one clean question"
@@ -119,6 +123,8 @@ def needs_condensing(message: str, history: Sequence[ChatMessage]) -> tuple[bool
     """(whether `message` needs rewriting, by the LM, to be searched well, why): the gate of the
     module docstring. Costs no model call."""
     text = " ".join(message.split())
+    if len(text) > PASTE_CHARS:
+        return False, f"too long to condense ({len(text)} characters, over {PASTE_CHARS}): a paste, searched as typed"
     if not any(turn.role == MessageRole.USER and (turn.content or "").strip() for turn in history):
         clean, why = clean_question(text)
         return (False, why) if clean else (True, why)

@@ -187,6 +187,9 @@ def show_details(turn: dict[str, Any], feedback_file: str, profile: str) -> None
     st.caption(render.escape_markdown(render.join_nonempty([f"system {turn['system']}", cited, render.timing_text(timings, turn.get("wall"))])))
     if metadata.get("condensed"):  # a follow-up: say at once how it was read (the trace always says it)
         st.caption(render.escape_markdown(render.searched_as(metadata)))
+    unsupported = render.support_text(metadata)
+    if unsupported:
+        st.warning(render.escape_markdown(unsupported), icon=":material/fact_check:")
     if turn.get("not_found"):
         st.info("No passage of the knowledge base was good enough, so the system declined to answer from it.", icon=":material/search_off:")
 

@@ -230,6 +230,17 @@ def grade_text(grade: Optional[Mapping[str, Any]]) -> str:
     return f"{decision}: best {best}, threshold {threshold}"
 
 
+def support_text(metadata: Mapping[str, Any]) -> str:
+    """A warning for an answer that its passages do not support (pipeline.support), else ""."""
+    support = metadata.get("support") or {}
+    if not support or support.get("supported", True):
+        return ""
+    share = f"{100 * float(support.get('score', 0.0)):.0f}%"
+    if support.get("action") == "quoted":
+        return f"The model's answer was not supported by the passages (only {share} of it in passage [{support.get('passage')}]): the passage is quoted instead."
+    return f"Check this answer: only {share} of its words come, in order, from one passage (best: [{support.get('passage')}]); the rest is the model's own text."
+
+
 def round_lines(metadata: Mapping[str, Any]) -> list[str]:
     """One compact line per retrieval round: mode, candidates, reranked, grade decision."""
     lines = []

@@ -82,10 +82,11 @@ def components(config):
 
 
 def stubbed(config, condense_reply=STANDALONE, answer="A B-tree stays balanced by splitting full nodes [1].", **llms):
-    """Components whose condenser LM ('rewriter': tiny_config has rewrite.adapter) and generator
-    LM (RAFT, used by full) are stubs."""
+    """Components whose condenser LM ('base': the chat condenses with the base LM unless the system
+    condenses with its trained condenser, rewrite.mode condense) and generator LM (RAFT, used by
+    full) are stubs."""
     condenser, generator = StubLLM(condense_reply), StubLLM(answer, **llms)
-    return Components(config, llms={"rewriter": condenser, "raft": generator}), condenser, generator
+    return Components(config, llms={"base": condenser, "raft": generator}), condenser, generator
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_build_chat_engine_is_a_llamaindex_chat_engine_with_a_bounded_memory(con
     assert isinstance(reply, AgentChatResponse) and reply.response and reply.source_nodes
     meta = reply.metadata
     assert meta["system"] == "nn_answer" and meta["standalone_question"] == FIRST and meta["condensed"] is False
-    assert meta["condense"]["reason"] == "first turn: no earlier question"
+    assert meta["condense"]["reason"] == "first turn: one clean question"
     assert meta["timings"]["condense"] == 0 and meta["timings"]["total"] >= meta["timings"]["retrieve"]
     assert [(m.role, m.content) for m in chat.chat_history] == [(MessageRole.USER, FIRST), (MessageRole.ASSISTANT, reply.response)]
     assert meta["memory"]["messages"] == 2 and meta["memory"]["dropped"] == 0
@@ -354,17 +355,17 @@ LONG = ("How does a hash table handle collisions when many keys share a bucket? 
 
 
 def test_a_100kb_message_is_answered_within_bounds_or_refused_clearly_and_the_memory_survives(config, components):
-    components, condenser, _ = stubbed(config)
+    stubs, condenser, _ = stubbed(config)
     memory = new_memory(config)  # the tiny LM's own tokenizer
-    chat = build_chat_engine(config, "nn_answer", components=components, memory=memory)
+    chat = build_chat_engine(config, "nn_answer", components=stubs, memory=memory)
     chat.chat(FIRST)
-    reply = chat.chat(LONG)  # no LM: retrieval reads its first retrieve.max_query_chars
-    assert "collision" in reply.response.lower() and reply.metadata["condense"]["reason"].startswith("long message") and not condenser.calls
+    reply = chat.chat(LONG)  # a paste: no LM; retrieval reads its first retrieve.max_query_chars
+    assert "collision" in reply.response.lower() and reply.metadata["condense"]["reason"].startswith("too long to condense") and not condenser.calls
     assert reply.metadata["memory"]["cut"] is True and memory._count(memory.get_all()) <= config.chat.memory_tokens
     assert memory.get_all()[0].content.startswith("How does a hash table") and memory.get_all()[0].content.endswith(" …")
     before = memory.get_all()
     with pytest.raises(PromptTooLongError, match="context window") as raised:  # an LM system: the generator's clear refusal
-        build_chat_engine(config, "rag_vanilla", components=components, memory=memory).chat(LONG)
+        build_chat_engine(config, "rag_vanilla", components=components, memory=memory).chat(LONG)  # the real tiny LM
     assert isinstance(raised.value, UserFacingError) and "shorten the question" in str(raised.value)
     assert memory.get_all() == before
 

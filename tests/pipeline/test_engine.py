@@ -295,3 +295,30 @@ def test_condense_mode_searches_a_clean_question_as_typed_and_each_ask_of_a_join
     reranked = first["reranked"]
     assert [n.node.node_id for n in joined.source_nodes] == [row["id"] for row in reranked][: len(joined.source_nodes)]
     assert joined.metadata["search_question"] == "Compare TCP and UDP. Explain the TCP three-way handshake."
+
+
+def test_an_answer_its_passages_do_not_support_is_flagged_or_replaced_by_a_quote(tiny_config):
+    """pipeline.engine.check_support on fixed texts: the support is recorded for any system with
+    retrieval; full flags or quotes an unsupported answer (generator.on_unsupported), a baseline
+    keeps it."""
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from pipeline.engine import check_support
+
+    nodes = [
+        NodeWithScore(node=TextNode(id_="a", text="Question: What does ARP do?\nAnswer: ARP maps an IP address to a MAC address.", metadata={"answer": "ARP maps an IP address to a MAC address."}), score=1.0),
+        NodeWithScore(node=TextNode(id_="b", text="A MAC address is a hardware identifier."), score=0.5),
+    ]
+    full, rag = get_system("full", tiny_config), get_system("rag_vanilla", tiny_config)
+    answer, record = check_support(tiny_config, full, "ARP maps an IP address to a MAC address [1].", nodes)
+    assert record["supported"] and record["passage"] == 1 and record["action"] == "none" and answer.startswith("ARP maps")
+    invented = "A deadlock is a sequence of events that prevents a process from continuing forever."
+    answer, record = check_support(tiny_config, full, invented, nodes)
+    assert not record["supported"] and record["action"] == "flagged" and answer == invented  # the default: flag
+    quoting = dataclasses.replace(tiny_config, generator=dataclasses.replace(tiny_config.generator, on_unsupported="quote"))
+    answer, record = check_support(quoting, full, invented, nodes)
+    assert record["action"] == "quoted" and answer.startswith("From the knowledge base [") and '"' in answer
+    assert check_support(quoting, full, invented, nodes, stream=True)[1]["action"] == "flagged"  # a streamed answer is already shown
+    assert check_support(quoting, rag, invented, nodes)[1]["action"] == "none"  # baselines are measured as they answer
+    assert check_support(tiny_config, full, NOT_FOUND_ANSWER, nodes) == (NOT_FOUND_ANSWER, None)
+    assert check_support(tiny_config, get_system("vanilla", tiny_config), invented, [])[1] is None

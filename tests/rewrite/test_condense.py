@@ -11,7 +11,7 @@ from llama_index.core.llms.custom import CustomLLM
 
 from pipeline.models import PromptTooLongError
 from rewrite import Condenser, needs_condensing
-from rewrite.condense import LONG_MESSAGE_CHARS, MESSAGE_CHARS, bounded_message, clean_condensed, question_lines
+from rewrite.condense import LONG_MESSAGE_CHARS, MESSAGE_CHARS, PASTE_CHARS, bounded_message, clean_condensed, question_lines
 from rewrite.prompts import CONDENSE_SYSTEM, condense_messages, condense_training_example, llamaindex_condense_messages
 
 HISTORY = [
@@ -214,13 +214,16 @@ def test_question_lines_needs_two_or_three_short_lines():
     assert question_lines("What is Raft?\n" + "word " * 30) == []
 
 
-def test_a_100kb_message_reaches_the_model_bounded():
-    message = "I pasted my whole log, sorry. " + "ERROR connection reset " * 5000 + " so what is a TCP reset?"
-    assert len(message) > 100_000
+def test_a_long_message_reaches_the_model_bounded_and_a_paste_is_not_condensed():
+    message = "I pasted part of my log, sorry. " + "ERROR connection reset " * 150 + " so what is a TCP reset?"
+    assert MESSAGE_CHARS < len(message) <= PASTE_CHARS
     assert len(bounded_message(message)) <= MESSAGE_CHARS + 3 and bounded_message(message).endswith("what is a TCP reset?")
     llm = CountingLLM("What is a TCP reset?")
     made = Condenser(llm).condense(message, [])
     assert made.questions == ("What is a TCP reset?",) and len(llm.calls[0]) < MESSAGE_CHARS + 2000
+    paste = message + " ERROR connection reset" * 5000
+    made = Condenser(llm).condense(paste, HISTORY)
+    assert not made.condensed and made.reason.startswith("too long to condense") and len(llm.calls) == 1
 
 
 def test_condense_many_equals_one_by_one_and_skips_the_gated():

@@ -234,7 +234,7 @@ def test_a_follow_up_is_condensed_the_trace_says_what_was_searched_and_new_conve
     first = at.session_state["turns"][-1]
     assert first["metadata"]["condensed"] is False
     trace = [plain(c.value) for c in at.chat_message[1].caption if plain(c.value).startswith("searched as: ")]
-    assert trace == ["searched as: What is a B-tree? (the message as typed; first turn: no earlier question)"]
+    assert trace == ["searched as: What is a B-tree? (the message as typed; first turn: one clean question)"]
 
     ask(at, "and how is it kept balanced?", "nn_answer")  # the tiny LM condenses (badly, but it does)
     turn = at.session_state["turns"][-1]

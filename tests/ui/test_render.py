@@ -160,8 +160,8 @@ def test_searched_as_says_how_the_question_was_read():
     assert render.searched_as(condensed) == "searched as: How are B-trees balanced? (rewritten by the condenser; refers back: 'it')"
     fallback = {**condensed, "condense": {"reason": "elliptical: no subject of its own", "method": "fallback"}}
     assert "the previous question + this message" in render.searched_as(fallback)
-    typed = {"standalone_question": "What is a B-tree?", "condensed": False, "condense": {"reason": "first turn: no earlier question"}}
-    assert render.searched_as(typed) == "searched as: What is a B-tree? (the message as typed; first turn: no earlier question)"
+    typed = {"standalone_question": "What is a B-tree?", "condensed": False, "condense": {"reason": "first turn: one clean question"}}
+    assert render.searched_as(typed) == "searched as: What is a B-tree? (the message as typed; first turn: one clean question)"
     assert render.searched_as({}) == ""  # a single-question engine's metadata
     compound = {"standalone_question": "What is Raft?\nWhat is a quorum?", "condensed": True, "condense": {"reason": "may ask two things: 'also'", "method": "llm"}}
     assert render.searched_as(compound).startswith("searched as: What is Raft? | What is a quorum? (rewritten by the condenser")
@@ -380,3 +380,10 @@ def test_missing_parts_follow_the_system_as_it_runs_under_the_profile(tmp_path):
     on = _config(tmp_path, "rerank.enabled=true", "generator.backend=openai", "generator.api_base=http://127.0.0.1:1/v1")
     problems = missing_parts(Parts(on), get_system("full", on))
     assert any("cross-encoder" in p for p in problems) and not any(on.index.finetuned_dir in p for p in problems)
+
+
+def test_support_text_warns_only_for_an_unsupported_answer():
+    assert render.support_text({}) == "" and render.support_text({"support": {"supported": True, "score": 0.9}}) == ""
+    flagged = render.support_text({"support": {"supported": False, "score": 0.21, "passage": 2, "action": "flagged"}})
+    assert "21%" in flagged and "[2]" in flagged and "model's own text" in flagged
+    assert "quoted instead" in render.support_text({"support": {"supported": False, "score": 0.1, "passage": 1, "action": "quoted"}})
