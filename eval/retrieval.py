@@ -151,12 +151,12 @@ def full_stack_variants(config: Config, names: Sequence[str]) -> dict[str, str]:
     and reranks when rerank.enabled (interpolated by rerank.retrieval_weight); each variant
     switches one part off. A part `full` does not use gives the same variant as `full` (the table
     says so)."""
-    if config.rewrite.mode == "condense":
+    if config.rewrite.mode == "condense" and names:
         raise ConfigError(
             f"--retrievers {','.join(names)}: full's condense step (rewrite.mode=condense) is measured by --queries realistic --rewriters condense-trained, "
             f"whose clean family is every seed question of the split through full's stack with and without it (the paired change is printed); or measure the stack without it: --set rewrite.mode=none"
         )
-    if config.rewrite.mode == "decompose":
+    if config.rewrite.mode == "decompose" and names:
         raise ConfigError(
             f"--retrievers {','.join(names)}: full's first round with rewrite.mode=decompose retrieves each sub-question on its own, which eval.retrieval does not run; "
             f"measure the stack with --set rewrite.mode=hyde, multi or none"

@@ -45,7 +45,7 @@ def test_default_profile_is_smollm2_and_offline():
     assert config.index.finetuned_embedder is True and config.finetune.embedder.epochs == 3
     assert config.rerank.enabled is True and config.rerank.kind == "query-likelihood" and config.rerank.candidates == 20
     assert config.rerank.model == config.finetune.ql_reranker.output == "runs/smollm2/adapters/ql-reranker" and config.finetune.ql_reranker.epochs == 3
-    assert config.rewrite.mode == "none"  # no HyDE rewriter earns its place either
+    assert config.rewrite.mode == "condense" and config.rewrite.condense_adapter == config.finetune.condenser.output == "runs/smollm2/adapters/condenser"  # no HyDE rewriter earns its place; the condenser does
     assert config.index.finetuned_backend == "onnx-int8" and config.index.backend == "torch"  # int8 holds quality for the fine-tuned embedder only
     assert config.rerank.backend == "torch"  # the published reranker evaluations were made in fp32 and read it
     assert config.agent.on_weak == "answer"
