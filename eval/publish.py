@@ -146,7 +146,7 @@ def _system_cells(name: str, config: "Config") -> list[str]:
     elif config.rewrite.mode == "none":
         rewrite = "off (`rewrite.mode: none`)"
     elif config.rewrite.mode == "condense":
-        rewrite = "`condense`, " + ("trained condenser" if spec.rewriter_adapter and config.rewrite.condense_adapter else "base LM") + ", behind the gate"
+        rewrite = "`condense`, " + ("trained" if spec.rewriter_adapter and config.rewrite.condense_adapter else "base LM")
     else:
         rewrite = f"`{config.rewrite.mode}`, " + ("LoRA rewriter" if spec.rewriter_adapter and config.rewrite.adapter else "base LM")
     passages = spec.top_k or (config.rerank.top_n if spec.rerank else config.generator.context_top_k)

@@ -1,7 +1,8 @@
 """Render the realistic benchmark's README from its runs' JSON: retrieval runs, answers, latency.
 
     python -m eval.realistic results/realistic/retrieval-val.json results/realistic/retrieval-test.json \
-        results/realistic/answers-test.json results/realistic/latency-val.json --out results/realistic/README.md
+        results/realistic/answers-test.json results/realistic/latency-test.json --out results/realistic/README.md \
+        --readme-block README.md
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from eval.realistic.benchmark import readme, run_lines
+from eval.realistic.benchmark import headline, kind_of, readme, run_lines
 from pipeline.data import DataError
 from pipeline.errors import run_cli
 from pipeline.fileio import atomic_write_text
@@ -22,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.realistic", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="JSON files, in the order shown: what `python -m eval.retrieval --queries realistic --out FILE`, `python -m eval.realistic.answers --out FILE` or `python -m eval.bench condense --out FILE` wrote.")
     parser.add_argument("--out", metavar="FILE", help="Write the README here (default: print it).")
+    parser.add_argument("--readme-block", metavar="FILE", help="Also fill the block <!-- results:realistic-headline:start/end --> of FILE (the front page) with the last retrieval run's headline table.")
+    parser.add_argument("--rewriter", default="condense-trained", help="With --readme-block: the rewriter whose rows the headline shows. Default: condense-trained (full's).")
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -43,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             atomic_write_text(args.out, text)
         else:
             sys.stdout.write(text)
+        if args.readme_block:
+            from eval.publish import replace_block
+
+            retrieval = [r for r in results if kind_of(r) == "retrieval"]
+            if not retrieval:
+                raise DataError("--readme-block: no retrieval run among the RUN files; give the JSON of python -m eval.retrieval --queries realistic")
+            page = Path(args.readme_block)
+            atomic_write_text(page, replace_block(page.read_text(encoding="utf-8"), "realistic-headline", headline(retrieval[-1], rewriter=args.rewriter)))
 
     return run_cli(body)
 

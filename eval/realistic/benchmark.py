@@ -428,6 +428,31 @@ def evaluate_cli(config: Config, args: Any, *, default_retrievers: str, log: Cal
     return evaluate_realistic(config, config.data.dir, args.split, hand_dir=hand_dir, rewriters=rewriters, show_progress=not args.quiet, log=log)
 
 
+def headline(result: Mapping[str, Any], *, rewriter: str = "condense-trained") -> str:
+    """The front page's table of one retrieval run: per family, the message as typed, `rewriter`'s
+    search question(s) and the oracle, with the rewriter's share of the oracle (MRR@10; compound:
+    both targets in the top 3, what the generator reads)."""
+    lines = [
+        f"`{result['split']}` split, {sum(r['n'] for by in result['families'].values() for s, r in by.items() if s == 'all')} cases; "
+        f"stack `{result['stack']['runs']}`; [95% interval]; every variant: [results/realistic/](results/realistic/).",
+        "",
+        f"| family | n | metric | as typed | `{rewriter}` | oracle | `{rewriter}` / oracle |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for family, by_source in result["families"].items():
+        row = by_source.get("all")
+        if row is None or rewriter not in row["variants"]:
+            continue
+        metric = "both@3" if family == "compound" else "mrr@10"
+        oracle = row["variants"].get("oracle") or row["variants"]["typed"]  # clean: the question is its own oracle
+        ratio = row["ratios"].get(rewriter, {}).get(metric) if family != "clean" else row["variants"][rewriter][metric] / oracle[metric]
+        lines.append(
+            f"| {family} | {row['n']} | {'both@3' if metric == 'both@3' else 'MRR@10'} | {row['variants']['typed'][metric]:.3f} | "
+            f"{_cell(row['variants'][rewriter], metric)} | {oracle[metric]:.3f} | {'–' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def run_lines(result: Mapping[str, Any]) -> list[str]:
     """The command, revision and wall time a run recorded (results/*/README.md's first lines)."""
     run = result.get("run", {})

@@ -298,6 +298,7 @@ def test_rewriters_are_run_once_per_case_behind_the_gate_and_reported_beside_the
     from llama_index.core.base.llms.types import CompletionResponse, LLMMetadata
     from llama_index.core.llms.custom import CustomLLM
 
+    from eval.realistic.__main__ import main as realistic_main
     from eval.retrieval import main, to_markdown
     from rewrite.condense import Condenser, needs_condensing
 
@@ -338,5 +339,18 @@ def test_rewriters_are_run_once_per_case_behind_the_gate_and_reported_beside_the
     gated_out = [q for q in questions if not needs_condensing(q, [])[0]]
     assert all(cost["rewrites"][c["id"]] == [q] for c, q in zip([c for c in result["cases"] if c["family"] == "clean"], questions) if q in gated_out)
     assert "`condense-base`:" in to_markdown(result) and "clean, `condense-base` - typed, MRR@10" in to_markdown(result)
+    # the front page's block: one row per family, the rewriter's share of the oracle computed from the run
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(result))
+    page = tmp_path / "README.md"
+    page.write_text("intro\n<!-- results:realistic-headline:start -->\nold\n<!-- results:realistic-headline:end -->\nrest\n")
+    assert realistic_main([str(run), "--out", str(tmp_path / "results.md"), "--readme-block", str(page), "--rewriter", "condense-base"]) == 0
+    block = page.read_text()
+    assert block.startswith("intro\n") and block.endswith("rest\n") and "old" not in block
+    verbose = result["families"]["verbose"]["all"]
+    row = next(line for line in block.splitlines() if line.startswith("| verbose |"))
+    assert row.endswith(f"| {verbose['ratios']['condense-base']['mrr@10']:.2f} |") and f"{verbose['variants']['oracle']['mrr@10']:.3f}" in row
+    assert next(line for line in block.splitlines() if line.startswith("| compound |")).split(" | ")[2] == "both@3"
+    assert "## Retrieval, split val" in (tmp_path / "results.md").read_text()
     assert main([*args[:-len(sets) * 2], "--rewriters", "condense-nope"]) == 2
     assert "unknown ['condense-nope']" in capsys.readouterr().err
