@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import re
 import time
@@ -77,11 +78,18 @@ def _closest_answer(text: str, records: Sequence[Mapping[str, str]], index: Sequ
     return best if best_score >= 0.3 else None
 
 
+def cases_per_family(settings: Any, train_questions: int) -> int:
+    """finetune.condenser.per_family, capped at per_question x the train questions (at least 1)."""
+    if settings.per_question is None:
+        return settings.per_family
+    return max(1, min(settings.per_family, math.ceil(settings.per_question * train_questions)))
+
+
 def training_cases(config: Config, *, per_family: Optional[int] = None) -> list[Case]:
     """Generated train cases of each family and copied clean questions (see the module docstring)."""
-    per_family = per_family or config.finetune.condenser.per_family
     data_dir = config.data.dir
     records = load_split(data_dir, "train")
+    per_family = per_family or cases_per_family(config.finetune.condenser, len(records))
     built = build_cases(data_dir, "train", hand_dir=None, seed=config.finetune.seed, per_family=per_family)
     generated = [c for c in built if c.family in HAND_FAMILIES]
     rng = random.Random(f"ragft-condenser-{config.finetune.seed}")

@@ -214,6 +214,7 @@ class CondenserTrainConfig(LoraTrainConfig):
     """finetune.condenser: the shared LoRA settings plus how many train cases of each family are generated."""
 
     per_family: int = option(400, "Train-split cases generated per family (follow-up, verbose, compound; eval/realistic/cases.py), plus as many clean questions copied as the smallest family has, before retrieval keeps those whose target finds the gold passage(s).", POSITIVE)
+    per_question: Optional[float] = option(None, "Cases per family at most this many per train question (null: per_family alone): on a small train split, more cases would repeat its few questions and cost minutes without teaching more.", POSITIVE)
 
 
 @dataclass

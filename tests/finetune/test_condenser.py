@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from finetune.condenser import candidates, condenser_rows, judge_cases, merged_score, select_target, training_cases
+from finetune.condenser import candidates, cases_per_family, condenser_rows, judge_cases, merged_score, select_target, training_cases
 from pipeline.config import load_config
 from pipeline.data import load_split
 from rewrite.cases import Case
@@ -65,6 +65,14 @@ def test_training_cases_come_from_train_only_with_every_family_and_answers_in_so
     clean = [c for c in cases if c.family == "clean"]
     assert len(clean) == min(sum(c.family == f for c in cases) for f in ("follow-up", "verbose", "compound"))
     assert cases == training_cases(_config(only_train, per_family=40))  # deterministic
+
+
+def test_per_question_caps_the_cases_of_a_small_train_split_and_leaves_a_large_one_at_per_family(only_train):
+    settings = _config(only_train, per_family=300, per_question=0.25).finetune.condenser
+    assert cases_per_family(settings, 1264) == 300 and cases_per_family(settings, 221) == 56 and cases_per_family(settings, 1) == 1
+    assert cases_per_family(dataclasses.replace(settings, per_question=None), 221) == 300
+    capped = training_cases(_config(only_train, per_family=300, per_question=0.05))  # the demo's 221 questions: 12 a family
+    assert max(sum(c.family == f for c in capped) for f in ("follow-up", "verbose", "compound")) == 12
 
 
 def test_judged_targets_with_minilm_over_the_train_answers_and_rows_under_the_inference_prompt(only_train):
