@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from eval.realistic.benchmark import add_case_arguments, hand_dir_of
 from pipeline.cli import add_io_arguments, run_record
 from pipeline.config import add_config_arguments
 from pipeline.errors import run_cli
@@ -101,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         out="Also write the result as JSON here.",
     )
     parser.add_argument("--adapter", choices=["trained", "none"], default="trained", help="trained: rewrite.condense_adapter (python -m finetune.condenser); none: the base LM with the same prompt. Default: trained.")
-    parser.add_argument("--cases", metavar="DIR", help="Folder with the hand-written cases <split>.jsonl (default: eval/realistic/data); 'none': generated cases only.")
-    parser.add_argument("--limit", type=int, metavar="N", help="At most N cases per family (quick runs). Default: all.")
+    add_case_arguments(parser)
     parser.add_argument("--warmup", type=int, default=3, metavar="N", help="Untimed messages through the LM first. Default: 3.")
     return parser
 
@@ -112,11 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def body() -> None:
-        from eval.realistic.benchmark import DATA_DIR
         from pipeline.cli import config_for_data
 
         config = config_for_data(args)
-        hand_dir = None if (args.cases or "").lower() == "none" else (args.cases or DATA_DIR)
+        hand_dir = hand_dir_of(args)
         result = measure(config, args.split, adapter=args.adapter == "trained", hand_dir=hand_dir, limit=args.limit, warmup=args.warmup)
         result["run"] = run_record("eval.bench condense", argv, started)
         if args.out:

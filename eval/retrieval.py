@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from eval.metrics import rouge_l_f1
+from eval.realistic.benchmark import CASES_HELP
 from pipeline.cli import add_io_arguments
 from pipeline.config import RESOLVED_CONFIG_NAME, Config, ConfigError, add_config_arguments, save_resolved_config
 from pipeline.data import load_split, open_book_corpus
@@ -393,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="open-book", help="open-book: all answers are the corpus, gold = own answer; closed-book: the train pairs are the knowledge base, answers are compared with the reference. Default: open-book.")
     parser.add_argument("--retrievers", default=",".join(RETRIEVERS), metavar="LIST", help="Comma-separated retrievers among dense, bm25, hybrid (hybrid uses the profile's fusion settings); open-book also takes [rw-][ft-]BASE[+rerank] variants: rw- searches with the question plus what full's rewriter writes (rewrite.mode, none meaning hyde; rewrite.adapter), ft- embeds the corpus with the fine-tuned embedder (finetune.embedder.output), +rerank reranks rerank.candidates passages with the cross-encoder at rerank.model, e.g. hybrid+rerank,ft-dense,ft-hybrid+rerank; and full's retrieval stack (what `full` runs before generation: rewrite, retrieve.mode, rerank with rerank.retrieval_weight) with its one-part-off variants full-no-rewrite, full-base-embedder, full-dense (no BM25), full-no-rerank, each with its paired Delta against full. Default: dense, bm25, hybrid.")
     parser.add_argument("--queries", choices=["clean", "realistic"], default="clean", help="clean: the split's seed questions; realistic: follow-ups, verbose and compound messages (hand-written and generated, eval/realistic) beside their clean oracle, through full's first stage and reranker (open-book only; --retrievers and --tune do not apply). Default: clean.")
-    parser.add_argument("--cases", metavar="DIR", help="--queries realistic: folder with the hand-written cases <split>.jsonl (default: eval/realistic/data, written for the seed data); 'none': generated cases only.")
+    parser.add_argument("--cases", metavar="DIR", help="--queries realistic: " + CASES_HELP)
     parser.add_argument("--rewriters", metavar="LIST", help="--queries realistic: also search with what these rewriters write from each message (and its conversation), comma-separated among condense-base (zero-shot, ragft's condense prompt), condense-llamaindex (LlamaIndex's CondenseQuestionChatEngine prompt, same LM), condense-trained (rewrite.condense_adapter). Default: none.")
     parser.add_argument("--tune", action="store_true", help="open-book only: choose the hybrid's fusion (mode, k, weights) on val and report it once on --split as hybrid-tuned.")
     parser.add_argument("--sim-threshold", type=float, default=0.8, metavar="T", help="closed-book: cosine (MiniLM) between a retrieved answer and the reference that counts as a hit. Default: 0.8.")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from eval.metrics import BertScoreModel, compute_answer_scores, paired_answer_tests
-from eval.realistic.benchmark import DATA_DIR
+from eval.realistic.benchmark import DATA_DIR, add_case_arguments, hand_dir_of
 from pipeline.cli import add_io_arguments, config_for_data, run_record
 from pipeline.config import ConfigError, add_config_arguments
 from pipeline.data import load_split
@@ -132,8 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         out="Write the result as JSON here (and the predictions beside it).",
     )
     parser.add_argument("--systems", default="full-no-rewrite,rag_vanilla", metavar="LIST", help="Systems compared with full, answering the message as typed. Default: full-no-rewrite,rag_vanilla.")
-    parser.add_argument("--cases", metavar="DIR", help="Folder with the hand-written cases <split>.jsonl (default: eval/realistic/data); 'none': generated cases only.")
-    parser.add_argument("--limit", type=int, metavar="N", help="At most N cases per family (quick runs). Default: all.")
+    add_case_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="No progress bars (logs stay).")
     return parser
 
@@ -150,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [s for s in systems if s not in SYSTEM_NAMES]
         if unknown:
             raise ConfigError(f"--systems: unknown {unknown}; choose among {', '.join(SYSTEM_NAMES)}")
-        hand_dir = None if (args.cases or "").lower() == "none" else (args.cases or DATA_DIR)
+        hand_dir = hand_dir_of(args)
         result, rows = evaluate_answers(config, args.split, systems, hand_dir=hand_dir, limit=args.limit, show_progress=not args.no_progress)
         result["run"] = run_record("eval.realistic.answers", argv, started)
         if args.out:

@@ -412,6 +412,20 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CASES_HELP = "Folder with the hand-written cases <split>.jsonl (default: eval/realistic/data, written for the seed data); 'none': generated cases only."
+
+
+def add_case_arguments(parser: Any) -> None:
+    """--cases and --limit, as every command over the realistic cases reads them."""
+    parser.add_argument("--cases", metavar="DIR", help=CASES_HELP)
+    parser.add_argument("--limit", type=int, metavar="N", help="At most N cases per family (quick runs). Default: all.")
+
+
+def hand_dir_of(args: Any) -> Optional[str | Path]:
+    """The hand-written cases' folder --cases names (None for 'none'; default DATA_DIR)."""
+    return None if (args.cases or "").lower() == "none" else (args.cases or DATA_DIR)
+
+
 def evaluate_cli(config: Config, args: Any, *, default_retrievers: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """`eval.retrieval --queries realistic`: check the arguments that do not apply, then run."""
     from pipeline.config import ConfigError
@@ -420,7 +434,7 @@ def evaluate_cli(config: Config, args: Any, *, default_retrievers: str, log: Cal
         raise ConfigError("--queries realistic needs --protocol open-book (its cases are judged by their targets' own answers, the open-book gold)")
     if args.tune or args.retrievers != default_retrievers:
         raise ConfigError("--queries realistic searches with full's first stage and reranker under the profile; drop --tune and --retrievers (change the stack with --set)")
-    hand_dir = None if (args.cases or "").lower() == "none" else (args.cases or DATA_DIR)
+    hand_dir = hand_dir_of(args)
     rewriters = [r.strip() for r in (getattr(args, "rewriters", None) or "").split(",") if r.strip()]
     unknown = [r for r in rewriters if r not in REWRITERS]
     if unknown:
