@@ -9,6 +9,7 @@ import dataclasses
 import json
 
 import pytest
+from llama_index.core.base.llms.types import ChatMessage
 
 from eval import bench_condense
 from eval.realistic.answers import main as answers_main, to_markdown
@@ -59,8 +60,6 @@ def test_latency_counts_the_lm_calls_the_gate_allows_and_a_clean_first_turn_cost
     assert result["adapter"] == condensing.rewrite.condense_adapter and result["warmup"] == 1
     for family, row in result["families"].items():
         members = [c for c in cases if c.family == family][:4]
-        from llama_index.core.base.llms.types import ChatMessage
-
         sent = sum(needs_condensing(c.message, [ChatMessage(role=t["role"], content=t["content"]) for t in c.history])[0] for c in members)
         assert row["messages"] == len(members) and row["lm_calls"] == sent
         assert row["all"]["n"] == len(members) and row["rewritten"]["n"] == sent
