@@ -10,11 +10,15 @@ Every system runs the same LlamaIndex Workflow (`RagftWorkflow`); a system only 
 steps' parts on or off (pipeline/systems.py):
 
     StartEvent -> [route] -> RoundEvent -> rewrite, retrieve, rerank -> RankedEvent -> grade
-        grade: best rerank score >= agent.grade_threshold -> AnswerEvent -> generate -> StopEvent
-               weak and rounds left -> RoundEvent with the next agent.retry_modes mode
+        grade: best rerank score >= agent.grade_threshold (with agent.calibration: the calibrated
+               P(answerable) of pipeline.grade >= the calibration's threshold)
+               -> AnswerEvent -> generate -> StopEvent
+               weak and rounds left -> RoundEvent with the next agent.retry_modes mode, which
+                   looks past the passages earlier rounds graded (a retry grades other passages)
                weak after agent.max_rounds -> AnswerEvent with the best round's passages, marked
                    `low_confidence` in the metadata (agent.on_weak=answer, the default), or a grounded
-                   refusal with no sources (agent.on_weak=not_found)
+                   refusal (agent.on_weak=not_found): no sources, a text naming what was searched,
+                   and the best round's passages in metadata `not_used`
 
 With `rewrite.mode: condense` the first round's rewrite is the condenser (rewrite/condense.py): a
 message that reads as one clean question is searched as typed, with no LM call; a long, wrapped
@@ -30,7 +34,8 @@ support by its passages, pipeline.support, and what generator.on_unsupported did
 quoted the best-supported passage instead); `search_question` (what the generator answered: the
 condensed question, else the question); `rewrites` (one per round); `rounds` (each round's mode,
 retrieved ids with retrieval scores, reranked ids with scores before and after reranking, grade
-decision); `not_found`; `low_confidence`; `timings` (seconds per stage: rewrite, retrieve, rerank, generate, total).
+decision, and with a calibration its features); `not_found`; `not_used` (a refusal's closest
+passages); `low_confidence`; `timings` (seconds per stage: rewrite, retrieve, rerank, generate, total).
 Components (index, retrievers, reranker, LMs, rewriter) are built lazily, once, by a `Components`
 object that engines of different systems share.
 
@@ -61,6 +66,7 @@ from llama_index.core.workflow import Event, StartEvent, StopEvent, Workflow, st
 
 from pipeline.config import Config, ConfigError
 from pipeline.errors import UserFacingError
+from pipeline.grade import GradeCalibration, grade_features
 from pipeline.index import finetuned_embedder_config, open_index
 from pipeline.models import load_llm
 from pipeline.systems import SystemSpec, get_system, uses_finetuned_embedder
@@ -70,6 +76,11 @@ if TYPE_CHECKING:
     from rewrite import Condensed, Condenser, QueryRewriter
 
 NOT_FOUND_ANSWER = "I could not find this in the knowledge base, so I cannot answer it from there."
+
+
+def refusal_text(searched: str = "") -> str:
+    """The grounded refusal: that the knowledge base has no answer, and what was searched."""
+    return f"{NOT_FOUND_ANSWER} Searched for: \"{searched}\"." if searched else NOT_FOUND_ANSWER
 
 
 class QuestionError(UserFacingError, ValueError):
@@ -130,6 +141,11 @@ class Components:
             return open_index(finetuned_embedder_config(self.config))
 
         return self._once("kb-finetuned", build)
+
+    def grade_calibration(self) -> Optional[GradeCalibration]:
+        """The agent's fitted grade (agent.calibration), loaded once; None: grade by the raw score."""
+        path = self.config.agent.calibration
+        return None if not path else self._once("grade-calibration", lambda: GradeCalibration.load(path))
 
     def retriever(self, mode: str, top_k: int, *, finetuned: bool = False) -> Any:
         from pipeline.retrieve import build_retriever
@@ -264,6 +280,8 @@ class QueryState:
     route: str = ""  # why the first round used its rewrite mode
     search_question: str = ""  # the condenser's standalone rewrite, which the generator reads instead of the question
     low_confidence: bool = False  # every round graded weak; answered from the best one (agent.on_weak)
+    not_used: list[dict[str, Any]] = field(default_factory=list)  # a refusal's closest passages, not used
+    graded_ids: set[str] = field(default_factory=set)  # passages an earlier round graded: a retry looks past them
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -368,7 +386,10 @@ class RagftWorkflow(Workflow):
 
         started = time.perf_counter()
         candidates = max(config.rerank.candidates, self._context_k()) if spec.rerank else self._context_k()
-        retriever = self.components.retriever(self._retrieve_mode(), candidates, finetuned=uses_finetuned_embedder(config, spec))
+        # a retry grades other passages than the rounds before it (their best are kept in state.best_nodes):
+        # a rewrite close to the question would otherwise find, and grade, the same passages again
+        exclude = set(state.graded_ids)
+        retriever = self.components.retriever(self._retrieve_mode(), candidates + len(exclude), finetuned=uses_finetuned_embedder(config, spec))
         if searches:
             lists = [retriever.retrieve(text) for text in searches]
         else:
@@ -376,6 +397,9 @@ class RagftWorkflow(Workflow):
             bundle = QueryBundle(query_str=state.question, custom_embedding_strs=[state.question, *texts] if texts else None)
             lists = [retriever.retrieve(bundle)]
             searches = [state.question]
+        if exclude:
+            lists = [[h for h in hits if h.node.node_id not in exclude][:candidates] for hits in lists]
+            record["excluded"] = len(exclude)
         state.timed("retrieve", time.perf_counter() - started)
         record["retrieved"] = [_node_summary(h, ("dense_rank", "dense_score", "bm25_rank", "bm25_score", "fusion_score")) for h in _interleave(lists, candidates * len(lists))]
 
@@ -385,6 +409,7 @@ class RagftWorkflow(Workflow):
             state.timed("rerank", time.perf_counter() - started)
             record["reranked"] = [_node_summary(h, ("retrieval_rank", "retrieval_score", "rerank_score", "rerank_rank", "rerank_combined")) for h in _interleave(lists, candidates * len(lists))]
         hits = _interleave(lists, self._context_k())
+        state.graded_ids.update(h.node.node_id for h in hits)
         state.rounds.append(record)
         return hits
 
@@ -417,6 +442,11 @@ class RagftWorkflow(Workflow):
             record["grade"] = {"decision": "accept", "reason": "no rerank score to grade" if nodes else "nothing retrieved"}
             return AnswerEvent(state=state, nodes=nodes, grounded=bool(nodes))
         best, threshold = max(scores), self.config.agent.grade_threshold
+        calibration = self.components.grade_calibration()
+        if calibration is not None:  # the calibrated probability that these passages answer the question
+            features = grade_features(nodes)
+            best, threshold = calibration.probability(features), calibration.threshold
+            record["features"] = {k: round(v, 6) for k, v in features.items()}
         if best > state.best_score:
             state.best_score, state.best_nodes = best, nodes
         if best >= threshold:
@@ -435,6 +465,8 @@ class RagftWorkflow(Workflow):
             record["grade"] = {"decision": "low_confidence", "best": round(best, 6), "threshold": threshold, "best_score": round(state.best_score, 6)}
             return AnswerEvent(state=state, nodes=state.best_nodes)
         record["grade"] = {"decision": "not_found", "best": round(best, 6), "threshold": threshold}
+        # the closest passages are shown as not used: the user sees what the knowledge base holds near the question
+        state.not_used = [_node_summary(n, ("rerank_score", "retrieval_score")) | {"text": passage_text(n)[:300]} for n in state.best_nodes]
         return AnswerEvent(state=state, nodes=[], grounded=False)
 
     @step
@@ -448,7 +480,7 @@ class RagftWorkflow(Workflow):
         return StopEvent(result=result)
 
     def _answer(self, question: str, nodes: list[NodeWithScore], grounded: bool) -> str:
-        fixed = fixed_answer(self.spec, nodes, grounded)
+        fixed = fixed_answer(self.spec, nodes, grounded, searched=question)
         if fixed is not None:
             return fixed
         from pipeline.generate import answer_messages, clean_answer
@@ -486,10 +518,11 @@ def passage_text(hit: NodeWithScore) -> str:
     return hit.node.get_content()
 
 
-def fixed_answer(spec: SystemSpec, nodes: list[NodeWithScore], grounded: bool) -> Optional[str]:
-    """Answers that need no LM: a not-found refusal, or nn_answer's retrieved answer."""
+def fixed_answer(spec: SystemSpec, nodes: list[NodeWithScore], grounded: bool, *, searched: str = "") -> Optional[str]:
+    """Answers that need no LM: a not-found refusal (naming what was `searched`), or nn_answer's
+    retrieved answer."""
     if not grounded or (spec.retrieve is not None and not nodes):
-        return NOT_FOUND_ANSWER
+        return refusal_text(searched)
     if spec.generator is None:
         meta = nodes[0].node.metadata
         return meta.get("answer") or nodes[0].node.get_content()
@@ -512,7 +545,7 @@ def check_support(config: Config, spec: SystemSpec, answer: Optional[str], nodes
     check (no retrieval, no generator, a fixed answer)."""
     from pipeline.support import lexical_support
 
-    if answer is None or spec.retrieve is None or spec.generator is None or not nodes or answer == NOT_FOUND_ANSWER:
+    if answer is None or spec.retrieve is None or spec.generator is None or not nodes or answer.startswith(NOT_FOUND_ANSWER):
         return answer, None
     score, best = lexical_support(answer, [passage_text(n) for n in nodes])
     supported = score >= config.generator.support_threshold
@@ -649,7 +682,7 @@ class RagftQueryEngine(BaseQueryEngine):
             share = shares.get(state.question, 0.0)
             state.timed("rewrite", share)
             state.started -= share  # the question's work began with its rewrite: total stays >= its stages
-        answers: list[Optional[str]] = [fixed_answer(self.spec, r["nodes"], r["grounded"]) for r in results]
+        answers: list[Optional[str]] = [fixed_answer(self.spec, r["nodes"], r["grounded"], searched=r["state"].asked) for r in results]
         todo = [i for i, a in enumerate(answers) if a is None]
         if todo:
             started = time.perf_counter()
@@ -682,6 +715,7 @@ class RagftQueryEngine(BaseQueryEngine):
             "rewrites": [r["rewrite"] for r in state.rounds if "rewrite" in r],
             "rounds": state.rounds,
             "not_found": not result["grounded"],
+            "not_used": state.not_used,
             "low_confidence": state.low_confidence,
             "timings": timings,
         }
@@ -696,7 +730,7 @@ class RagftQueryEngine(BaseQueryEngine):
     def _streaming_response(self, result: dict[str, Any]) -> StreamingResponse:
         state: QueryState = result["state"]
         nodes = list(result["nodes"])
-        fixed = fixed_answer(self.spec, nodes, result["grounded"])
+        fixed = fixed_answer(self.spec, nodes, result["grounded"], searched=state.asked)
         metadata = self._metadata(result)
 
         def deltas() -> Generator[str, None, None]:

@@ -118,8 +118,9 @@ def get_system(name: str, config: "Optional[Config]" = None) -> SystemSpec:
         if spec.full_family and spec.retrieve is not None and spec.top_k is None:
             changes["top_k"] = config.rerank.top_n  # reranked or not: one passage count for the whole family
         rerank = changes.get("rerank", spec.rerank)
-        # the agent retries (with a rewrite) only when a sigmoid score in 0..1 can fall below its threshold
-        agent_retries = spec.agent and rerank and config.agent.grade_threshold > 0 and config.agent.max_rounds > 1 and bool(config.agent.retry_modes)
+        # the agent retries (with a rewrite) only when a score in 0..1 can fall below its threshold
+        graded = config.agent.grade_threshold > 0 or bool(config.agent.calibration)
+        agent_retries = spec.agent and rerank and graded and config.agent.max_rounds > 1 and bool(config.agent.retry_modes)
         if spec.rewrite and config.rewrite.mode == "none" and not agent_retries:
             changes["rewrite"] = False  # nothing is ever rewritten: the same system as without the rewriter
         rewrites = changes.get("rewrite", spec.rewrite)

@@ -192,6 +192,13 @@ def show_details(turn: dict[str, Any], feedback_file: str, profile: str) -> None
         st.warning(render.escape_markdown(unsupported), icon=":material/fact_check:")
     if turn.get("not_found"):
         st.info("No passage of the knowledge base was good enough, so the system declined to answer from it.", icon=":material/search_off:")
+        closest = render.not_used_rows(metadata)
+        if closest:
+            with st.expander(f"Closest passages, not used ({len(closest)})", key=f"not-used-{turn['id']}"):
+                for row in closest:
+                    with st.container(border=True):
+                        st.caption(render.escape_markdown(f"{row['id']} · query-likelihood {render.fmt_score(row['score'])}"))
+                        st.text(row["text"])  # literal text, never rendered
 
     sources = turn["sources"]
     if sources or turn["candidates"]:

@@ -219,8 +219,10 @@ def grade_text(grade: Optional[Mapping[str, Any]]) -> str:
     if "best" not in grade:
         return f"{decision} ({grade.get('reason', '')})" if grade.get("reason") else str(decision)
     best, threshold = fmt_score(grade["best"]), fmt_score(grade.get("threshold"))
+    if "features" in grade:  # a calibrated grade (agent.calibration): a probability, not a raw score
+        best = f"P(answerable) {best}"
     if decision == "accept":
-        return f"accepted: best rerank score {best} ≥ threshold {threshold}"
+        return f"accepted: best rerank score {best} ≥ threshold {threshold}" if "features" not in grade else f"accepted: {best} ≥ threshold {threshold}"
     if decision == "retry":
         return f"weak: best {best} < {threshold} → retry with {grade.get('next_mode')}"
     if decision == "not_found":
@@ -228,6 +230,11 @@ def grade_text(grade: Optional[Mapping[str, Any]]) -> str:
     if decision == "low_confidence":
         return f"weak: best {best} < {threshold} after the last round → answered from the best round (low confidence)"
     return f"{decision}: best {best}, threshold {threshold}"
+
+
+def not_used_rows(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A refusal's closest passages (engine metadata `not_used`), for display as not used."""
+    return [{"id": str(row.get("id", "")), "score": row.get("rerank_score"), "text": str(row.get("text", ""))} for row in metadata.get("not_used") or []]
 
 
 def support_text(metadata: Mapping[str, Any]) -> str:

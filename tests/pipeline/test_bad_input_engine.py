@@ -124,7 +124,7 @@ def test_non_english_and_emoji_questions_answer_with_valid_sources(tiny_config, 
     assert isinstance(response.response, str)
     meta = response.metadata
     assert meta["system"] == system and meta["rounds"] and meta["rounds"][0]["retrieved"]
-    if response.response == NOT_FOUND_ANSWER:  # the agent may decline; then it cites nothing
+    if response.response.startswith(NOT_FOUND_ANSWER):  # the agent may decline; then it cites nothing
         assert response.source_nodes == [] and meta["not_found"]
         return
     top_k = 1 if system == "nn_answer" else (tiny_config.rerank.top_n if system == "full" else tiny_config.generator.context_top_k)

@@ -130,15 +130,19 @@ def test_weak_retrieval_retries_up_to_max_rounds_then_says_not_found(tiny_config
     rounds = response.metadata["rounds"]
     assert [r["grade"]["decision"] for r in rounds] == ["retry", "retry", "not_found"]
     assert [r["mode"] for r in rounds] == ["hyde", "multi", "decompose"]
-    assert response.response == NOT_FOUND_ANSWER
+    assert response.response == f'{NOT_FOUND_ANSWER} Searched for: "What is the airspeed velocity of an unladen swallow?".'
     assert response.source_nodes == [] and response.metadata["not_found"] is True
+    # the closest passages are shown as not used: the best-graded round's, with their scores and text
+    best = max(rounds, key=lambda r: max(h["rerank_score"] for h in r["reranked"]))
+    assert [p["id"] for p in response.metadata["not_used"]] == [h["id"] for h in best["reranked"]][: config.rerank.top_n]
+    assert all(p["text"] for p in response.metadata["not_used"])
 
 
 def test_without_the_rewriter_a_weak_round_is_not_retried(tiny_config):
     config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, grade_threshold=1.0, on_weak="not_found"))
     response = build_query_engine(config, "full-no-rewrite").query("What is a B-tree?")
     assert [r["grade"]["decision"] for r in response.metadata["rounds"]] == ["not_found"]
-    assert response.response == NOT_FOUND_ANSWER and response.metadata["rewrites"] == []
+    assert response.response.startswith(NOT_FOUND_ANSWER) and response.metadata["rewrites"] == []
 
 
 def test_weak_rounds_answer_from_the_best_round_marked_low_confidence_by_default(tiny_config):
@@ -148,7 +152,7 @@ def test_weak_rounds_answer_from_the_best_round_marked_low_confidence_by_default
     rounds = response.metadata["rounds"]
     assert [r["grade"]["decision"] for r in rounds] == ["retry", "low_confidence"]
     assert response.metadata["low_confidence"] is True and response.metadata["not_found"] is False
-    assert response.response != NOT_FOUND_ANSWER
+    assert not response.response.startswith(NOT_FOUND_ANSWER) and response.metadata["not_used"] == []
     best = max(rounds, key=lambda r: max(h["score"] for h in r["reranked"]))
     assert [n.node.node_id for n in response.source_nodes] == [h["id"] for h in best["reranked"]][: len(response.source_nodes)]
     assert len(response.source_nodes) == config.rerank.top_n
@@ -322,3 +326,54 @@ def test_an_answer_its_passages_do_not_support_is_flagged_or_replaced_by_a_quote
     assert check_support(quoting, rag, invented, nodes)[1]["action"] == "none"  # baselines are measured as they answer
     assert check_support(tiny_config, full, NOT_FOUND_ANSWER, nodes) == (NOT_FOUND_ANSWER, None)
     assert check_support(tiny_config, get_system("vanilla", tiny_config), invented, [])[1] is None
+
+
+# ------------------------------------------------------------------ the calibrated grade (agent.calibration)
+
+
+def _calibrated(tiny_config, tmp_path, *, intercept, on_weak="not_found", max_rounds=1):
+    from pipeline.grade import GradeCalibration
+
+    path = tmp_path / "grade.json"
+    GradeCalibration(intercept=intercept, coef={"ql": 0.0, "dense": 0.0}, threshold=0.5).save(path)
+    return dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, calibration=str(path), max_rounds=max_rounds, on_weak=on_weak, grade_threshold=0.0))
+
+
+def test_a_calibrated_grade_above_its_threshold_answers(tiny_config, tmp_path):
+    config = _calibrated(tiny_config, tmp_path, intercept=3.0)  # P = sigmoid(3) = 0.953
+    response = build_query_engine(config, "full").query("What is a B-tree?")
+    grade = response.metadata["rounds"][0]["grade"]
+    assert grade["decision"] == "accept" and grade["best"] == pytest.approx(0.952574, abs=1e-6) and grade["threshold"] == 0.5
+    assert set(response.metadata["rounds"][0]["features"]) == {"ql", "dense"}
+    assert not response.metadata["not_found"] and response.source_nodes
+
+
+def test_a_calibrated_grade_below_its_threshold_refuses_and_names_the_search(tiny_config, tmp_path):
+    config = _calibrated(tiny_config, tmp_path, intercept=-3.0)
+    response = build_query_engine(config, "full").query("What is a B-tree?")
+    grade = response.metadata["rounds"][0]["grade"]
+    assert grade["decision"] == "not_found" and grade["best"] == pytest.approx(0.047426, abs=1e-6)
+    assert response.response == f'{NOT_FOUND_ANSWER} Searched for: "What is a B-tree?".'
+    assert response.source_nodes == [] and len(response.metadata["not_used"]) == config.rerank.top_n
+    assert "support" not in response.metadata  # a refusal is not checked for support
+
+
+def test_a_calibrated_weak_round_retries_with_a_rewrite_that_changes_the_search(tiny_config, tmp_path):
+    config = _calibrated(tiny_config, tmp_path, intercept=-3.0, max_rounds=2)
+    config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, retry_modes=["multi"]))
+    response = build_query_engine(config, "full").query("What is a B-tree?")
+    rounds = response.metadata["rounds"]
+    assert [r["grade"]["decision"] for r in rounds] == ["retry", "not_found"]
+    assert rounds[1]["mode"] == "multi" and rounds[1]["rewrite"]["texts"]
+    first_graded = {h["id"] for h in rounds[0]["reranked"][: config.rerank.top_n]}
+    assert rounds[1]["excluded"] == config.rerank.top_n
+    assert not first_graded & {h["id"] for h in rounds[1]["retrieved"]}, "a retry grades other passages"
+    assert len(rounds[1]["retrieved"]) == len(rounds[0]["retrieved"])
+
+
+def test_a_missing_calibration_file_is_an_error_that_says_how_to_fit_one(tiny_config, tmp_path):
+    from pipeline.grade import GradeError
+
+    config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, calibration=str(tmp_path / "missing.json")))
+    with pytest.raises(GradeError, match="python -m eval.answerability --split dev --fit"):
+        build_query_engine(config, "full").query("What is a B-tree?")
