@@ -70,6 +70,7 @@ def _make_local_llm_class():
         cpu_threads: Optional[int] = Field(default=None, description="torch CPU threads (process-wide) set at load; None keeps torch's default.")
         convert_dir: Optional[str] = Field(default=None, description="Where a model bundled as GGUF is converted to safetensors (generator.convert_dir).")
         repetition_penalty: float = Field(default=1.0, gt=0.0, description="transformers' repetition penalty (1.0: none).")
+        prompt_lookup_tokens: Optional[int] = Field(default=None, gt=0, description="Prompt-lookup decoding (transformers' prompt_lookup_num_tokens) for one greedy prompt at a time; None: off.")
         cache_implementation: Optional[str] = Field(default=None, description="KV cache of generate: append (ragft's append-only cache with the shared prompt prefix prefilled once, CPU; pipeline.models.kv_cache); None: transformers' dynamic default.")
         prepack_weights: bool = Field(default=True, description="Keep the bf16 linear weights prepacked for oneDNN on the CPU (prepack_linear_weights): the same outputs, faster.")
         verbose: bool = Field(default=True, description="Print tokens/s after batched generation.")
@@ -192,6 +193,9 @@ def _make_local_llm_class():
                 # beams and repeated sequences reorder or repeat the cache, which it does not do
                 or kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1
             )
+            if len(kwargs["input_ids"]) == 1 and self.prompt_lookup_tokens and not kwargs.get("do_sample") and kwargs.get("num_beams", 1) == 1:
+                # one greedy prompt: guess the next tokens from the prompt's own n-grams, check them in one pass
+                return model.generate(**kwargs, prompt_lookup_num_tokens=self.prompt_lookup_tokens)
             if plain:  # one prompt (the chat UI's stream) has no padding and no prefix to share: the plain path was ~10% faster to its first words
                 return model.generate(**kwargs)
             if model.config._attn_implementation != kv_cache.DECODE_ATTENTION:
@@ -378,6 +382,7 @@ def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool
         convert_dir=gen.convert_dir,
         repetition_penalty=gen.repetition_penalty,
         cache_implementation=gen.cache_implementation,
+        prompt_lookup_tokens=gen.prompt_lookup_tokens,
         prepack_weights=gen.prepack_weights,
         verbose=verbose,
     )

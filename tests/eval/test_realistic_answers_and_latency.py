@@ -71,3 +71,17 @@ def test_latency_counts_the_lm_calls_the_gate_allows_and_a_clean_first_turn_cost
     assert bench_condense.main(["--split", "val", "--cases", "none", "--limit", "2", "--warmup", "0", "--out", str(out), "--format", "json"]) == 0
     written = json.loads(out.read_text())
     assert written["families"]["verbose"]["messages"] == 2 and written["run"]["command"].startswith("python -m eval.bench condense")
+
+
+def test_latency_side_by_side_with_prompt_lookup_keeps_the_rewrites(condensing, capsys, monkeypatch):
+    result = bench_condense.measure(condensing, "val", adapter=True, hand_dir=None, limit=3, warmup=0, lookups=[None, 4])
+    off, on = result["settings"]
+    assert off["prompt_lookup_tokens"] is None and on["prompt_lookup_tokens"] == 4
+    for family, row in on["families"].items():
+        assert row["messages"] == off["families"][family]["messages"] and row["lm_calls"] == off["families"][family]["lm_calls"]
+        assert row["same_rewrites_as_first"] == row["messages"]  # greedy: the same rewrites, fewer forward passes
+    table = bench_condense.to_markdown(result)
+    assert "#### prompt-lookup decoding: off" in table and "#### prompt-lookup decoding: 4" in table and "Rewrites equal to the first setting's" in table
+    monkeypatch.setattr("pipeline.cli.config_for_data", lambda args: condensing)
+    assert bench_condense.main(["--split", "val", "--cases", "none", "--limit", "1", "--prompt-lookup", "none,x"]) == 2
+    assert "neither none nor a token count" in capsys.readouterr().err

@@ -223,3 +223,23 @@ def test_prepacking_is_skipped_when_the_packed_copies_would_not_fit(monkeypatch,
     monkeypatch.undo()
     assert 0 < device.available_memory_bytes() <= psutil.virtual_memory().total  # the real figure, from psutil
 
+
+
+def test_prompt_lookup_decoding_keeps_greedy_answers_and_streams(config, llm, monkeypatch):
+    """generator.prompt_lookup_tokens: one prompt at a time goes through transformers' prompt-lookup
+    decoding (asked for, not only configured), with the same greedy answers and stream."""
+    import dataclasses
+
+    looked_up = load_llm(dataclasses.replace(config, generator=dataclasses.replace(config.generator, prompt_lookup_tokens=4)), verbose=False)
+    seen = []
+    original = looked_up.model.generate
+    monkeypatch.setattr(looked_up.model, "generate", lambda **kw: seen.append(kw.get("prompt_lookup_num_tokens")) or original(**kw))
+    prompts = [answer_prompt("What is a hash table? A hash table maps keys to values."), answer_prompt("Define latency and throughput.")]
+    llm.clear_memo()
+    plain = [llm.generate_batch([p], show_progress=False)[0] for p in prompts]
+    assert [looked_up.generate_batch([p], show_progress=False)[0] for p in prompts] == plain and any(plain)
+    assert seen == [4, 4]
+    streamed = list(looked_up.stream_complete(prompts[1], formatted=True))
+    assert streamed[-1].text == plain[1] and seen[-1] == 4
+    looked_up.clear_memo()
+    assert looked_up.generate_batch(prompts, show_progress=False) == plain and seen[-1] is None  # a batch: no lookup
