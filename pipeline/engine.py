@@ -189,7 +189,8 @@ class Components:
         """The base LM ('base') or the base LM with the 'plain', 'raft', 'rewriter' or 'condenser' adapter."""
 
         def build():
-            llm = load_llm(self.config, adapter=self.adapter_path(kind), verbose=False)
+            # the copy bias belongs to the generator trained on retrieval: the other kinds write rewrites or no-passage answers
+            llm = load_llm(self.config, adapter=self.adapter_path(kind), verbose=False, copy_bias=self.config.generator.copy_bias if kind == "raft" else None)
             if hasattr(llm, "share_base") and not self.config.generator.merge_adapter:
                 # one base model in memory; each kind is a PEFT adapter switched on per call (the
                 # adapters on disk load with the base model, before its weights are prepacked)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from eval.answerability.benchmark import SPLITS, collect_features, evaluate, fit_calibration, in_kb_questions, out_of_kb_questions, reliability_plot, to_markdown
+from eval.answerability.benchmark import KINDS, SPLITS, collect_features, evaluate, fit_calibration, in_kb_questions, out_of_kb_questions, reliability_plot, to_markdown
 from pipeline.cli import add_io_arguments, config_for_data, run_record
 from pipeline.config import ConfigError, add_config_arguments
 from pipeline.errors import run_cli
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser)
     add_io_arguments(
         parser,
-        data="Prepared data folder: its QA pairs (all splits: open book) form the knowledge base with the pydoc topics, and its artifacts are the systems'. Default: data.dir of the profile.",
+        data="Prepared data folder: its QA pairs (all splits: open book) form the knowledge base with the pydoc topics, and its artifacts are the systems'. The realistic messages ask about the seed data's questions: give the seed splits (../shared/data/seed-technical-qa/splits) for a meaningful run. Default: data.dir of the profile.",
         split="dev (fit the grade and choose its threshold) or test (run once with the dev calibration). Default: dev.",
         split_choices=SPLITS,
         split_default="dev",
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fit", metavar="PATH", help="Fit the grade on this split's questions and write the calibration here (pipeline.grade; agent.calibration reads it). Fit on dev only.")
     parser.add_argument("--calibration", metavar="PATH", help="Evaluate this fitted calibration (from --fit on dev). Either --fit or --calibration is needed.")
     parser.add_argument("--max-refused", type=float, default=0.03, metavar="SHARE", help="With --fit: the highest threshold that refuses at most this share of the in-KB questions (default 0.03: the target is 0.05 on test, with room for the dev/test gap).")
-    parser.add_argument("--seed-questions", type=int, default=60, metavar="N", help="In-KB questions sampled (seeded) from the split's seed questions (default 60), beside the realistic and document ones.")
+    parser.add_argument("--seed-questions", type=int, default=30, metavar="N", help="In-KB questions sampled (seeded) from the split's seed questions (default 30), beside the realistic and document ones.")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="Only the first N questions of each kind (seed, realistic, documents, near, far): quick runs. Default: all.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bars (logs stay).")
     return parser
 
@@ -53,8 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--max-refused {args.max_refused}: a share in [0, 1)")
         if args.seed_questions < 0:
             raise ConfigError(f"--seed-questions {args.seed_questions}: a count >= 0")
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError(f"--limit {args.limit}: a count >= 1")
         config = config_for_data(args)
         rows = in_kb_questions(config.data.dir, args.split, seed_questions=args.seed_questions, seed=config.eval.seed) + out_of_kb_questions(args.split)
+        if args.limit:
+            rows = [r for kind in KINDS for r in [r for r in rows if r["kind"] == kind][: args.limit]]
         measured = collect_features(config, args.split, rows, show_progress=not args.no_progress)
         if args.fit:
             calibration = fit_calibration(measured, max_refused=args.max_refused, fitted_on={"split": args.split, "data": str(config.data.dir)})

@@ -70,6 +70,7 @@ def _make_local_llm_class():
         cpu_threads: Optional[int] = Field(default=None, description="torch CPU threads (process-wide) set at load; None keeps torch's default.")
         convert_dir: Optional[str] = Field(default=None, description="Where a model bundled as GGUF is converted to safetensors (generator.convert_dir).")
         repetition_penalty: float = Field(default=1.0, gt=0.0, description="transformers' repetition penalty (1.0: none).")
+        copy_bias: float = Field(default=0.0, ge=0.0, description="Added to the logits of the prompt's own tokens while generating (generator.copy_bias; the RAFT generator's): answers that keep to the passages' words. 0: off.")
         prompt_lookup_tokens: Optional[int] = Field(default=None, gt=0, description="Prompt-lookup decoding (transformers' prompt_lookup_num_tokens) for one greedy prompt at a time; None: off.")
         cache_implementation: Optional[str] = Field(default=None, description="KV cache of generate: append (ragft's append-only cache with the shared prompt prefix prefilled once, CPU; pipeline.models.kv_cache); None: transformers' dynamic default.")
         prepack_weights: bool = Field(default=True, description="Keep the bf16 linear weights prepacked for oneDNN on the CPU (prepack_linear_weights): the same outputs, faster.")
@@ -184,6 +185,12 @@ def _make_local_llm_class():
                 return self._run_generate(model, kwargs)
 
         def _run_generate(self, model: Any, kwargs: dict[str, Any]) -> Any:
+            if self.copy_bias:
+                rows = [ids[m.bool()].tolist() for ids, m in zip(kwargs["input_ids"], kwargs["attention_mask"])]
+                kwargs = {**kwargs, "logits_processor": [prompt_copy_bias(rows, self.copy_bias, self.tokenizer.all_special_ids)]}
+            return self._generate_with_cache(model, kwargs)
+
+        def _generate_with_cache(self, model: Any, kwargs: dict[str, Any]) -> Any:
             """model.generate; with cache_implementation=append, for a batch on the CPU, through
             ragft's append-only KV cache and decoding attention, the batch's shared prompt prefix
             prefilled once (pipeline.models.kv_cache). The output has the same width as the plain
@@ -242,7 +249,7 @@ def _make_local_llm_class():
             outputs: list[str] = [""] * len(prompts)
             # greedy output is a function of (adapter, prompt, settings): answer repeats from the memo
             greedy = not kwargs.get("do_sample")
-            settings = tuple(sorted((k, v) for k, v in kwargs.items() if k != "pad_token_id")) + ((("cache_implementation", "append"),) if self.cache_implementation == "append" else ())
+            settings = tuple(sorted((k, v) for k, v in kwargs.items() if k != "pad_token_id")) + ((("cache_implementation", "append"),) if self.cache_implementation == "append" else ()) + ((("copy_bias", self.copy_bias),) if self.copy_bias else ())
             keys = [(self.model_ref, self.adapter, prompt, settings) for prompt in prompts]
             todo: dict[tuple, int] = {}
             # what each answer cost to generate: a memoized one is charged what it cost the first
@@ -340,13 +347,39 @@ def local_llm_class() -> type:
     return _LOCAL_LLM_CLASS
 
 
-def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool = True) -> Any:
+def prompt_copy_bias(rows: Sequence[Sequence[int]], bias: float, exclude: Sequence[int] = ()) -> Any:
+    """A transformers LogitsProcessor adding `bias` to the logits of the tokens of each row's own
+    prompt (`rows`: the prompts' token ids, in batch order), except the `exclude`d (special) ones."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class PromptCopyBias(LogitsProcessor):
+        def __init__(self) -> None:
+            self.mask: Any = None
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            if self.mask is None or self.mask.shape != scores.shape:
+                if scores.shape[0] != len(rows):
+                    raise ValueError(f"copy bias: {scores.shape[0]} sequences but {len(rows)} prompts")
+                mask = torch.zeros(scores.shape, dtype=scores.dtype, device=scores.device)
+                for row, ids in enumerate(rows):
+                    keep = [t for t in set(ids) if t < scores.shape[1]]
+                    mask[row, keep] = bias
+                mask[:, [t for t in exclude if t < scores.shape[1]]] = 0.0
+                self.mask = mask
+            return scores + self.mask
+
+    return PromptCopyBias()
+
+
+def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool = True, copy_bias: Optional[float] = None) -> Any:
     """The generator LLM of `config` as a LlamaIndex LLM. Cheap: weights load on first use.
 
     `adapter`: "config" (default) uses `generator.adapter`; None means the base model; a folder
     loads that LoRA adapter instead. backend=openai returns an `OpenAILike` client for any
     OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama) at `generator.api_base`.
-    Nothing is cached globally: call it once per process and keep the object.
+    Nothing is cached globally: call it once per process and keep the object. `copy_bias`:
+    generator.copy_bias for this LM (None: off; the engine gives it to the RAFT generator only).
     """
     gen = config.generator
     adapter = gen.adapter if adapter == "config" else adapter
@@ -383,6 +416,7 @@ def load_llm(config: Config, adapter: Optional[str] = "config", *, verbose: bool
         repetition_penalty=gen.repetition_penalty,
         cache_implementation=gen.cache_implementation,
         prompt_lookup_tokens=gen.prompt_lookup_tokens,
+        copy_bias=copy_bias or 0.0,
         prepack_weights=gen.prepack_weights,
         verbose=verbose,
     )

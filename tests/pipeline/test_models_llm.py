@@ -243,3 +243,30 @@ def test_prompt_lookup_decoding_keeps_greedy_answers_and_streams(config, llm, mo
     assert streamed[-1].text == plain[1] and seen[-1] == 4
     looked_up.clear_memo()
     assert looked_up.generate_batch(prompts, show_progress=False) == plain and seen[-1] is None  # a batch: no lookup
+
+
+def test_copy_bias_keeps_a_greedy_answer_to_its_prompts_tokens(config, llm, monkeypatch):
+    """generator.copy_bias: a large bias leaves only the prompt's own tokens (or a stop) to choose
+    from, in a batch and alone; the memo never hands an unbiased answer to the biased LM."""
+    from pipeline.models.llm import prompt_copy_bias
+
+    biased = load_llm(config, verbose=False, copy_bias=20.0)
+    prompts = [answer_prompt("What is TCP?", ["TCP is reliable.", "UDP is not."]), answer_prompt("Define latency and throughput.")]
+    llm.clear_memo()
+    llm.generate_batch(prompts, show_progress=False)  # unbiased answers in the shared memo first
+    processors = []
+    original = biased.model.generate
+    monkeypatch.setattr(biased.model, "generate", lambda **kw: processors.append(kw.get("logits_processor")) or original(**kw))
+    copied = biased.generate_batch(prompts, show_progress=False)
+    assert len(processors) == 1 and processors[0] and processors[0][0].mask.shape[0] == 2  # generated, biased, not memoized
+    tokenizer = biased.tokenizer
+    for prompt, text in zip(prompts, copied):
+        allowed = set(tokenizer(prompt, add_special_tokens=False).input_ids) | set(tokenizer.all_special_ids)
+        produced = tokenizer(text, add_special_tokens=False).input_ids
+        assert produced and set(produced) <= allowed | set(tokenizer(" " + text, add_special_tokens=False).input_ids)
+    assert [biased.generate_batch([p], show_progress=False)[0] for p in prompts] == copied  # alone = batched
+    processor = prompt_copy_bias([[1, 2], [3]], 2.0, exclude=[2])
+    scores = processor(None, torch.zeros(2, 5))
+    assert scores.tolist() == [[0.0, 2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0, 0.0]]
+    with pytest.raises(ValueError, match="3 sequences but 2 prompts"):
+        prompt_copy_bias([[1], [2]], 1.0)(None, torch.zeros(3, 5))

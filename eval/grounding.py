@@ -1,0 +1,159 @@
+"""`python -m eval.grounding`: how much of `full`'s answers their passages hold, under decoding
+settings that keep the generator to its sources.
+
+    python -m eval.grounding --data ../shared/data/seed-technical-qa/splits --split val --copy-bias 0,1,2,3 --out results/grounding/val.json
+    python -m eval.grounding --data ... --split test --copy-bias 0,2 --out results/grounding/test.json    # run once
+
+`full` retrieves and reranks each question once (its first round, `retrieve_only`); the RAFT
+generator then answers every question once per `generator.copy_bias` value (a bias added to the
+logits of the prompt's own tokens), reading the same passages. Per value: ROUGE-L and BERTScore F1
+against the reference, the mean lexical support (pipeline.support: ROUGE-L precision against the
+best cited passage) and the support rate (the share of answers at least half made of one passage's
+words), with 95% intervals, the paired ROUGE-L difference against the first value, and the same
+scores under `generator.on_unsupported: quote` (an unsupported answer replaced by its best passage,
+quoted), computed from the same answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Callable, Sequence
+
+from pipeline.cli import add_io_arguments, config_for_data, run_record
+from pipeline.config import ConfigError, add_config_arguments
+from pipeline.errors import run_cli
+from pipeline.fileio import write_json
+
+
+def _scores(config: Any, answers: Sequence[str], references: Sequence[str], passages: Sequence[Sequence[str]], bertscore: Any) -> dict[str, list[float]]:
+    from eval.metrics import compute_answer_scores
+    from pipeline.support import lexical_support
+
+    scores = compute_answer_scores(answers, references, bertscore=bertscore)
+    support = [lexical_support(a, p)[0] for a, p in zip(answers, passages)]
+    return {
+        "rougeL": [float(v) for v in scores.per_question["rougeL"]],
+        "bertscore_f1": [float(v) for v in scores.per_question["bertscore_f1"]],
+        "support": support,
+        "supported": [1.0 if s >= config.generator.support_threshold else 0.0 for s in support],
+    }
+
+
+def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limit: int | None = None, show_progress: bool = True, log: Callable[[str], None] = print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from tqdm.auto import tqdm
+
+    from eval.metrics import BertScoreModel
+    from pipeline.data import load_split
+    from pipeline.engine import Components, build_query_engine, keep_valid_citations, passage_text, quoted_passage
+    from pipeline.generate import answer_batch
+    from pipeline.metrics import paired_mean_test, summarize
+    from pipeline.models import load_llm
+    from pipeline.support import lexical_support
+
+    rows = load_split(config.data.dir, split)[:limit] if limit else load_split(config.data.dir, split)
+    components = Components(config)
+    engine = build_query_engine(config, "full", components=components)
+    started = time.perf_counter()
+    retrieved = [engine.retrieve_only(r["question"]) for r in tqdm(rows, desc="full: retrieve + rerank", disable=not show_progress)]
+    seconds = {"retrieve": round(time.perf_counter() - started, 1)}
+    nodes = [list(r["nodes"]) for r in retrieved]
+    passages = [[passage_text(n) for n in ns] for ns in nodes]
+    references = [r["answer"] for r in rows]
+    bertscore = BertScoreModel(config.eval.bertscore_model, allow_fallback=True)
+    raft = components.adapter_path("raft")
+    result: dict[str, Any] = {"split": split, "questions": len(rows), "settings": {}, "seconds": seconds}
+    per_question = [{"question": r["question"], "reference": r["answer"], "passages": [n.node.node_id for n in ns], "answers": {}} for r, ns in zip(rows, nodes)]
+    first: dict[str, list[float]] = {}
+    for bias in biases:
+        llm = load_llm(config, adapter=raft, verbose=False, copy_bias=bias)
+        started = time.perf_counter()
+        texts = answer_batch(llm, [r["state"].asked for r in retrieved], [p or None for p in passages], max_passage_chars=config.generator.max_passage_chars, show_progress=show_progress)
+        texts = [keep_valid_citations(t, len(ns)) for t, ns in zip(texts, nodes)]
+        seconds[f"generate copy_bias={bias}"] = round(time.perf_counter() - started, 1)
+        values = _scores(config, texts, references, passages, bertscore)
+        quoted = []
+        for text, ns, p, supported in zip(texts, nodes, passages, values["supported"]):
+            best = lexical_support(text, p)[1]
+            quoted.append(text if supported or best is None else quoted_passage(ns[best], best + 1))
+        quote_values = _scores(config, quoted, references, passages, bertscore)
+        entry = summarize(values, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+        entry["quote"] = summarize(quote_values, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+        if not first:
+            first = values
+        else:
+            entry["rougeL_minus_first"] = paired_mean_test(values["rougeL"], first["rougeL"], samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+        result["settings"][str(bias)] = entry
+        for row, text, s in zip(per_question, texts, values["support"]):
+            row["answers"][str(bias)] = {"answer": text, "support": round(s, 4)}
+        log(f"copy_bias {bias}: ROUGE-L {entry['rougeL']:.4f}, support rate {entry['supported']:.3f} (quote policy: {entry['quote']['supported']:.3f}, ROUGE-L {entry['quote']['rougeL']:.4f})")
+    return result, per_question
+
+
+def _cell(summary: Any, metric: str) -> str:
+    return f"{summary[metric]:.4f} [{summary['ci95'][metric][0]:.4f}, {summary['ci95'][metric][1]:.4f}]"
+
+
+def to_markdown(result: Any) -> str:
+    lines = [
+        f"### Grounding of `full`'s answers, split {result['split']} ({result['questions']} questions)",
+        "",
+        "| copy_bias | ROUGE-L | BERTScore F1 | support (mean) | supported (>= 0.5) | ROUGE-L - first [95%] | with `quote`: supported | with `quote`: ROUGE-L |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for bias, s in result["settings"].items():
+        delta = s.get("rougeL_minus_first")
+        cell = f"{delta['diff']:+.4f} [{delta['ci95_low']:+.4f}, {delta['ci95_high']:+.4f}]" if delta else "–"
+        lines.append(f"| {bias} | {_cell(s, 'rougeL')} | {_cell(s, 'bertscore_f1')} | {_cell(s, 'support')} | {_cell(s, 'supported')} | {cell} | {_cell(s['quote'], 'supported')} | {_cell(s['quote'], 'rougeL')} |")
+    lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + "."]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.grounding", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    add_io_arguments(
+        parser,
+        data="Prepared data folder whose split is answered (its artifacts are the systems'). Default: data.dir of the profile.",
+        split="Split answered: val (choose the setting) or test (run once). Default: val.",
+        split_default="val",
+        formats="md (a table) or json.",
+        out="Write the result as JSON here (and the per-question answers beside it, .questions.jsonl).",
+    )
+    parser.add_argument("--copy-bias", default="0,2", metavar="LIST", help="generator.copy_bias values compared on the same passages, the first as the reference of the paired differences. Default: 0,2.")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="Only the first N questions (quick runs). Default: all.")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars (logs stay).")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+
+    def body() -> None:
+        from pathlib import Path
+
+        from pipeline.fileio import write_jsonl
+
+        try:
+            biases = [float(v) for v in args.copy_bias.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--copy-bias {args.copy_bias!r}: comma-separated numbers, e.g. 0,1,2") from None
+        if not biases or any(not 0.0 <= b <= 20.0 for b in biases):
+            raise ConfigError(f"--copy-bias {args.copy_bias!r}: one or more values between 0 and 20, e.g. 0,1,2")
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError(f"--limit {args.limit}: a count >= 1")
+        config = config_for_data(args)
+        result, rows = evaluate_grounding(config, args.split, biases, limit=args.limit, show_progress=not args.no_progress)
+        result["run"] = run_record("eval.grounding", argv, started)
+        if args.out:
+            write_json(args.out, result)
+            write_jsonl(Path(args.out).with_suffix(".questions.jsonl"), rows)
+        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

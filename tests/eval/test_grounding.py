@@ -1,0 +1,33 @@
+"""eval.grounding on the tiny system: the same passages for every copy bias, support scored as
+pipeline.support scores it, the quote policy computed from the same answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.grounding import evaluate_grounding, main, to_markdown
+from pipeline.support import lexical_support
+
+
+def test_grounding_scores_each_copy_bias_on_the_same_passages(tiny_config, tmp_path, capsys, monkeypatch):
+    result, rows = evaluate_grounding(tiny_config, "val", [0.0, 20.0], limit=3, show_progress=False, log=lambda *_: None)
+    assert result["questions"] == 3 and list(result["settings"]) == ["0.0", "20.0"]
+    assert "rougeL_minus_first" not in result["settings"]["0.0"] and "rougeL_minus_first" in result["settings"]["20.0"]
+    for bias, summary in result["settings"].items():
+        answers = [row["answers"][bias] for row in rows]
+        assert summary["support"] == pytest.approx(sum(a["support"] for a in answers) / 3, abs=1e-4)
+        assert summary["quote"]["supported"] >= summary["supported"]  # a quoted passage supports itself
+    assert all(len(row["passages"]) == tiny_config.rerank.top_n for row in rows)
+    assert "| 20.0 |" in to_markdown(result)
+    monkeypatch.setattr("eval.grounding.config_for_data", lambda args: tiny_config)
+    out = tmp_path / "g.json"
+    assert main(["--split", "val", "--limit", "2", "--copy-bias", "0", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["questions"] == 2 and out.with_suffix(".questions.jsonl").is_file()
+    assert main(["--copy-bias", "0,abc"]) == 2 and "comma-separated numbers" in capsys.readouterr().err
+    assert main(["--copy-bias", "50"]) == 2 and "between 0 and 20" in capsys.readouterr().err
+
+
+def test_support_of_a_copied_answer_is_one():
+    assert lexical_support("TCP is reliable", ["Some text. TCP is reliable, UDP is not."])[0] == 1.0
