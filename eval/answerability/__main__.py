@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", metavar="PATH", help="Evaluate this fitted calibration (from --fit on dev). Either --fit or --calibration is needed.")
     parser.add_argument("--max-refused", type=float, default=0.03, metavar="SHARE", help="With --fit: the highest threshold that refuses at most this share of the in-KB questions (default 0.03: the target is 0.05 on test, with room for the dev/test gap).")
     parser.add_argument("--seed-questions", type=int, default=30, metavar="N", help="In-KB questions sampled (seeded) from the split's seed questions (default 30), beside the realistic and document ones.")
+    parser.add_argument("--predictions", metavar="FILE", help="Instead of the benchmark: what --calibration would refuse among a system's answered questions (an eval.compare predictions file, e.g. {run_dir}/compare/predictions/full.jsonl, whose traces hold the scores), and their ROUGE-L with those answers replaced by the refusal.")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="Only the first N questions of each kind (seed, realistic, documents, near, far): quick runs. Default: all.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bars (logs stay).")
     return parser
@@ -57,6 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit {args.limit}: a count >= 1")
         config = config_for_data(args)
+        if args.predictions:
+            if not args.calibration:
+                raise ConfigError("--predictions needs --calibration PATH (a grade fitted with --fit on dev)")
+            from eval.answerability.benchmark import refusals_on_predictions
+
+            report = refusals_on_predictions(args.predictions, GradeCalibration.load(args.calibration), top_n=config.rerank.top_n, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+            report["run"] = run_record("eval.answerability", argv, started)
+            if args.out:
+                write_json(args.out, report)
+            change = report["rougeL_change"]
+            print(json.dumps(report, indent=2) if args.format == "json" else f"{args.predictions}: {report['refused']} of {report['questions']} refused ({report['refused_rate']:.3f}); ROUGE-L {report['rougeL_answered']:.4f} answered -> {report['rougeL_with_refusals']:.4f} with the refusals, {change['diff']:+.4f} [{change['ci95_low']:+.4f}, {change['ci95_high']:+.4f}]")
+            return
         rows = in_kb_questions(config.data.dir, args.split, seed_questions=args.seed_questions, seed=config.eval.seed) + out_of_kb_questions(args.split)
         if args.limit:
             rows = [r for kind in KINDS for r in [r for r in rows if r["kind"] == kind][: args.limit]]

@@ -176,6 +176,50 @@ def evaluate(rows: Sequence[Mapping[str, Any]], calibration: Any, *, samples: in
     }
 
 
+def trace_features(trace: Mapping[str, Any], top_n: int) -> Optional[dict[str, float]]:
+    """The grade's features of a prediction's first round, read from its trace (eval.compare's
+    predictions keep every candidate's scores, in reranked order): the first `top_n` reranked
+    candidates are the passages the round kept."""
+    rounds = trace.get("rounds") or []
+    kept = (rounds[0].get("reranked") or [])[:top_n] if rounds else []
+    ql = [float(c["rerank_score"]) for c in kept if c.get("rerank_score") is not None]
+    if not ql:
+        return None
+    import math
+
+    dense = [float(c["retrieval_score"]) for c in kept if c.get("retrieval_score") is not None]
+    return {"ql": math.log(max(max(ql), 1e-6)), "dense": max(dense) if dense else 0.0}
+
+
+def refusals_on_predictions(path: str | Path, calibration: Any, *, top_n: int, samples: int = 1000, seed: int = 42) -> dict[str, Any]:
+    """What the calibrated grade would refuse among a system's answered predictions (an
+    eval.compare predictions file), and their ROUGE-L if those answers were the refusal instead."""
+    from eval.metrics import lexical_scores
+    from pipeline.engine import refusal_text
+    from pipeline.metrics import paired_mean_test
+
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise DataError(f"{path}: no predictions")
+    features = [trace_features(r.get("trace") or {}, top_n) for r in rows]
+    refused = [f is not None and calibration.probability(f) < calibration.threshold for f in features]
+    answered = [r["prediction"] for r in rows]
+    with_refusals = [refusal_text(r["trace"].get("search_question") or r["question"]) if no else r["prediction"] for r, no in zip(rows, refused)]
+    references = [r["reference"] for r in rows]
+    before = lexical_scores(answered, references)["rougeL_per_question"]
+    after = lexical_scores(with_refusals, references)["rougeL_per_question"]
+    return {
+        "predictions": str(path),
+        "questions": len(rows),
+        "refused": sum(refused),
+        "refused_rate": sum(refused) / len(rows),
+        "rougeL_answered": float(sum(before) / len(before)),
+        "rougeL_with_refusals": float(sum(after) / len(after)),
+        "rougeL_change": paired_mean_test(after, before, samples=samples, seed=seed),
+        "refused_questions": [r["question"] for r, no in zip(rows, refused) if no],
+    }
+
+
 def reliability_plot(result: Mapping[str, Any], path: str | Path) -> None:
     import matplotlib
 

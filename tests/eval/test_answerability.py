@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -78,3 +79,22 @@ def test_the_command_refuses_fitting_on_test_and_needs_one_mode(capsys):
     assert "fit and choose the threshold on dev" in capsys.readouterr().err
     assert main(["--split", "dev"]) == 2
     assert "exactly one of --fit" in capsys.readouterr().err
+
+
+def test_refusals_on_predictions_read_the_grade_from_each_trace(tmp_path):
+    from eval.answerability.benchmark import refusals_on_predictions, trace_features
+
+    def row(question, answer, scores):
+        reranked = [{"id": f"p{i}", "rerank_score": q, "retrieval_score": d} for i, (q, d) in enumerate(scores)]
+        return {"question": question, "prediction": answer, "reference": answer, "trace": {"search_question": question, "rounds": [{"reranked": reranked}]}}
+
+    rows = [row("What is TCP?", "TCP is a reliable transport protocol.", [(0.5, 0.9), (0.1, 0.2), (0.9, 0.1)]), row("Best pancake recipe?", "Mix flour and eggs.", [(0.01, 0.1), (0.02, 0.05)])]
+    path = tmp_path / "full.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert trace_features(rows[0]["trace"], top_n=2) == pytest.approx({"ql": math.log(0.5), "dense": 0.9})  # the third candidate was not kept
+    assert trace_features({"rounds": [{"reranked": [{"id": "x"}]}]}, top_n=3) is None
+    calibration = GradeCalibration(intercept=-2.0, coef={"ql": 0.0, "dense": 5.0}, threshold=0.5)  # refuses when dense < 0.4
+    report = refusals_on_predictions(path, calibration, top_n=2, samples=100)
+    assert report["refused"] == 1 and report["refused_questions"] == ["Best pancake recipe?"]
+    assert report["rougeL_answered"] == pytest.approx(1.0) and report["rougeL_with_refusals"] < 1.0
+    assert report["rougeL_change"]["diff"] == pytest.approx(report["rougeL_with_refusals"] - 1.0)
