@@ -221,7 +221,10 @@ def test_agent_retries_then_declines_and_the_trace_shows_each_round(monkeypatch,
     assert len(rounds) == 2
     assert rounds[0].startswith("- Round 1 · rewrite ") and "→ retry with multi" in rounds[0]
     assert rounds[1].startswith("- Round 2 · rewrite multi") and rounds[1].endswith("after the last round → not found")
-    assert [e.label for e in reply.expander] == ["Sources (0)", "Trace: rewrite, rounds, timings"]  # candidates still viewable
+    closest = turn["metadata"]["not_used"]
+    assert [e.label for e in reply.expander] == [f"Closest passages, not used ({len(closest)})", "Sources (0)", "Trace: rewrite, rounds, timings"]  # candidates still viewable
+    assert len(closest) == config.rerank.top_n and "Searched for:" in turn["answer"]
+    assert [t.value for t in reply.expander[0].text] == [row["text"] for row in closest]
 
 
 # ------------------------------------------------------------------ conversations

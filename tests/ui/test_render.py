@@ -141,6 +141,11 @@ def test_round_lines_summarise_the_agent_loop_compactly():
     ]
     assert render.grade_text({"decision": "not_found", "best": 0.1, "threshold": 0.3}).endswith("after the last round → not found")
     assert render.grade_text({"decision": "accept", "reason": "no agent loop"}) == "accept (no agent loop)"
+    calibrated = {"best": 0.2, "threshold": 0.45, "features": {"ql": -2.0, "dense": 0.3}}
+    assert render.grade_text({"decision": "accept", **calibrated, "best": 0.6}) == "accepted: P(answerable) 0.600 ≥ threshold 0.450"
+    assert render.grade_text({"decision": "not_found", **calibrated}) == "weak: best P(answerable) 0.200 < 0.450 after the last round → not found"
+    assert render.not_used_rows({"not_used": [{"id": "a", "rerank_score": 0.1, "text": "t"}]}) == [{"id": "a", "score": 0.1, "text": "t"}]
+    assert render.not_used_rows({}) == []
 
 
 def test_rewrite_blocks_name_what_the_rewriter_wrote():
