@@ -38,6 +38,9 @@ COMMANDS: dict[str, Command] = {
     "score": Command("eval.score", "score prediction files (BLEU-4, ROUGE-L, BERTScore, ...)"),
     "publish": Command("eval.publish", "publish a compare run under results/ and regenerate the README tables"),
     "bench": Command("eval.bench", "speed and scale benchmarks (bench speed | scale | retrieval)"),
+    "documents": Command("eval.documents", "the document benchmark: Python's reference beside the knowledge base, hand-written questions"),
+    "answerability": Command("eval.answerability", "in-KB against out-of-KB questions: fit the agent's calibrated grade, refusal rates"),
+    "grounding": Command("eval.grounding", "how much of full's answers their passages hold, per generator.copy_bias"),
 }
 
 # ragft train <part>: one fine-tuning module per trainable part
