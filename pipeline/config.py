@@ -303,7 +303,7 @@ class AgentConfig:
     max_rounds: int = option(3, "Retrieval rounds at most (the first included).", POSITIVE)
     on_weak: Literal["answer", "not_found"] = option("answer", "When every round grades below grade_threshold: answer from the best round's passages and mark the answer low-confidence in its metadata (answer), or refuse with 'not found in the knowledge base' (not_found, strict).")
     calibration: Optional[str] = option(None, "A fitted grade (pipeline.grade; `python -m eval.answerability --split dev --fit PATH` writes one): the agent then grades a round by the calibrated probability that its passages answer the question, against the calibration's own threshold (chosen on dev), instead of the raw rerank score against grade_threshold. null: the raw score.")
-    retry_modes: list[str] = option(["multi", "decompose"], "Rewrite modes tried, in order, on the rounds after the first (none, hyde, multi, decompose).", (lambda v: all(m in ("none", "hyde", "multi", "decompose") for m in v), "must list only none, hyde, multi, decompose"))
+    retry_modes: list[str] = option(["multi", "decompose"], "Rewrite modes tried, in order, on the rounds after the first (none: the message as typed; hyde, multi, decompose: the LM's rewrites; keywords: the question's content words alone, no LM). A retry looks past the passages earlier rounds graded.", (lambda v: all(m in ("none", "hyde", "multi", "decompose", "keywords") for m in v), "must list only none, hyde, multi, decompose, keywords"))
 
 
 @dataclass

@@ -379,10 +379,11 @@ class RagftWorkflow(Workflow):
                 searches = list(made.questions)
                 state.search_question = " ".join(made.questions)
         elif mode != "none":
-            rewrite = self.components.rewriter(spec.rewriter_adapter).rewrite(state.question, mode)
+            # a retry after a condensed first round rewrites the standalone question, not the raw message
+            rewrite = self.components.rewriter(spec.rewriter_adapter).rewrite(state.asked, mode)
             record["rewrite"] = rewrite.as_dict()
-            if rewrite.mode == "decompose" and rewrite.texts:
-                searches = list(rewrite.texts)
+            if rewrite.mode in ("decompose", "keywords") and rewrite.texts:
+                searches = list(rewrite.texts)  # each searched on its own (keywords: instead of the question)
         state.timed("rewrite", time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -395,9 +396,9 @@ class RagftWorkflow(Workflow):
             lists = [retriever.retrieve(text) for text in searches]
         else:
             texts = list(rewrite.texts) if rewrite is not None else []
-            bundle = QueryBundle(query_str=state.question, custom_embedding_strs=[state.question, *texts] if texts else None)
+            bundle = QueryBundle(query_str=state.asked, custom_embedding_strs=[state.asked, *texts] if texts else None)
             lists = [retriever.retrieve(bundle)]
-            searches = [state.question]
+            searches = [state.asked]
         if exclude:
             lists = [[h for h in hits if h.node.node_id not in exclude][:candidates] for hits in lists]
             record["excluded"] = len(exclude)

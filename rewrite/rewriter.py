@@ -42,7 +42,7 @@ from rewrite.prompts import parse_lines, rewrite_messages
 if TYPE_CHECKING:
     from pipeline.config import Config
 
-MODES = ("none", "hyde", "multi", "decompose")
+MODES = ("none", "hyde", "multi", "decompose", "keywords")  # keywords: no LM, the agent's retries only
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,15 @@ _STOPWORDS = frozenset("a an the of and or to in on for with is are was were be 
 
 def _content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9][a-z0-9+#-]*", text.lower()) if w not in _STOPWORDS and len(w) > 1}
+
+
+def keywords(question: str) -> str:
+    """The question's content words in their order, once each: a keyword search string."""
+    seen: list[str] = []
+    for word in re.findall(r"[a-z0-9][a-z0-9+#-]*", question.lower()):
+        if word not in _STOPWORDS and len(word) > 1 and word not in seen:
+            seen.append(word)
+    return " ".join(seen)
 
 
 def split_clauses(question: str, limit: int) -> list[str]:
@@ -185,6 +194,9 @@ class QueryRewriter(BaseQueryTransform):
                 results[i] = cached
             elif mode == "none":
                 results[i] = Rewrite(mode="none", question=question)
+            elif mode == "keywords":  # CRAG's retry: the question's content words alone, no LM
+                words = keywords(question)
+                results[i] = Rewrite("keywords", question, (words,) if words else (), "rules" if words else "fallback")
             else:
                 todo.append(i)
         if todo:

@@ -377,3 +377,15 @@ def test_a_missing_calibration_file_is_an_error_that_says_how_to_fit_one(tiny_co
     config = dataclasses.replace(tiny_config, agent=dataclasses.replace(tiny_config.agent, calibration=str(tmp_path / "missing.json")))
     with pytest.raises(GradeError, match="python -m eval.answerability --split dev --fit"):
         build_query_engine(config, "full").query("What is a B-tree?")
+
+
+def test_a_keywords_retry_searches_the_content_words_alone_with_no_lm(tiny_config, tmp_path):
+    from rewrite.rewriter import keywords
+
+    assert keywords("What is the difference between a B-tree and a B+ tree?") == "b-tree b+ tree"  # "difference" is a question word here
+    config = _calibrated(tiny_config, tmp_path, intercept=-3.0, max_rounds=2)
+    config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, retry_modes=["keywords"]))
+    response = build_query_engine(config, "full").query("How does a B-tree stay balanced?")
+    retry = response.metadata["rounds"][1]
+    assert retry["mode"] == "keywords" and retry["rewrite"]["texts"] == ["b-tree stay balanced"] and retry["rewrite"]["method"] == "rules"
+    assert retry["rewrite"]["raw"] == "" and retry["excluded"] == config.rerank.top_n
