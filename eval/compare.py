@@ -120,6 +120,8 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
         settings["generator"]["quantize"] = RETIRED_DEFAULTS["generator.quantize"]  # a removed key: the digests of earlier runs stay as they were
         if tree["generator"]["cache_implementation"]:  # only when set: the digests of dynamic-cache runs stay as they were
             settings["generator"]["cache_implementation"] = tree["generator"]["cache_implementation"]
+        if spec.generator == "raft" and tree["generator"]["copy_bias"]:  # only the RAFT generator reads it, and only when set
+            settings["generator"]["copy_bias"] = tree["generator"]["copy_bias"]
     if spec.retrieve is not None:
         index_tree = tree["index"]
         if uses_finetuned_embedder(config, spec):  # the fine-tuned embedder's index (its identity is in "artifacts")
@@ -134,7 +136,8 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
         # hyde_question_weight only when set: the digests of plain-mean runs stay as they were
         settings["rewrite"] = {k: v for k, v in tree["rewrite"].items() if k != "hyde_question_weight" or v is not None}
     if spec.agent:
-        settings["agent"] = tree["agent"]
+        # calibration only when set: the digests of runs graded by the raw score stay as they were
+        settings["agent"] = {k: v for k, v in tree["agent"].items() if k != "calibration" or v}
     if spec.full_family and spec.retrieve is not None and spec.generator is not None and config.generator.on_unsupported == "quote":
         # only quoting changes answers (flagging writes metadata): the digests of other runs stay as they were
         settings["support"] = {"on_unsupported": "quote", "threshold": config.generator.support_threshold}

@@ -455,6 +455,26 @@ def test_the_hyde_question_weight_changes_the_digest_of_rewriting_systems_only_w
         assert cmp.system_digest(weighted, get_system(name, weighted)) == cmp.system_digest(config, get_system(name, config)), name
 
 
+def test_the_copy_bias_and_a_grade_calibration_change_digests_only_where_read_and_only_when_set():
+    """generator.copy_bias changes the answers of the systems that read the RAFT generator, and
+    agent.calibration those with the agent loop; unset, neither enters a digest."""
+    import dataclasses
+
+    from pipeline.systems import get_system
+
+    config = load_config("smollm2")
+    biased = dataclasses.replace(config, generator=dataclasses.replace(config.generator, copy_bias=2.0))
+    graded = dataclasses.replace(config, agent=dataclasses.replace(config.agent, calibration="grade.json"))
+    assert "copy_bias" not in cmp.system_settings(config, get_system("full", config))["generator"]
+    assert "calibration" not in cmp.system_settings(config, get_system("full", config))["agent"]
+    for name in ("full", "full-no-rerank", "full-no-agent"):
+        assert cmp.system_digest(biased, get_system(name, biased)) != cmp.system_digest(config, get_system(name, config)), name
+    for name in ("rag_finetuned", "full-plain-generator", "full-base-generator", "vanilla"):
+        assert cmp.system_digest(biased, get_system(name, biased)) == cmp.system_digest(config, get_system(name, config)), name
+    assert cmp.system_digest(graded, get_system("full", graded)) != cmp.system_digest(config, get_system("full", config))
+    assert cmp.system_digest(graded, get_system("full-no-agent", graded)) == cmp.system_digest(config, get_system("full-no-agent", config))
+
+
 def test_the_fine_tuned_embedders_backend_reaches_its_index_and_the_digests_of_its_systems():
     """index.finetuned_backend: the fine-tuned index (and only it) is embedded through it; full's
     digest follows it, a baseline's does not; null keeps index.backend (and every digest)."""
