@@ -47,6 +47,36 @@ def _renderer(result: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
     raise ValueError("not a run of eval.answerability, eval.documents or eval.grounding: none of their keys")
 
 
+def _ci(value: float, ci: Sequence[float]) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def trust_headline(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """The front page's short table of what the trust benchmarks measured: refusals (an
+    answerability run), the document benchmark's hit@3 and support, the support of `full`'s
+    answers per copy bias (a grounding run); one row per figure, with the file it comes from."""
+    rows = []
+    for name, result in runs:
+        kind = _renderer(result)
+        if "evaluation" in result and "calibration" in result:
+            refusal = result["evaluation"]["refusal"]
+            for group, label in (("far", "out-of-KB questions far from the corpus, refused"), ("near", "out-of-KB questions near it (other technical topics), refused"), ("in-KB", "in-KB questions refused")):
+                if group in refusal:
+                    rows.append((f"{label} ({result['split']}, n {refusal[group]['n']})", _ci(refusal[group]["rate"], refusal[group]["ci95"]), name))
+            rows.append((f"calibration error of the grade ({result['split']})", f"ECE {result['evaluation']['ece']:.3f}", name))
+        elif "document" in result:
+            for system, summary in result["systems"].items():
+                rows.append((f"document benchmark ({result['split']}, n {result['questions']}): `{system}` finds the answering section in its top 3", _ci(summary["hit@3"], summary["ci95"]["hit@3"]), name))
+                if "supported" in summary:
+                    rows.append((f"document benchmark: `{system}`'s answers at least half made of a cited passage's words", _ci(summary["supported"], summary["ci95"]["supported"]), name))
+        elif kind is not _refusal_report:
+            for bias, summary in result["settings"].items():
+                rows.append((f"seed {result['split']}: `full`'s answers at least half made of a cited passage's words, copy_bias {bias} (ROUGE-L {summary['rougeL']:.4f})", _ci(summary["supported"], summary["ci95"]["supported"]), name))
+    lines = ["| measured | value [95% interval] | run |", "|---|---:|---|"]
+    lines += [f"| {what} | {value} | `{name}` |" for what, value, name in rows]
+    return "\n".join(lines)
+
+
 def readme(runs: Sequence[tuple[str, Mapping[str, Any]]], *, title: str) -> str:
     from eval.realistic.benchmark import run_lines
 
@@ -61,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", metavar="RUN.json", help="The runs' JSON files (--out of each command), in the order to show them.")
     parser.add_argument("--title", required=True, help="The README's title.")
     parser.add_argument("--out", required=True, metavar="README.md", help="Where to write it.")
+    parser.add_argument("--readme-block", metavar="FILE", help="Also fill the block <!-- results:trust-headline:start/end --> of FILE (the front page) with the runs' headline figures.")
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -78,6 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DataError(str(error)) from error
         atomic_write_text(Path(args.out), text)
         print(f"wrote {args.out} ({len(runs)} runs)")
+        if args.readme_block:
+            from eval.publish import has_block, replace_block
+
+            page = Path(args.readme_block)
+            current = page.read_text(encoding="utf-8")
+            if not has_block(current, "trust-headline"):
+                raise DataError(f"{page} has no block <!-- results:trust-headline:start --> ... <!-- results:trust-headline:end -->; add the two markers where the table goes")
+            atomic_write_text(page, replace_block(current, "trust-headline", trust_headline(runs)))
+            print(f"filled the trust-headline block of {page}")
 
     return run_cli(body)
 

@@ -21,6 +21,15 @@ def test_a_readme_from_runs_of_different_commands(tmp_path, capsys):
     assert "python -m eval.answerability --split dev" in page and "git revision: `abc123`; wall time 12.5 s" in page
     assert "2 of 10 (0.200)" in page and "-0.0500 [-0.0900, -0.0100]" in page
     assert "| 0.0 | 0.2000 [0.1000, 0.3000]" in page
+    page_file = tmp_path / "FRONT.md"
+    page_file.write_text("top\n<!-- results:trust-headline:start -->\nold\n<!-- results:trust-headline:end -->\nbottom\n")
+    assert main([str(tmp_path / "g.json"), "--title", "trust", "--out", str(out), "--readme-block", str(page_file)]) == 0
+    front = page_file.read_text()
+    assert "old" not in front and front.startswith("top\n") and front.endswith("bottom\n")
+    assert "| seed val: `full`'s answers at least half made of a cited passage's words, copy_bias 0.0 (ROUGE-L 0.2000) | 0.330 [0.100, 0.300] | `g.json` |" in front
+    page_file.write_text("no markers\n")
+    assert main([str(tmp_path / "g.json"), "--title", "trust", "--out", str(out), "--readme-block", str(page_file)]) == 2
+    assert "has no block" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text(json.dumps({"hello": 1}))
     assert main([str(tmp_path / "bad.json"), "--title", "x", "--out", str(out)]) == 2
     assert "not a run of" in capsys.readouterr().err
