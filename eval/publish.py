@@ -168,7 +168,7 @@ def _system_cells(name: str, config: "Config") -> list[str]:
         agent = "no score: accepts round 1"
     elif config.agent.calibration:
         after = f"{config.agent.max_rounds - 1} {'/'.join(config.agent.retry_modes)} retry, then " if config.agent.max_rounds > 1 and config.agent.retry_modes else ""
-        agent = f"calibrated grade (`{Path(config.agent.calibration).name}`): {after}{'refuses' if config.agent.on_weak == 'not_found' else 'flags'} below its threshold"
+        agent = f"calibrated grade: {after}{'refuses' if config.agent.on_weak == 'not_found' else 'flags'} below its threshold"
     elif config.agent.grade_threshold <= 0:
         agent = f"`grade_threshold: {config.agent.grade_threshold}`: accepts round 1"
     else:

@@ -190,6 +190,9 @@ def show_details(turn: dict[str, Any], feedback_file: str, profile: str) -> None
     unsupported = render.support_text(metadata)
     if unsupported:
         st.warning(render.escape_markdown(unsupported), icon=":material/fact_check:")
+    weak = render.low_confidence_text(metadata)
+    if weak:
+        st.warning(render.escape_markdown(weak), icon=":material/help:")
     if turn.get("not_found"):
         st.info("No passage of the knowledge base was good enough, so the system declined to answer from it.", icon=":material/search_off:")
         closest = render.not_used_rows(metadata)

@@ -232,6 +232,18 @@ def grade_text(grade: Optional[Mapping[str, Any]]) -> str:
     return f"{decision}: best {best}, threshold {threshold}"
 
 
+def low_confidence_text(metadata: Mapping[str, Any]) -> str:
+    """A warning for an answer every round graded weak (agent.on_weak: answer), else ""."""
+    if not metadata.get("low_confidence"):
+        return ""
+    grade = next((r.get("grade") for r in reversed(metadata.get("rounds") or []) if r.get("grade")), {}) or {}
+    if "features" in grade:
+        why = f"P(answerable) {fmt_score(grade.get('best'))} < {fmt_score(grade.get('threshold'))}"
+    else:
+        why = f"best rerank score {fmt_score(grade.get('best'))} < {fmt_score(grade.get('threshold'))}"
+    return f"The knowledge base may not hold the answer ({why}): this answer comes from the closest passages; check them."
+
+
 def not_used_rows(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A refusal's closest passages (engine metadata `not_used`), for display as not used."""
     return [{"id": str(row.get("id", "")), "score": row.get("rerank_score"), "text": str(row.get("text", ""))} for row in metadata.get("not_used") or []]

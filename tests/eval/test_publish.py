@@ -60,24 +60,26 @@ def test_systems_table_resolves_full_from_the_profile():
     assert list(rows) == list(SYSTEM_NAMES)
     full = rows["full"]
     # the default profile: the trained condenser behind its gate, dense over the fine-tuned embedder,
-    # the query-likelihood reranker, the oracle RAFT generator, a grade threshold that accepts round 1
+    # the query-likelihood reranker, the oracle RAFT generator, the calibrated grade that flags
     assert "`condense`, trained" in full and "dense top-20, fine-tuned embedder" in full
     assert "`condense`, base LM" in rows["full-base-rewriter"] and "(= `full` here)" not in rows["full-base-rewriter"]
     assert rows["full-no-rewrite"].split(" | ")[1] == "-"
-    assert "query-likelihood LoRA, w 0.3 -> top 3" in full and "LoRA RAFT (oracle)" in full and "`grade_threshold: 0.0`" in full
+    assert "query-likelihood LoRA, w 0.3 -> top 3" in full and "LoRA RAFT (oracle)" in full and full.endswith("| calibrated grade: flags below its threshold |")
     assert "(= `full` here)" in rows["full-dense"] and "(= `full` here)" not in rows["full-no-rerank"]
     assert "| - | dense top-5 | - | base LM | - |" in rows["rag_vanilla"]
     assert "none: the top passage's answer" in rows["nn_answer"] and "dense top-1" in rows["nn_answer"]
 
     other = systems_table(load_config("smollm2", [
         "rewrite.mode=hyde", "rewrite.adapter=runs/smollm2/adapters/rewriter", "retrieve.mode=hybrid",
-        "rerank.kind=cross-encoder", "agent.grade_threshold=0.5", "index.finetuned_embedder=false",
+        "rerank.kind=cross-encoder", "agent.grade_threshold=0.5", "agent.calibration=null", "agent.max_rounds=2", "index.finetuned_embedder=false",
     ]))
     rows = {line.split(" | ")[0].strip("| `").split("`")[0]: line for line in other.splitlines() if line.startswith("| `")}
     assert "`hyde`, LoRA rewriter" in rows["full"] and "hybrid top-20 |" in rows["full"] and "cross-encoder, w 0.3" in rows["full"]
     assert "retries below 0.5 (multi), 2 rounds at most, then answer" in rows["full"]
     assert "`hyde`, base LM" in rows["full-base-rewriter"] and "(= `full` here)" not in rows["full-base-rewriter"]
     assert "(= `full` here)" in rows["full-base-embedder"] and "(= `full` here)" not in rows["full-dense"]
+    refusing = systems_table(load_config("smollm2", ["agent.on_weak=not_found", "agent.max_rounds=2"]))
+    assert "calibrated grade: 1 multi retry, then refuses below its threshold" in refusing
 
 
 def test_readme_only_fills_the_headline_and_systems_blocks_and_leaves_the_rest(tmp_path):

@@ -146,6 +146,9 @@ def test_round_lines_summarise_the_agent_loop_compactly():
     assert render.grade_text({"decision": "not_found", **calibrated}) == "weak: best P(answerable) 0.200 < 0.450 after the last round → not found"
     assert render.not_used_rows({"not_used": [{"id": "a", "rerank_score": 0.1, "text": "t"}]}) == [{"id": "a", "score": 0.1, "text": "t"}]
     assert render.not_used_rows({}) == []
+    weak = {"low_confidence": True, "rounds": [{"grade": {"decision": "low_confidence", **calibrated}}]}
+    assert render.low_confidence_text(weak) == "The knowledge base may not hold the answer (P(answerable) 0.200 < 0.450): this answer comes from the closest passages; check them."
+    assert render.low_confidence_text({"low_confidence": False}) == ""
 
 
 def test_rewrite_blocks_name_what_the_rewriter_wrote():
