@@ -60,18 +60,18 @@ def trust_headline(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         kind = _renderer(result)
         if "evaluation" in result and "calibration" in result:
             refusal = result["evaluation"]["refusal"]
-            for group, label in (("far", "out-of-KB questions far from the corpus, refused"), ("near", "out-of-KB questions near it (other technical topics), refused"), ("in-KB", "in-KB questions refused")):
+            for group, label in (("far", "out-of-KB, far from the corpus: declined"), ("near", "out-of-KB, near it (other tech): declined"), ("in-KB", "in-KB: declined")):
                 if group in refusal:
-                    rows.append((f"{label} ({result['split']}, n {refusal[group]['n']})", _ci(refusal[group]["rate"], refusal[group]["ci95"]), name))
-            rows.append((f"calibration error of the grade ({result['split']})", f"ECE {result['evaluation']['ece']:.3f}", name))
+                    rows.append((f"{label} ({result['split']}, {refusal[group]['n']})", _ci(refusal[group]["rate"], refusal[group]["ci95"]), name))
+            rows.append((f"grade's calibration error ({result['split']})", f"ECE {result['evaluation']['ece']:.3f}", name))
         elif "document" in result:
             for system, summary in result["systems"].items():
-                rows.append((f"document benchmark ({result['split']}, n {result['questions']}): `{system}` finds the answering section in its top 3", _ci(summary["hit@3"], summary["ci95"]["hit@3"]), name))
+                rows.append((f"documents ({result['split']}, {result['questions']}): `{system}` has the answer in its top 3", _ci(summary["hit@3"], summary["ci95"]["hit@3"]), name))
                 if "supported" in summary:
-                    rows.append((f"document benchmark: `{system}`'s answers at least half made of a cited passage's words", _ci(summary["supported"], summary["ci95"]["supported"]), name))
+                    rows.append((f"documents: `{system}`'s answers supported", _ci(summary["supported"], summary["ci95"]["supported"]), name))
         elif kind is not _refusal_report:
             for bias, summary in result["settings"].items():
-                rows.append((f"seed {result['split']}: `full`'s answers at least half made of a cited passage's words, copy_bias {bias} (ROUGE-L {summary['rougeL']:.4f})", _ci(summary["supported"], summary["ci95"]["supported"]), name))
+                rows.append((f"seed {result['split']}: `full`'s answers supported, copy_bias {bias} (ROUGE-L {summary['rougeL']:.4f})", _ci(summary["supported"], summary["ci95"]["supported"]), name))
     lines = ["| measured | value [95% interval] | run |", "|---|---:|---|"]
     lines += [f"| {what} | {value} | `{name}` |" for what, value, name in rows]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ def test_a_readme_from_runs_of_different_commands(tmp_path, capsys):
     assert main([str(tmp_path / "g.json"), "--title", "trust", "--out", str(out), "--readme-block", str(page_file)]) == 0
     front = page_file.read_text()
     assert "old" not in front and front.startswith("top\n") and front.endswith("bottom\n")
-    assert "| seed val: `full`'s answers at least half made of a cited passage's words, copy_bias 0.0 (ROUGE-L 0.2000) | 0.330 [0.100, 0.300] | `g.json` |" in front
+    assert "| seed val: `full`'s answers supported, copy_bias 0.0 (ROUGE-L 0.2000) | 0.330 [0.100, 0.300] | `g.json` |" in front
     page_file.write_text("no markers\n")
     assert main([str(tmp_path / "g.json"), "--title", "trust", "--out", str(out), "--readme-block", str(page_file)]) == 2
     assert "has no block" in capsys.readouterr().err
