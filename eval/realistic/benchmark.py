@@ -517,6 +517,6 @@ def kind_of(result: Mapping[str, Any]) -> str:
         return "retrieval"
     if "systems" in result and "families" in result:
         return "answers"
-    if "warmup" in result and "families" in result:
+    if "warmup" in result and ("families" in result or "settings" in result):  # settings: several prompt-lookup settings side by side
         return "latency"
     raise ValueError("not a realistic-benchmark run: no 'queries': 'realistic', no answers' systems, no latency families")
