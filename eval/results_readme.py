@@ -66,6 +66,8 @@ def trust_headline(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
             rows.append((f"grade's calibration error ({result['split']})", f"ECE {result['evaluation']['ece']:.3f}", name))
         elif "document" in result:
             for system, summary in result["systems"].items():
+                if system != "full" and "full" in result["systems"]:
+                    continue  # the front page shows `full`; the folder's README has every system
                 rows.append((f"documents ({result['split']}, {result['questions']}): `{system}` has the answer in its top 3", _ci(summary["hit@3"], summary["ci95"]["hit@3"]), name))
                 if "supported" in summary:
                     rows.append((f"documents: `{system}`'s answers supported", _ci(summary["supported"], summary["ci95"]["supported"]), name))
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = []
         for path in args.runs:
             try:
-                runs.append((Path(path).name, json.loads(Path(path).read_text(encoding="utf-8"))))
+                runs.append((f"{Path(path).parent.name}/{Path(path).name}", json.loads(Path(path).read_text(encoding="utf-8"))))
             except (OSError, ValueError) as error:
                 raise DataError(f"{path}: not a readable run file ({error}); give the JSON a command wrote with --out") from error
         try:

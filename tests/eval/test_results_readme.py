@@ -17,7 +17,7 @@ def test_a_readme_from_runs_of_different_commands(tmp_path, capsys):
     out = tmp_path / "README.md"
     assert main([str(tmp_path / "a.json"), str(tmp_path / "g.json"), "--title", "trust", "--out", str(out)]) == 0
     page = out.read_text()
-    assert page.startswith("# trust\n") and "## `a.json`" in page and "## `g.json`" in page
+    assert page.startswith("# trust\n") and f"## `{tmp_path.name}/a.json`" in page and f"## `{tmp_path.name}/g.json`" in page
     assert "python -m eval.answerability --split dev" in page and "git revision: `abc123`; wall time 12.5 s" in page
     assert "2 of 10 (0.200)" in page and "-0.0500 [-0.0900, -0.0100]" in page
     assert "| 0.0 | 0.2000 [0.1000, 0.3000]" in page
@@ -26,7 +26,7 @@ def test_a_readme_from_runs_of_different_commands(tmp_path, capsys):
     assert main([str(tmp_path / "g.json"), "--title", "trust", "--out", str(out), "--readme-block", str(page_file)]) == 0
     front = page_file.read_text()
     assert "old" not in front and front.startswith("top\n") and front.endswith("bottom\n")
-    assert "| seed val: `full`'s answers supported, copy_bias 0.0 (ROUGE-L 0.2000) | 0.330 [0.100, 0.300] | `g.json` |" in front
+    assert f"| seed val: `full`'s answers supported, copy_bias 0.0 (ROUGE-L 0.2000) | 0.330 [0.100, 0.300] | `{tmp_path.name}/g.json` |" in front
     page_file.write_text("no markers\n")
     assert main([str(tmp_path / "g.json"), "--title", "trust", "--out", str(out), "--readme-block", str(page_file)]) == 2
     assert "has no block" in capsys.readouterr().err
