@@ -156,8 +156,11 @@ def ingest(
             "collection": config.index.collection,
             "chroma": f"{config.index.chroma_host}:{config.index.chroma_port}" if config.index.chroma_host else CHROMA_DIRNAME,
             **_embedder_facts(config, embed_model, manifest),
-            **({k: manifest[k] for k in ("counts", "fingerprint", "embed_dim", "sources") if k in manifest} if manifest else {}),
+            **({k: manifest[k] for k in ("counts", "fingerprint", "embed_dim", "sources", "chunking") if k in manifest} if manifest else {}),
         }
+        # a document's hash is its text: new chunk settings must still re-split (and re-embed) every document
+        chunking = [config.index.chunk_size, config.index.chunk_overlap]
+        rechunk = "chunking" in manifest and manifest["chunking"] != chunking
         _write_manifest(index_dir, manifest)
         save_resolved_config(config, index_dir, extra={"kind": "knowledge-base", "state": "ingesting", "embed_model": config.index.embed_model})
 
@@ -182,7 +185,7 @@ def ingest(
             old_hash = existing_by_id.get(doc.id_)
             if old_hash is None:
                 to_run.append(doc)
-            elif old_hash != doc.hash:
+            elif old_hash != doc.hash or rechunk:
                 to_run.append(doc)
                 changed_ids.append(doc.id_)
             else:
@@ -247,6 +250,7 @@ def ingest(
                 "fingerprint": fingerprint,
                 "counts": {"documents": report.documents, "nodes": report.nodes_total, "chroma": collection.count()},
                 "sources": [str(Path(source).expanduser().resolve()) for source in sources],  # what the index mirrors now
+                "chunking": chunking,
                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
         )

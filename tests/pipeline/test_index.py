@@ -184,6 +184,19 @@ def test_documents_structure_skips_and_changed_file(tmp_path, data_dir, docs_dir
     same = ingest(config, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
     assert same.nodes_added == same.nodes_removed == 0 and embed.calls == calls
 
+    # the same files with other chunk settings: every document is split again, nothing is left of the old chunks
+    before = set(open_index(config, embed_model=embed).nodes)
+    finer = _config(tmp_path, data_dir, "index.chunk_size=32", "index.chunk_overlap=4")
+    calls = embed.calls
+    rechunked = ingest(finer, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
+    kb = open_index(finer, embed_model=embed)
+    assert rechunked.docs_changed == rechunked.documents and rechunked.nodes_removed == len(before)
+    assert embed.calls - calls == rechunked.nodes_added == rechunked.nodes_total == len(kb.nodes)
+    assert kb.counts() == {k: len(kb.nodes) for k in ("chroma", "bm25", "nodes")}
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["chunking"] == [32, 4]
+    again = ingest(finer, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
+    assert again.nodes_added == again.nodes_removed == 0
+
 
 KILLER = r"""
 import os, sys
