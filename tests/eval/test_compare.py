@@ -462,7 +462,7 @@ def test_the_copy_bias_and_a_grade_calibration_change_digests_only_where_read_an
 
     from pipeline.systems import get_system
 
-    config = load_config("smollm2", ["agent.calibration=null"])
+    config = load_config("smollm2", ["agent.calibration=null", "generator.copy_bias=0"])
     biased = dataclasses.replace(config, generator=dataclasses.replace(config.generator, copy_bias=2.0))
     graded = dataclasses.replace(config, agent=dataclasses.replace(config.agent, calibration="grade.json"))
     assert "copy_bias" not in cmp.system_settings(config, get_system("full", config))["generator"]
