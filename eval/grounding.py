@@ -17,14 +17,12 @@ quoted), computed from the same answers.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any, Callable, Sequence
 
-from pipeline.cli import add_io_arguments, config_for_data, run_record
+from pipeline.cli import add_io_arguments, config_for_data, finish_run
 from pipeline.config import ConfigError, add_config_arguments
 from pipeline.errors import run_cli
-from pipeline.fileio import write_json
 
 
 def _scores(config: Any, answers: Sequence[str], references: Sequence[str], passages: Sequence[Sequence[str]], bertscore: Any) -> dict[str, list[float]]:
@@ -132,9 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     def body() -> None:
-        from pathlib import Path
 
-        from pipeline.fileio import write_jsonl
 
         try:
             biases = [float(v) for v in args.copy_bias.split(",") if v.strip()]
@@ -146,11 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--limit {args.limit}: a count >= 1")
         config = config_for_data(args)
         result, rows = evaluate_grounding(config, args.split, biases, limit=args.limit, show_progress=not args.no_progress)
-        result["run"] = run_record("eval.grounding", argv, started)
-        if args.out:
-            write_json(args.out, result)
-            write_jsonl(Path(args.out).with_suffix(".questions.jsonl"), rows)
-        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+        finish_run(args, "eval.grounding", argv, started, result, to_markdown, rows=rows)
 
     return run_cli(body)
 

@@ -90,6 +90,19 @@ def git_revision(repo: Path) -> str:
     return rev + (" (with uncommitted changes)" if dirty else "")
 
 
+def finish_run(args: argparse.Namespace, module: str, argv: Sequence[str] | None, started: float, result: dict[str, Any], to_markdown: Any, *, rows: Optional[Sequence[Any]] = None, rows_suffix: str = ".questions.jsonl") -> None:
+    """The end of a benchmark command: its run record into `result`, the JSON at --out (and the
+    per-question `rows` beside it, with `rows_suffix`), the result printed as --format asks."""
+    from pipeline.fileio import write_json, write_jsonl
+
+    result["run"] = run_record(module, argv, started)
+    if args.out:
+        write_json(args.out, result)
+        if rows is not None:
+            write_jsonl(Path(args.out).with_suffix(rows_suffix), rows)
+    print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+
+
 def run_record(module: str, argv: Sequence[str] | None, started: float) -> dict[str, Any]:
     """What publishing needs to document a committed run, recorded by the command itself: its exact
     command line (`python -m <module> ...`), the git revision and the wall time since `started`."""

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 from typing import Sequence
 
 from eval.documents.benchmark import SPLITS, evaluate_documents, to_markdown
-from pipeline.cli import add_io_arguments, config_for_data, run_record
+from pipeline.cli import add_io_arguments, config_for_data, finish_run
 from pipeline.config import ConfigError, add_config_arguments
 from pipeline.errors import run_cli
-from pipeline.fileio import write_json, write_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,11 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown or not systems:
             raise ConfigError(f"--systems {args.systems!r}: unknown {unknown}; choose among {', '.join(SYSTEM_NAMES)}")
         result, rows = evaluate_documents(config, args.split, systems, answers=args.answers, show_progress=not args.no_progress)
-        result["run"] = run_record("eval.documents", argv, started)
-        if args.out:
-            write_json(args.out, result)
-            write_jsonl(Path(args.out).with_suffix(".questions.jsonl"), rows)
-        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+        finish_run(args, "eval.documents", argv, started, result, to_markdown, rows=rows)
 
     return run_cli(body)
 

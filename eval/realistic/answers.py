@@ -23,18 +23,15 @@ written beside --out as `<stem>.predictions.jsonl`.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from eval.metrics import BertScoreModel, compute_answer_scores, paired_answer_tests
 from eval.realistic.benchmark import DATA_DIR, add_case_arguments, hand_dir_of
-from pipeline.cli import add_io_arguments, config_for_data, run_record
+from pipeline.cli import add_io_arguments, config_for_data, finish_run
 from pipeline.config import ConfigError, add_config_arguments
 from pipeline.data import load_split
 from pipeline.errors import run_cli
-from pipeline.fileio import write_json, write_jsonl
 from rewrite.cases import Case, build_cases
 
 METRICS = ("rougeL", "bertscore_f1")
@@ -151,11 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--systems: unknown {unknown}; choose among {', '.join(SYSTEM_NAMES)}")
         hand_dir = hand_dir_of(args)
         result, rows = evaluate_answers(config, args.split, systems, hand_dir=hand_dir, limit=args.limit, show_progress=not args.no_progress)
-        result["run"] = run_record("eval.realistic.answers", argv, started)
-        if args.out:
-            write_json(args.out, result)
-            write_jsonl(Path(args.out).with_suffix(".predictions.jsonl"), rows)
-        print(json.dumps(result, indent=2) if args.format == "json" else to_markdown(result))
+        finish_run(args, "eval.realistic.answers", argv, started, result, to_markdown, rows=rows, rows_suffix=".predictions.jsonl")
 
     return run_cli(body)
 
