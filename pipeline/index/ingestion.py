@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pipeline import encoders, models
-from pipeline.config import Config, save_resolved_config
+from pipeline.config import Config, read_resolved_config, save_resolved_config
 from pipeline.index.bm25 import BM25_DIRNAME, _bm25_fingerprint, _persist_bm25, build_bm25, node_fingerprint
 from pipeline.index.documents import SourceError, _structure_splitter_cls, qa_documents, read_sources
 from pipeline.index.lock import LOCK_INFO_NAME, LOCK_NAME, WriterLock
@@ -145,6 +145,15 @@ def ingest(
     manifest = read_manifest(index_dir)  # damaged/incompatible -> clear error before any work
     if manifest is not None:
         check_embedder(manifest, config, index_dir)
+    # the chunk settings the existing nodes were split with: the manifest's, or (an index from before
+    # they were recorded there) those of the config it saved; unknown -> assume unchanged
+    previous_chunking = (manifest or {}).get("chunking")
+    if manifest is not None and previous_chunking is None:
+        try:
+            saved, _ = read_resolved_config(index_dir)
+            previous_chunking = [saved.index.chunk_size, saved.index.chunk_overlap]
+        except Exception:  # no or an unreadable saved config: nothing to compare with
+            previous_chunking = None
 
     with WriterLock(index_dir):
         _remove_debris(index_dir)
@@ -160,7 +169,7 @@ def ingest(
         }
         # a document's hash is its text: new chunk settings must still re-split (and re-embed) every document
         chunking = [config.index.chunk_size, config.index.chunk_overlap]
-        rechunk = "chunking" in manifest and manifest["chunking"] != chunking
+        rechunk = previous_chunking is not None and list(previous_chunking) != chunking
         _write_manifest(index_dir, manifest)
         save_resolved_config(config, index_dir, extra={"kind": "knowledge-base", "state": "ingesting", "embed_model": config.index.embed_model})
 

@@ -197,6 +197,18 @@ def test_documents_structure_skips_and_changed_file(tmp_path, data_dir, docs_dir
     again = ingest(finer, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
     assert again.nodes_added == again.nodes_removed == 0
 
+    # an index from before the manifest recorded its chunking: the config it saved tells
+    manifest_path = tmp_path / "index" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["chunking"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert ingest(finer, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append).nodes_added == 0
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["chunking"]
+    manifest_path.write_text(json.dumps(manifest))
+    back = ingest(config, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
+    assert back.docs_changed == back.documents and json.loads(manifest_path.read_text())["chunking"] == [64, 8]
+
 
 KILLER = r"""
 import os, sys
