@@ -57,7 +57,7 @@ def trust_headline(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     answers per copy bias (a grounding run); one row per figure, with the file it comes from."""
     rows = []
     for name, result in runs:
-        kind = _renderer(result)
+        _renderer(result)  # not a run of these commands: the error names them
         if "evaluation" in result and "calibration" in result:
             refusal = result["evaluation"]["refusal"]
             for group, label in (("far", "out-of-KB, far from the corpus: declined"), ("near", "out-of-KB, near it (other tech): declined"), ("in-KB", "in-KB: declined")):
@@ -71,7 +71,7 @@ def trust_headline(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
                 rows.append((f"documents ({result['split']}, {result['questions']}): `{system}` has the answer in its top 3", _ci(summary["hit@3"], summary["ci95"]["hit@3"]), name))
                 if "supported" in summary:
                     rows.append((f"documents: `{system}`'s answers supported", _ci(summary["supported"], summary["ci95"]["supported"]), name))
-        elif kind is not _refusal_report:
+        elif "settings" in result:  # a grounding run (a refusal report adds no row)
             settings = list(result["settings"].items())
             best = max(settings, key=lambda item: item[1]["supported"])
             for bias, summary in [settings[0]] + ([best] if best[0] != settings[0][0] else []):  # the reference and the most supported

@@ -31,15 +31,19 @@ class GradeError(UserFacingError, ValueError):
     """A calibration file that cannot be used; the message says how to make a good one."""
 
 
-def grade_features(nodes: Sequence[Any]) -> Optional[dict[str, float]]:
-    """The round's features, or None when its passages carry no rerank score (no reranker ran)."""
-    ql = [n.node.metadata.get("rerank_score") for n in nodes]
-    ql = [float(s) for s in ql if s is not None]
+def features_of(rerank_scores: Sequence[Any], retrieval_scores: Sequence[Any]) -> Optional[dict[str, float]]:
+    """The features of a round's kept passages' scores (None entries skipped), or None when there is
+    no rerank score (no reranker ran)."""
+    ql = [float(s) for s in rerank_scores if s is not None]
     if not ql:
         return None
-    dense = [n.node.metadata.get("retrieval_score") for n in nodes]
-    dense = [float(s) for s in dense if s is not None]
+    dense = [float(s) for s in retrieval_scores if s is not None]
     return {"ql": math.log(max(max(ql), _FLOOR)), "dense": max(dense) if dense else 0.0}
+
+
+def grade_features(nodes: Sequence[Any]) -> Optional[dict[str, float]]:
+    """The round's features, read from its passages' metadata (see `features_of`)."""
+    return features_of([n.node.metadata.get("rerank_score") for n in nodes], [n.node.metadata.get("retrieval_score") for n in nodes])
 
 
 def _sigmoid(x: float) -> float:

@@ -180,15 +180,11 @@ def trace_features(trace: Mapping[str, Any], top_n: int) -> Optional[dict[str, f
     """The grade's features of a prediction's first round, read from its trace (eval.compare's
     predictions keep every candidate's scores, in reranked order): the first `top_n` reranked
     candidates are the passages the round kept."""
+    from pipeline.grade import features_of
+
     rounds = trace.get("rounds") or []
     kept = (rounds[0].get("reranked") or [])[:top_n] if rounds else []
-    ql = [float(c["rerank_score"]) for c in kept if c.get("rerank_score") is not None]
-    if not ql:
-        return None
-    import math
-
-    dense = [float(c["retrieval_score"]) for c in kept if c.get("retrieval_score") is not None]
-    return {"ql": math.log(max(max(ql), 1e-6)), "dense": max(dense) if dense else 0.0}
+    return features_of([c.get("rerank_score") for c in kept], [c.get("retrieval_score") for c in kept])
 
 
 def refusals_on_predictions(path: str | Path, calibration: Any, *, top_n: int, samples: int = 1000, seed: int = 42) -> dict[str, Any]:

@@ -254,16 +254,24 @@ def test_copy_bias_keeps_a_greedy_answer_to_its_prompts_tokens(config, llm, monk
     prompts = [answer_prompt("What is TCP?", ["TCP is reliable.", "UDP is not."]), answer_prompt("Define latency and throughput.")]
     llm.clear_memo()
     llm.generate_batch(prompts, show_progress=False)  # unbiased answers in the shared memo first
-    processors = []
+    processors, calls = [], []
     original = biased.model.generate
-    monkeypatch.setattr(biased.model, "generate", lambda **kw: processors.append(kw.get("logits_processor")) or original(**kw))
+
+    def spy(**kw):
+        out = original(**kw)
+        processors.append(kw.get("logits_processor"))
+        calls.append((kw["input_ids"], kw["attention_mask"], out))
+        return out
+
+    monkeypatch.setattr(biased.model, "generate", spy)
     copied = biased.generate_batch(prompts, show_progress=False)
     assert len(processors) == 1 and processors[0] and processors[0][0].mask.shape[0] == 2  # generated, biased, not memoized
-    tokenizer = biased.tokenizer
-    for prompt, text in zip(prompts, copied):
-        allowed = set(tokenizer(prompt, add_special_tokens=False).input_ids) | set(tokenizer.all_special_ids)
-        produced = tokenizer(text, add_special_tokens=False).input_ids
-        assert produced and set(produced) <= allowed | set(tokenizer(" " + text, add_special_tokens=False).input_ids)
+    special = set(biased.tokenizer.all_special_ids)
+    input_ids, mask, out = calls[0]
+    for row in range(2):  # every generated token id is one of the row's own prompt tokens, or a stop / pad
+        prompt_ids = set(input_ids[row][mask[row].bool()].tolist())
+        new = out[row, input_ids.shape[1] :].tolist()
+        assert new and set(new) <= prompt_ids | special
     assert [biased.generate_batch([p], show_progress=False)[0] for p in prompts] == copied  # alone = batched
     processor = prompt_copy_bias([[1, 2], [3]], 2.0, exclude=[2])
     scores = processor(None, torch.zeros(2, 5))
