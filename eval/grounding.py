@@ -9,9 +9,11 @@ generator then answers every question once per `generator.copy_bias` value (a bi
 logits of the prompt's own tokens), reading the same passages. Per value: ROUGE-L and BERTScore F1
 against the reference, the mean lexical support (pipeline.support: ROUGE-L precision against the
 best cited passage) and the support rate (the share of answers at least half made of one passage's
-words), with 95% intervals, the paired ROUGE-L difference against the first value, and the same
-scores under `generator.on_unsupported: quote` (an unsupported answer replaced by its best passage,
-quoted), computed from the same answers.
+words), the model-based support (pipeline.support.LikelihoodSupport: how much the passages raise the base
+LM's log-probability of the answer, nats per token) and the share of answers it finds supported
+(above 0), with 95% intervals, the paired ROUGE-L difference against the first value, and the same
+lexical scores under `generator.on_unsupported: quote` (an unsupported answer replaced by its best
+passage, quoted), computed from the same answers.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limi
     from pipeline.generate import answer_batch
     from pipeline.metrics import paired_mean_test, summarize
     from pipeline.models import load_llm
-    from pipeline.support import lexical_support
+    from pipeline.support import MODEL_SUPPORTED, LikelihoodSupport, lexical_support
 
     rows = load_split(config.data.dir, split)[:limit] if limit else load_split(config.data.dir, split)
     components = Components(config)
@@ -61,6 +63,7 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limi
     references = [r["answer"] for r in rows]
     bertscore = BertScoreModel(config.eval.bertscore_model, allow_fallback=True)
     raft = components.adapter_path("raft")
+    judge = LikelihoodSupport.from_config(config)
     result: dict[str, Any] = {"split": split, "questions": len(rows), "settings": {}, "seconds": seconds}
     per_question = [{"question": r["question"], "reference": r["answer"], "passages": [n.node.node_id for n in ns], "answers": {}} for r, ns in zip(rows, nodes)]
     first: dict[str, list[float]] = {}
@@ -71,6 +74,10 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limi
         texts = [keep_valid_citations(t, len(ns)) for t, ns in zip(texts, nodes)]
         seconds[f"generate copy_bias={bias}"] = round(time.perf_counter() - started, 1)
         values = _scores(config, texts, references, passages, bertscore)
+        started = time.perf_counter()
+        values["model_support"] = judge.score([r["state"].asked for r in retrieved], texts, passages, progress=f"model support, copy_bias={bias}" if show_progress else None)
+        values["model_supported"] = [1.0 if v > MODEL_SUPPORTED else 0.0 for v in values["model_support"]]
+        seconds[f"model support copy_bias={bias}"] = round(time.perf_counter() - started, 1)
         quoted = []
         for text, ns, p, supported in zip(texts, nodes, passages, values["supported"]):
             best = lexical_support(text, p)[1]
@@ -83,9 +90,9 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limi
         else:
             entry["rougeL_minus_first"] = paired_mean_test(values["rougeL"], first["rougeL"], samples=config.eval.bootstrap_samples, seed=config.eval.seed)
         result["settings"][str(bias)] = entry
-        for row, text, s in zip(per_question, texts, values["support"]):
-            row["answers"][str(bias)] = {"answer": text, "support": round(s, 4)}
-        log(f"copy_bias {bias}: ROUGE-L {entry['rougeL']:.4f}, support rate {entry['supported']:.3f} (quote policy: {entry['quote']['supported']:.3f}, ROUGE-L {entry['quote']['rougeL']:.4f})")
+        for row, text, s, m in zip(per_question, texts, values["support"], values["model_support"]):
+            row["answers"][str(bias)] = {"answer": text, "support": round(s, 4), "model_support": round(m, 4)}
+        log(f"copy_bias {bias}: ROUGE-L {entry['rougeL']:.4f}, support rate {entry['supported']:.3f}, model-supported {entry['model_supported']:.3f} (quote policy: {entry['quote']['supported']:.3f}, ROUGE-L {entry['quote']['rougeL']:.4f})")
     return result, per_question
 
 
@@ -97,13 +104,14 @@ def to_markdown(result: Any) -> str:
     lines = [
         f"### Grounding of `full`'s answers, split {result['split']} ({result['questions']} questions)",
         "",
-        "| copy_bias | ROUGE-L | BERTScore F1 | support (mean) | supported (>= 0.5) | ROUGE-L - first [95%] | with `quote`: supported | with `quote`: ROUGE-L |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| copy_bias | ROUGE-L | BERTScore F1 | support (mean) | supported (>= 0.5) | model support (nats/token) | model-supported (> 0) | ROUGE-L - first [95%] | with `quote`: supported | with `quote`: ROUGE-L |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for bias, s in result["settings"].items():
         delta = s.get("rougeL_minus_first")
         cell = f"{delta['diff']:+.4f} [{delta['ci95_low']:+.4f}, {delta['ci95_high']:+.4f}]" if delta else "–"
-        lines.append(f"| {bias} | {_cell(s, 'rougeL')} | {_cell(s, 'bertscore_f1')} | {_cell(s, 'support')} | {_cell(s, 'supported')} | {cell} | {_cell(s['quote'], 'supported')} | {_cell(s['quote'], 'rougeL')} |")
+        model = f"{_cell(s, 'model_support')} | {_cell(s, 'model_supported')}" if "model_support" in s else "– | –"  # runs from before the model check
+        lines.append(f"| {bias} | {_cell(s, 'rougeL')} | {_cell(s, 'bertscore_f1')} | {_cell(s, 'support')} | {_cell(s, 'supported')} | {model} | {cell} | {_cell(s['quote'], 'supported')} | {_cell(s['quote'], 'rougeL')} |")
     lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + "."]
     return "\n".join(lines)
 

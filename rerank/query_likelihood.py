@@ -135,47 +135,22 @@ class QueryLikelihoodReranker(PairScoringReranker):
     def _token_ids(self, question: str, passage: str, passage_budget: int) -> tuple[list[int], int]:
         """(prompt + question + end-of-sequence token ids, where the question starts). A passage
         longer than `passage_budget` tokens is cut to its first tokens."""
+        from pipeline.models import continuation_ids
+
         tokenizer = self._tokenizer
         passage_ids = tokenizer(passage, add_special_tokens=False).input_ids
         if len(passage_ids) > passage_budget:
             passage = tokenizer.decode(passage_ids[:passage_budget])
         row = ql_example(question, passage, tokenizer)
-        prompt_ids = tokenizer(row["prompt"]).input_ids
-        ids = tokenizer(row["prompt"] + row["completion"]).input_ids + [tokenizer.eos_token_id]
-        # where the question starts: after the prompt, unless the tokenizer merged across the seam
-        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), len(prompt_ids))
-        return ids, max(start, 1)  # the first token has no prediction to score
+        return continuation_ids(tokenizer, row["prompt"], row["completion"])
 
     def _score_uncached(self, question: str, passages: list[str]) -> "np.ndarray":
-        import numpy as np
-        import torch
+        from pipeline.models import mean_continuation_logprobs
 
         model = self.load()
         tokenizer = self._tokenizer
         # what max_length leaves a passage beside the prompt and the question (+ its end tokens)
         budget = max(self.max_length - self._overhead - len(tokenizer(question, add_special_tokens=False).input_ids) - 2, 8)
         encoded = [self._token_ids(question, p, budget) for p in passages]
-        # longest first, so each batch pads little; right padding: positions are 0..n-1 as in training
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-        scores = np.zeros(len(encoded), dtype=np.float32)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        decoder, head = model.get_decoder(), model.get_output_embeddings()
-        with torch.inference_mode():
-            for begin in range(0, len(order), self.batch_size):
-                batch = order[begin : begin + self.batch_size]
-                width = max(len(encoded[i][0]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    seq = encoded[i][0]
-                    ids[row, : len(seq)] = torch.tensor(seq)
-                    mask[row, : len(seq)] = 1
-                # the LM head only where a question token is predicted (token t at position t - 1):
-                # the same scores as full logits, without the vocabulary projection of every passage token
-                hidden = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
-                for row, i in enumerate(batch):
-                    seq, start = encoded[i]
-                    logits = head(hidden[row, start - 1 : len(seq) - 1]).float()
-                    targets = torch.tensor(seq[start:], device=logits.device)
-                    scores[i] = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).mean().item()
-        return scores
+        return mean_continuation_logprobs(model, encoded, pad_id=pad, batch_size=self.batch_size)

@@ -32,8 +32,10 @@ from pipeline.models.causal_lm import (
     attach_adapter,
     check_adapter_folder,
     check_four_bit,
+    continuation_ids,
     four_bit_config,
     load_causal_lm,
+    mean_continuation_logprobs,
     model_context_window,
 )
 from pipeline.models.device import (
@@ -65,6 +67,7 @@ __all__ = [
     "available_memory_bytes",
     "check_adapter_folder",
     "check_four_bit",
+    "continuation_ids",
     "check_model_source",
     "cpu_has_native_bf16",
     "default_convert_dir",
@@ -73,6 +76,7 @@ __all__ = [
     "hub_offline",
     "kv_cache",
     "load_causal_lm",
+    "mean_continuation_logprobs",
     "load_llm",
     "local_llm_class",
     "model_context_window",

@@ -100,6 +100,49 @@ def load_causal_lm(
     return model, tokenizer
 
 
+def continuation_ids(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
+    """(prompt + completion + end-of-sequence token ids, where the completion starts): the end token
+    TRL appends to every completion is scored too. The start is where the prompt's own ids stop
+    matching, in case the tokenizer merged across the seam; never 0 (the first token has no
+    prediction to score)."""
+    prompt_ids = tokenizer(prompt).input_ids
+    ids = tokenizer(prompt + completion).input_ids + [tokenizer.eos_token_id]
+    start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), len(prompt_ids))
+    return ids, max(start, 1)
+
+
+def mean_continuation_logprobs(model: Any, encoded: Sequence[tuple[Sequence[int], int]], *, pad_id: int, batch_size: int = 8, progress: Optional[str] = None) -> Any:
+    """Per (ids, start) of `continuation_ids`: the mean log-probability of ids[start:] given what
+    precedes it, as a float32 numpy array. Longest first, so each batch pads little; right padding,
+    so positions are 0..n-1 as in training; the LM head only where a continuation token is predicted
+    (token t at position t - 1): the same scores as full logits, without the vocabulary projection
+    of every prompt token. `progress`: a progress bar's label (none by default)."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    scores = np.zeros(len(encoded), dtype=np.float32)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    with torch.inference_mode():
+        for begin in tqdm(range(0, len(order), max(batch_size, 1)), desc=progress, disable=progress is None):
+            batch = order[begin : begin + max(batch_size, 1)]
+            width = max(len(encoded[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                seq = encoded[i][0]
+                ids[row, : len(seq)] = torch.tensor(list(seq))
+                mask[row, : len(seq)] = 1
+            hidden = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
+            for row, i in enumerate(batch):
+                seq, start = encoded[i]
+                logits = head(hidden[row, start - 1 : len(seq) - 1]).float()
+                targets = torch.tensor(list(seq[start:]), device=logits.device)
+                scores[i] = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).mean().item()
+    return scores
+
+
 def model_context_window(path: str, trust_remote_code: bool) -> int:
     """The model's context window (`max_position_embeddings`), from its config; 2048 when unknown."""
     from transformers import AutoConfig
