@@ -12,13 +12,17 @@ fine-tuned one's, which `full` searches. The indexes the rest of ragft uses are 
 
 The questions (`eval/documents/data/{dev,test}.jsonl`, 32 each) were written by hand as a new user
 asks, each with the topic that answers it and its evidence: a sentence of that topic, verbatim
-(whitespace aside), that answers it. A retrieved passage *holds the answer* when it comes from the
-topic's file and holds most of the evidence (ROUGE-L recall of the evidence's words in order
->= `EVIDENCE_RECALL`: a chunk boundary may cut a sentence).
+(whitespace aside), that answers it. A retrieved passage *holds the answer* when it holds most of
+the evidence (ROUGE-L recall of the evidence's words in order >= `EVIDENCE_RECALL`: a chunk
+boundary may cut a sentence), from whichever topic's file: pydoc repeats sections verbatim across
+topics (`compound` holds `for`, `while`, `try`, `with` and `function`; `specialnames` holds
+`customization` and `context-managers`), and 14 of the 32 dev evidences are in two or three files.
+`file@3` keeps the stricter reading, a passage of the question's own topic file.
 
 Reported per system (its retrieval exactly as the engine runs it, `retrieve_only`): hit@1/3/5 (a
 passage holding the answer among the first k the generator would read, k <= the system's own
-count), topic@3 (any passage of the topic's file), with 95% intervals. With `--answers`, each
+count), file@3 (one of them from the topic's own file), topic@3 (any passage of the topic's
+file), with 95% intervals. With `--answers`, each
 system answers (`query_batch`), scored against the evidence: ROUGE-L, BERTScore F1, and the support
 rate (`pipeline.support`: the share of answers at least half made of one of their passages' words).
 """
@@ -92,11 +96,12 @@ def load_questions(split: str, data_dir: Path = DATA_DIR) -> list[dict[str, str]
     return rows
 
 
-def holds_answer(passage: str, file_name: str, row: Mapping[str, str]) -> bool:
-    """Whether a passage from `file_name` holds the row's evidence (most of its words, in order)."""
+def holds_answer(passage: str, file_name: str, row: Mapping[str, str], *, own_file: bool = False) -> bool:
+    """Whether a passage holds the row's evidence (most of its words, in order); with `own_file`,
+    only a passage from the row's topic file counts."""
     from pipeline.support import lcs_length, tokens
 
-    if Path(file_name).stem != row["topic"]:
+    if own_file and Path(file_name).stem != row["topic"]:
         return False
     evidence = tokens(row["evidence"])
     return bool(evidence) and lcs_length(tokens(passage), evidence) / len(evidence) >= EVIDENCE_RECALL
@@ -116,11 +121,12 @@ def benchmark_config(config: Config) -> Config:
 
 def _hits(rows: Sequence[Mapping[str, str]], responses: Sequence[Any]) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {f"hit@{k}": [] for k in KS}
-    values["topic@3"] = []
+    values["file@3"], values["topic@3"] = [], []
     for row, nodes in zip(rows, responses):
         holds = [holds_answer(n.node.get_content(), str(n.node.metadata.get("file_name", "")), row) for n in nodes]
         for k in KS:
             values[f"hit@{k}"].append(1.0 if any(holds[:k]) else 0.0)
+        values["file@3"].append(1.0 if any(h and Path(str(n.node.metadata.get("file_name", ""))).stem == row["topic"] for h, n in zip(holds[:3], nodes)) else 0.0)
         values["topic@3"].append(1.0 if any(Path(str(n.node.metadata.get("file_name", ""))).stem == row["topic"] for n in nodes[:3]) else 0.0)
     return values
 
@@ -182,7 +188,7 @@ def evaluate_documents(
 
 
 def to_markdown(result: Mapping[str, Any]) -> str:
-    metrics = [m for m in ("hit@1", "hit@3", "hit@5", "topic@3", "rougeL", "bertscore_f1", "supported") if any(m in s for s in result["systems"].values())]
+    metrics = [m for m in ("hit@1", "hit@3", "hit@5", "file@3", "topic@3", "rougeL", "bertscore_f1", "supported") if any(m in s for s in result["systems"].values())]
     lines = [
         f"### Documents: {result['document']}, {result['questions']} hand-written {result['split']} questions",
         "",
@@ -192,5 +198,5 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     for system, summary in result["systems"].items():
         cells = [f"{summary[m]:.3f} [{summary['ci95'][m][0]:.3f}, {summary['ci95'][m][1]:.3f}]" if m in summary else "–" for m in metrics]
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
-    lines += ["", "hit@k: a passage holding the answer (from the topic's file, with most of the evidence sentence) among the first k the system reads; topic@3: any passage of the topic's file; supported: the share of answers at least half made of one of their passages' words (pipeline.support). Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + "."]
+    lines += ["", "hit@k: a passage holding the answer (most of the evidence sentence, from any topic's file: pydoc repeats sections across topics) among the first k the system reads; file@3: one from the topic's own file; topic@3: any passage of the topic's file; supported: the share of answers at least half made of one of their passages' words (pipeline.support). Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + "."]
     return "\n".join(lines)

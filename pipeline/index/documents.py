@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from llama_index.core.schema import Document, TextNode
 
 DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt", ".pdf", ".html", ".htm")
-# Metadata is for people and later stages; it never enters embeddings, BM25 or prompts (the text
-# already holds the question and answer), so every key is excluded from both metadata modes.
+# Metadata is for people and later stages; it never enters prompts, and enters embeddings and BM25
+# only as a document chunk's heading (index.embed_headings): a QA pair's text already holds it all.
 QA_METADATA_KEYS = ["id", "question", "answer", "source", "split", "kind"]
 DOC_METADATA_KEYS = ["id", "source", "file_name", "heading", "chunk", "kind"]
 
@@ -211,11 +211,14 @@ def _structure_splitter_cls():
 
     class StructureAwareSplitter(TransformComponent):
         """QA documents stay one node each; markdown (and HTML turned markdown) is cut at headings,
-        then every section (and plain text) into chunks of `chunk_size` tokens with `chunk_overlap`.
+        then every section (and plain text) into chunks of `chunk_size` tokens with `chunk_overlap`;
+        with `embed_headings`, a chunk's heading path enters its embedding and BM25 text
+        ("heading: Title / Section", LlamaIndex's EMBED metadata mode), never the prompt.
         Node ids: QA pairs keep their content id; chunks get sha256(source path, text, ordinal)."""
 
         chunk_size: int = 512
         chunk_overlap: int = 64
+        embed_headings: bool = True
 
         def __call__(self, nodes, **kwargs):
             splitter = SentenceSplitter(chunk_size=self.chunk_size, chunk_overlap=min(self.chunk_overlap, self.chunk_size // 2))
@@ -260,7 +263,7 @@ def _structure_splitter_cls():
                                 id_=node_id,
                                 text=chunk,
                                 metadata=metadata,
-                                excluded_embed_metadata_keys=list(DOC_METADATA_KEYS),
+                                excluded_embed_metadata_keys=[k for k in DOC_METADATA_KEYS if not (self.embed_headings and heading and k == "heading")],
                                 excluded_llm_metadata_keys=list(DOC_METADATA_KEYS),
                                 relationships={NodeRelationship.SOURCE: doc.as_related_node_info()},
                             )

@@ -81,6 +81,12 @@ def _embedder_facts(config: Config, embed_model: "BaseEmbedding | None", previou
     return {"embed_model": config.index.embed_model, "embed_backend": config.index.backend, "embed_class": embed_class}
 
 
+def _chunking(config: Config) -> list[Any]:
+    """What a document's nodes depend on besides its text, as the manifest records it; the heading
+    flag only when set, so indexes from before it keep their record."""
+    return [config.index.chunk_size, config.index.chunk_overlap, *(["headings"] if config.index.embed_headings else [])]
+
+
 def remove_index(config: Config) -> None:
     """Delete an index: the folder, and the collection on a Chroma server."""
     index_dir = Path(config.index.dir)
@@ -151,7 +157,7 @@ def ingest(
     if manifest is not None and previous_chunking is None:
         try:
             saved, _ = read_resolved_config(index_dir)
-            previous_chunking = [saved.index.chunk_size, saved.index.chunk_overlap]
+            previous_chunking = [saved.index.chunk_size, saved.index.chunk_overlap]  # before embed_headings existed
         except Exception:  # no or an unreadable saved config: nothing to compare with
             previous_chunking = None
 
@@ -168,7 +174,7 @@ def ingest(
             **({k: manifest[k] for k in ("counts", "fingerprint", "embed_dim", "sources", "chunking") if k in manifest} if manifest else {}),
         }
         # a document's hash is its text: new chunk settings must still re-split (and re-embed) every document
-        chunking = [config.index.chunk_size, config.index.chunk_overlap]
+        chunking = _chunking(config)
         rechunk = previous_chunking is not None and list(previous_chunking) != chunking
         _write_manifest(index_dir, manifest)
         save_resolved_config(config, index_dir, extra={"kind": "knowledge-base", "state": "ingesting", "embed_model": config.index.embed_model})
@@ -212,12 +218,14 @@ def ingest(
         if changed_ids or removed_ids:
             _persist_docstore(nodestore, index_dir / NODESTORE_NAME)
             _persist_docstore(docstore, index_dir / DOCSTORE_NAME)
+        manifest["chunking"] = chunking  # the old nodes are gone: what is added from here on, and after a crash, is split this way
+        _write_manifest(index_dir, manifest)
 
         if to_run and embed_model is None:
             embed_model = encoders.load_embedder(config)
         if embed_model is not None:
             manifest["embed_class"] = type(embed_model).__name__
-        splitter = _structure_splitter_cls()(chunk_size=config.index.chunk_size, chunk_overlap=config.index.chunk_overlap)
+        splitter = _structure_splitter_cls()(chunk_size=config.index.chunk_size, chunk_overlap=config.index.chunk_overlap, embed_headings=config.index.embed_headings)
         pipeline = IngestionPipeline(
             transformations=[splitter, embed_model] if embed_model is not None else [splitter],
             vector_store=vector_store,
@@ -244,7 +252,7 @@ def ingest(
         report.nodes_unchanged = report.nodes_total - report.nodes_added
         fingerprint = node_fingerprint(node_ids)
         bm25_dir = index_dir / BM25_DIRNAME
-        if _bm25_fingerprint(bm25_dir) != fingerprint:
+        if rechunk or _bm25_fingerprint(bm25_dir) != fingerprint:  # re-split: same ids, maybe new text
             if show_progress:
                 log(f"BM25: indexing {report.nodes_total} nodes")
             _persist_bm25(build_bm25(list(nodestore.docs.values()), config, show_progress=show_progress), bm25_dir, fingerprint, config.retrieve.bm25_stemmer, show_progress=show_progress)
