@@ -19,6 +19,7 @@ def test_grounding_scores_each_copy_bias_on_the_same_passages(tiny_config, tmp_p
         answers = [row["answers"][bias] for row in rows]
         assert summary["support"] == pytest.approx(sum(a["support"] for a in answers) / 3, abs=1e-4)
         assert summary["quote"]["supported"] >= summary["supported"]  # a quoted passage supports itself
+        assert summary["model_supported"] == pytest.approx(sum(a["model_support"] > 0 for a in answers) / 3, abs=1e-9)
     assert all(len(row["passages"]) == tiny_config.rerank.top_n for row in rows)
     assert "| 20.0 |" in to_markdown(result)
     monkeypatch.setattr("eval.grounding.config_for_data", lambda args: tiny_config)

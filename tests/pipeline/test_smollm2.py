@@ -215,3 +215,21 @@ def test_query_likelihood_of_seed_questions_ranks_their_own_answer_first_zero_sh
         assert all(s < 0 for s in scores)
         firsts += int(scores.argmax() == 0)
     assert firsts >= 7, firsts
+
+
+@needs_gguf
+def test_the_model_based_support_check_scores_an_answer_its_passage_states_above_one_it_does_not(smollm2_config):
+    from pipeline.support import LikelihoodSupport
+
+    judge = LikelihoodSupport.from_config(smollm2_config)
+    question = "What does ARP do?"
+    passage = ["ARP (Address Resolution Protocol) maps an IPv4 address to the MAC address of a host on the local network, by broadcasting a request."]
+    stated = "ARP maps an IPv4 address to the MAC address of a host on the local network [1]."
+    unrelated = "Boil the pasta for ten minutes in salted water, then drain it."
+    scores = judge.score([question] * 3, [stated, unrelated, ""], [passage, passage, passage])
+    assert scores[0] > 0.5 and scores[0] > scores[1] + 0.5  # nats per answer token the passage adds
+    assert scores[2] == 0.0  # an empty answer has nothing to support
+    # the citation mark is not scored: the same answer without it scores alike
+    assert judge.score([question], [stated.replace(" [1]", "")], [passage])[0] == pytest.approx(scores[0], abs=1e-4)
+    with pytest.raises(ValueError, match="differ in length"):
+        judge.score([question], [stated, unrelated], [passage])
