@@ -141,6 +141,8 @@ def system_settings(config: Config, spec: SystemSpec) -> dict[str, Any]:
     if spec.full_family and spec.retrieve is not None and spec.generator is not None and config.generator.on_unsupported == "quote":
         # only quoting changes answers (flagging writes metadata): the digests of other runs stay as they were
         settings["support"] = {"on_unsupported": "quote", "threshold": config.generator.support_threshold}
+        if config.generator.quote_below is not None:
+            settings["support"]["quote_below"] = config.generator.quote_below
     settings["artifacts"] = upstream_fingerprints(config, required_artifacts(config, [spec]))
     return settings
 

@@ -12,8 +12,9 @@ best cited passage) and the support rate (the share of answers at least half mad
 words), the model-based support (pipeline.support.LikelihoodSupport: how much the passages raise the base
 LM's log-probability of the answer, nats per token) and the share of answers it finds supported
 (above 0), with 95% intervals, the paired ROUGE-L difference against the first value, and the same
-lexical scores under `generator.on_unsupported: quote` (an unsupported answer replaced by its best
-passage, quoted), computed from the same answers.
+lexical scores under `generator.on_unsupported: quote` (an answer under `generator.quote_below`,
+or under the support threshold when that is unset, replaced by its best passage, quoted), computed
+from the same answers.
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limi
         values["model_supported"] = [1.0 if v > MODEL_SUPPORTED else 0.0 for v in values["model_support"]]
         seconds[f"model support copy_bias={bias}"] = round(time.perf_counter() - started, 1)
         quoted = []
-        for text, ns, p, supported in zip(texts, nodes, passages, values["supported"]):
+        quote_below = config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold
+        for text, ns, p, score in zip(texts, nodes, passages, values["support"]):
             best = lexical_support(text, p)[1]
-            quoted.append(text if supported or best is None else quoted_passage(ns[best], best + 1))
+            quoted.append(text if score >= quote_below or best is None else quoted_passage(ns[best], best + 1))
         quote_values = _scores(config, quoted, references, passages, bertscore)
         entry = summarize(values, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
         entry["quote"] = summarize(quote_values, samples=config.eval.bootstrap_samples, seed=config.eval.seed)

@@ -543,7 +543,7 @@ def quoted_passage(hit: NodeWithScore, number: int, max_chars: int = 400) -> str
 
 def check_support(config: Config, spec: SystemSpec, answer: Optional[str], nodes: Sequence[NodeWithScore], *, stream: bool = False) -> tuple[Optional[str], Optional[dict[str, Any]]]:
     """(the answer to give, its support record) for a generated answer read from `nodes`
-    (generator.support_threshold, generator.on_unsupported; pipeline.support). None: nothing to
+    (generator.support_threshold, on_unsupported, quote_below; pipeline.support). None: nothing to
     check (no retrieval, no generator, a fixed answer)."""
     from pipeline.support import lexical_support
 
@@ -553,7 +553,8 @@ def check_support(config: Config, spec: SystemSpec, answer: Optional[str], nodes
     supported = score >= config.generator.support_threshold
     policy = config.generator.on_unsupported if spec.full_family else "keep"
     action = "none"
-    if not supported and policy == "quote" and best is not None and not stream:
+    quote_below = config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold
+    if not supported and policy == "quote" and score < quote_below and best is not None and not stream:
         answer, action = quoted_passage(nodes[best], best + 1), "quoted"
     elif not supported and policy in ("flag", "quote"):
         action = "flagged"

@@ -323,6 +323,14 @@ def test_an_answer_its_passages_do_not_support_is_flagged_or_replaced_by_a_quote
     answer, record = check_support(quoting, full, invented, nodes)
     assert record["action"] == "quoted" and answer.startswith("From the knowledge base [") and '"' in answer
     assert check_support(quoting, full, invented, nodes, stream=True)[1]["action"] == "flagged"  # a streamed answer is already shown
+    # quote_below: only an answer under it is quoted; one between it and the threshold is flagged
+    partly = "ARP maps an IP address, says the wise old owl, to a MAC address on most days of the week."
+    score = check_support(tiny_config, full, partly, nodes)[1]["score"]
+    assert 0.3 < score < 0.5
+    quote_low = dataclasses.replace(quoting, generator=dataclasses.replace(quoting.generator, quote_below=0.3))
+    answer, record = check_support(quote_low, full, partly, nodes)
+    assert answer == partly and record["action"] == "flagged" and not record["supported"]
+    assert check_support(quote_low, full, invented, nodes)[1]["action"] == "quoted"
     assert check_support(quoting, rag, invented, nodes)[1]["action"] == "none"  # baselines are measured as they answer
     assert check_support(tiny_config, full, NOT_FOUND_ANSWER, nodes) == (NOT_FOUND_ANSWER, None)
     assert check_support(tiny_config, get_system("vanilla", tiny_config), invented, [])[1] is None
