@@ -162,6 +162,11 @@ def _system_cells(name: str, config: "Config") -> list[str]:
     else:
         rerank = "-"
     generator = {None: "none: the top passage's answer", "base": "base LM", "plain": "LoRA, question -> answer", "raft": f"LoRA RAFT ({config.finetune.raft.context})"}[spec.generator]
+    if spec.generator == "raft" and config.generator.copy_bias:
+        generator += f", copy bias {config.generator.copy_bias:g}"
+    if spec.full_family and spec.retrieve is not None and spec.generator is not None and config.generator.on_unsupported == "quote":
+        below = config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold
+        generator += f"; quotes a passage under {below:g} support"
     if not spec.agent:
         agent = "-"
     elif not spec.rerank:

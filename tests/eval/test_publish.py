@@ -60,13 +60,14 @@ def test_systems_table_resolves_full_from_the_profile():
     assert list(rows) == list(SYSTEM_NAMES)
     full = rows["full"]
     # the default profile: the trained condenser behind its gate, dense over the fine-tuned embedder,
-    # the query-likelihood reranker, the oracle RAFT generator, the calibrated grade that flags
+    # the query-likelihood reranker, the oracle RAFT generator with its copy bias and quote policy, the calibrated grade that refuses
     assert "`condense`, trained" in full and "dense top-20, fine-tuned embedder" in full
     assert "`condense`, base LM" in rows["full-base-rewriter"] and "(= `full` here)" not in rows["full-base-rewriter"]
     assert rows["full-no-rewrite"].split(" | ")[1] == "-"
-    assert "query-likelihood LoRA, w 0.3 -> top 3" in full and "LoRA RAFT (oracle)" in full and full.endswith("| calibrated grade: flags below its threshold |")
+    assert "query-likelihood LoRA, w 0.3 -> top 3" in full and "LoRA RAFT (oracle), copy bias 3; quotes a passage under 0.3 support" in full and full.endswith("| calibrated grade: refuses below its threshold |")
     assert "(= `full` here)" in rows["full-dense"] and "(= `full` here)" not in rows["full-no-rerank"]
-    assert "| - | dense top-5 | - | base LM | - |" in rows["rag_vanilla"]
+    assert "| - | dense top-5 | - | base LM | - |" in rows["rag_vanilla"]  # baselines answer as they generate
+    assert "base LM; quotes a passage under 0.3 support" in rows["full-base-generator"]
     assert "none: the top passage's answer" in rows["nn_answer"] and "dense top-1" in rows["nn_answer"]
 
     other = systems_table(load_config("smollm2", [
@@ -75,7 +76,7 @@ def test_systems_table_resolves_full_from_the_profile():
     ]))
     rows = {line.split(" | ")[0].strip("| `").split("`")[0]: line for line in other.splitlines() if line.startswith("| `")}
     assert "`hyde`, LoRA rewriter" in rows["full"] and "hybrid top-20 |" in rows["full"] and "cross-encoder, w 0.3" in rows["full"]
-    assert "retries below 0.5 (multi), 2 rounds at most, then answer" in rows["full"]
+    assert "retries below 0.5 (multi), 2 rounds at most, then not_found" in rows["full"]
     assert "`hyde`, base LM" in rows["full-base-rewriter"] and "(= `full` here)" not in rows["full-base-rewriter"]
     assert "(= `full` here)" in rows["full-base-embedder"] and "(= `full` here)" not in rows["full-dense"]
     refusing = systems_table(load_config("smollm2", ["agent.on_weak=not_found", "agent.max_rounds=2"]))
