@@ -3,6 +3,7 @@ settings that keep the generator to its sources.
 
     python -m eval.grounding --data ../shared/data/seed-technical-qa/splits --split val --copy-bias 0,1,2,3 --out results/grounding/val.json
     python -m eval.grounding --data ... --split test --copy-bias 0,2 --out results/grounding/test.json    # run once
+    python -m eval.grounding --predictions results/seed/predictions/full.jsonl                         # answers as given
 
 `full` retrieves and reranks each question once (its first round, `retrieve_only`); the RAFT
 generator then answers every question once per `generator.copy_bias` value (a bias added to the
@@ -98,11 +99,43 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limi
     return result, per_question
 
 
+def predictions_support(config: Any, path: str) -> dict[str, Any]:
+    """The support of the answers an `eval.compare` predictions file holds, as they were given
+    (a quote is given as the quote): over the answered questions (a declined one, trace
+    `not_found`, cites nothing), the mean lexical support and the supported share against its
+    sources' text, with 95% intervals; the counts of declined, quoted and flagged answers; ROUGE-L
+    over every question and over the answered ones."""
+    from eval.metrics import rouge_l_f1
+    from eval.score import read_predictions
+    from pipeline.metrics import summarize
+    from pipeline.support import lexical_support
+
+    rows = read_predictions(path, whole=True)
+    traces = [row.get("trace") or {} for row in rows]
+    answered = [i for i, t in enumerate(traces) if not t.get("not_found")]
+    support = [lexical_support(rows[i]["prediction"], [str(s.get("text", "")) for s in rows[i].get("sources") or []])[0] for i in answered]
+    rouge = rouge_l_f1([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    values = {"support": support, "supported": [1.0 if v >= config.generator.support_threshold else 0.0 for v in support], "rougeL_answered": [rouge[i] for i in answered]}
+    actions = [((traces[i].get("support") or {}).get("action") or "none") for i in answered]
+    result: dict[str, Any] = {"predictions": str(path), "questions": len(rows), "declined": len(rows) - len(answered), "answered": len(answered), "quoted": actions.count("quoted"), "flagged": actions.count("flagged")}
+    result.update(summarize(values, samples=config.eval.bootstrap_samples, seed=config.eval.seed) if answered else {})
+    result["rougeL"] = float(sum(rouge) / len(rouge)) if rouge else 0.0
+    return result
+
+
 def _cell(summary: Any, metric: str) -> str:
     return f"{summary[metric]:.4f} [{summary['ci95'][metric][0]:.4f}, {summary['ci95'][metric][1]:.4f}]"
 
 
 def to_markdown(result: Any) -> str:
+    if "predictions" in result:
+        return "\n".join([
+            f"### Support of the answers in `{result['predictions']}` ({result['questions']} questions)",
+            "",
+            "| declined | answered | quoted | flagged | supported (>= 0.5) | support (mean) | ROUGE-L (answered) | ROUGE-L (all) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {result['declined']} | {result['answered']} | {result['quoted']} | {result['flagged']} | {_cell(result, 'supported')} | {_cell(result, 'support')} | {_cell(result, 'rougeL_answered')} | {result['rougeL']:.4f} |",
+        ])
     lines = [
         f"### Grounding of `full`'s answers, split {result['split']} ({result['questions']} questions)",
         "",
@@ -131,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--copy-bias", default="0,2", metavar="LIST", help="generator.copy_bias values compared on the same passages, the first as the reference of the paired differences. Default: 0,2.")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="Only the first N questions (quick runs). Default: all.")
+    parser.add_argument("--predictions", default=None, metavar="FILE", help="Generate nothing: the support of the answers an eval.compare predictions file holds, as given (declined, quoted and flagged answers counted).")
     parser.add_argument("--no-progress", action="store_true", help="No progress bars (logs stay).")
     return parser
 
@@ -151,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit {args.limit}: a count >= 1")
         config = config_for_data(args)
+        if args.predictions:
+            finish_run(args, "eval.grounding", argv, started, predictions_support(config, args.predictions), to_markdown)
+            return
         result, rows = evaluate_grounding(config, args.split, biases, limit=args.limit, show_progress=not args.no_progress)
         finish_run(args, "eval.grounding", argv, started, result, to_markdown, rows=rows)
 

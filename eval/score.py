@@ -42,8 +42,9 @@ class PredictionFileError(DataError):
     """A prediction file is missing, empty, or has a bad line; the message names file and line."""
 
 
-def read_predictions(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a prediction file, each checked for string question/prediction/reference."""
+def read_predictions(path: str | Path, *, whole: bool = False) -> list[dict[str, Any]]:
+    """The rows of a prediction file, each checked for string question/prediction/reference; only
+    those three fields unless `whole` (eval.compare's sources, trace and timings too)."""
     path = Path(path)
     if path.is_dir():
         raise PredictionFileError(f"{path}: is a folder; pass the prediction files in it, e.g. {path}/*.jsonl")
@@ -78,7 +79,7 @@ def read_predictions(path: str | Path) -> list[dict[str, str]]:
                 raise PredictionFileError(
                     f"{path} line {number}: field {name!r} is {type(obj[name]).__name__} ({obj[name]!r:.40}), expected a string (use \"\" for an empty answer)"
                 )
-        rows.append({name: obj[name] for name in REQUIRED_FIELDS})
+        rows.append(obj if whole else {name: obj[name] for name in REQUIRED_FIELDS})
     if not rows:
         raise PredictionFileError(f"{path}: no predictions (the file is empty); each line must be one JSON object with {', '.join(REQUIRED_FIELDS)}")
     return rows

@@ -32,3 +32,23 @@ def test_grounding_scores_each_copy_bias_on_the_same_passages(tiny_config, tmp_p
 
 def test_support_of_a_copied_answer_is_one():
     assert lexical_support("TCP is reliable", ["Some text. TCP is reliable, UDP is not."])[0] == 1.0
+
+
+def test_the_support_of_a_predictions_file_counts_declined_quoted_and_flagged_answers(tiny_config, tmp_path, capsys, monkeypatch):
+    from eval.grounding import predictions_support
+
+    source = [{"rank": 1, "id": "a", "text": "Question: What does ARP do?\nAnswer: ARP maps an IP address to a MAC address."}]
+    rows = [
+        {"question": "q1", "prediction": "ARP maps an IP address to a MAC address [1].", "reference": "ARP maps IP to MAC.", "sources": source, "trace": {"support": {"action": "none"}}},
+        {"question": "q2", "prediction": 'From the knowledge base [1]: "ARP maps an IP address to a MAC address."', "reference": "ARP maps IP to MAC.", "sources": source, "trace": {"support": {"action": "quoted"}}},
+        {"question": "q3", "prediction": "A deadlock is a sequence of unfortunate events.", "reference": "ARP maps IP to MAC.", "sources": source, "trace": {"support": {"action": "flagged"}}},
+        {"question": "q4", "prediction": "I could not find this in the knowledge base.", "reference": "Cook it.", "sources": [], "trace": {"not_found": True}},
+    ]
+    path = tmp_path / "full.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = predictions_support(tiny_config, str(path))
+    assert (result["questions"], result["declined"], result["answered"], result["quoted"], result["flagged"]) == (4, 1, 3, 1, 1)
+    assert result["supported"] == pytest.approx(2 / 3)  # the declined question is no answer: not in the share
+    assert result["rougeL"] < result["rougeL_answered"]  # the refusal scores 0 against its reference
+    monkeypatch.setattr("eval.grounding.config_for_data", lambda args: tiny_config)
+    assert main(["--predictions", str(path)]) == 0 and "| 1 | 3 | 1 | 1 | 0.6667" in capsys.readouterr().out
