@@ -43,7 +43,7 @@ def _scores(config: Any, answers: Sequence[str], references: Sequence[str], pass
     }
 
 
-def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limit: int | None = None, show_progress: bool = True, log: Callable[[str], None] = print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, quote_below: Sequence[float] = (), limit: int | None = None, show_progress: bool = True, log: Callable[[str], None] = print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from tqdm.auto import tqdm
 
     from eval.metrics import BertScoreModel
@@ -55,6 +55,8 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limi
     from pipeline.support import MODEL_SUPPORTED, LikelihoodSupport, lexical_support
 
     rows = load_split(config.data.dir, split)[:limit] if limit else load_split(config.data.dir, split)
+    if not quote_below:  # the profile's policy: generator.quote_below, else every unsupported answer
+        quote_below = [config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold]
     components = Components(config)
     engine = build_query_engine(config, "full", components=components)
     started = time.perf_counter()
@@ -80,14 +82,15 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, limi
         values["model_support"] = judge.score([r["state"].asked for r in retrieved], texts, passages, progress=f"model support, copy_bias={bias}" if show_progress else None)
         values["model_supported"] = [1.0 if v > MODEL_SUPPORTED else 0.0 for v in values["model_support"]]
         seconds[f"model support copy_bias={bias}"] = round(time.perf_counter() - started, 1)
-        quoted = []
-        quote_below = config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold
-        for text, ns, p, score in zip(texts, nodes, passages, values["support"]):
-            best = lexical_support(text, p)[1]
-            quoted.append(text if score >= quote_below or best is None else quoted_passage(ns[best], best + 1))
-        quote_values = _scores(config, quoted, references, passages, bertscore)
+        best_passages = [lexical_support(text, p)[1] for text, p in zip(texts, passages)]
+        quotes: dict[str, Any] = {}
+        for below in quote_below:
+            quoted = [text if score >= below or best is None else quoted_passage(ns[best], best + 1) for text, ns, best, score in zip(texts, nodes, best_passages, values["support"])]
+            quotes[f"{below:g}"] = summarize(_scores(config, quoted, references, passages, bertscore), samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+            quotes[f"{below:g}"]["quoted"] = sum(text != q for text, q in zip(texts, quoted))
         entry = summarize(values, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
-        entry["quote"] = summarize(quote_values, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+        entry["quote"] = quotes[f"{quote_below[0]:g}"]
+        entry["quote_below"] = quotes
         if not first:
             first = values
         else:
@@ -147,6 +150,11 @@ def to_markdown(result: Any) -> str:
         cell = f"{delta['diff']:+.4f} [{delta['ci95_low']:+.4f}, {delta['ci95_high']:+.4f}]" if delta else "–"
         model = f"{_cell(s, 'model_support')} | {_cell(s, 'model_supported')}" if "model_support" in s else "– | –"  # runs from before the model check
         lines.append(f"| {bias} | {_cell(s, 'rougeL')} | {_cell(s, 'bertscore_f1')} | {_cell(s, 'support')} | {_cell(s, 'supported')} | {model} | {cell} | {_cell(s['quote'], 'supported')} | {_cell(s['quote'], 'rougeL')} |")
+    policies = [(bias, below, q) for bias, s in result["settings"].items() for below, q in s.get("quote_below", {}).items()]
+    if len(policies) > len(result["settings"]):
+        lines += ["", "`on_unsupported: quote` by `quote_below` (an answer under it replaced by its best passage), from the same answers:", "",
+                  "| copy_bias | quote_below | quoted | supported (>= 0.5) | ROUGE-L |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {bias} | {below} | {q['quoted']} | {_cell(q, 'supported')} | {_cell(q, 'rougeL')} |" for bias, below, q in policies]
     lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + "."]
     return "\n".join(lines)
 
@@ -163,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         out="Write the result as JSON here (and the per-question answers beside it, .questions.jsonl).",
     )
     parser.add_argument("--copy-bias", default="0,2", metavar="LIST", help="generator.copy_bias values compared on the same passages, the first as the reference of the paired differences. Default: 0,2.")
+    parser.add_argument("--quote-below", default=None, metavar="LIST", help="generator.quote_below values for the quote policy computed from the same answers, the first in the main table. Default: the profile's.")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="Only the first N questions (quick runs). Default: all.")
     parser.add_argument("--predictions", default=None, metavar="FILE", help="Generate nothing: the support of the answers an eval.compare predictions file holds, as given (declined, quoted and flagged answers counted).")
     parser.add_argument("--no-progress", action="store_true", help="No progress bars (logs stay).")
@@ -182,13 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--copy-bias {args.copy_bias!r}: comma-separated numbers, e.g. 0,1,2") from None
         if not biases or any(not 0.0 <= b <= 20.0 for b in biases):
             raise ConfigError(f"--copy-bias {args.copy_bias!r}: one or more values between 0 and 20, e.g. 0,1,2")
+        try:
+            quote_below = [float(v) for v in (args.quote_below or "").split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--quote-below {args.quote_below!r}: comma-separated support values, e.g. 0.3,0.5") from None
+        if any(not 0.0 <= q <= 1.0 for q in quote_below):
+            raise ConfigError(f"--quote-below {args.quote_below!r}: values between 0 and 1, e.g. 0.3,0.5")
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit {args.limit}: a count >= 1")
         config = config_for_data(args)
         if args.predictions:
             finish_run(args, "eval.grounding", argv, started, predictions_support(config, args.predictions), to_markdown)
             return
-        result, rows = evaluate_grounding(config, args.split, biases, limit=args.limit, show_progress=not args.no_progress)
+        result, rows = evaluate_grounding(config, args.split, biases, quote_below=quote_below, limit=args.limit, show_progress=not args.no_progress)
         finish_run(args, "eval.grounding", argv, started, result, to_markdown, rows=rows)
 
     return run_cli(body)

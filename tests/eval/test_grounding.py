@@ -8,26 +8,29 @@ import json
 import pytest
 
 from eval.grounding import evaluate_grounding, main, to_markdown
-from pipeline.support import lexical_support
+from pipeline.support import lexical_support, tokens
 
 
 def test_grounding_scores_each_copy_bias_on_the_same_passages(tiny_config, tmp_path, capsys, monkeypatch):
-    result, rows = evaluate_grounding(tiny_config, "val", [0.0, 20.0], limit=3, show_progress=False, log=lambda *_: None)
+    result, rows = evaluate_grounding(tiny_config, "val", [0.0, 20.0], quote_below=[0.5, 0.0], limit=3, show_progress=False, log=lambda *_: None)
     assert result["questions"] == 3 and list(result["settings"]) == ["0.0", "20.0"]
     assert "rougeL_minus_first" not in result["settings"]["0.0"] and "rougeL_minus_first" in result["settings"]["20.0"]
     for bias, summary in result["settings"].items():
         answers = [row["answers"][bias] for row in rows]
         assert summary["support"] == pytest.approx(sum(a["support"] for a in answers) / 3, abs=1e-4)
         assert summary["quote"]["supported"] >= summary["supported"]  # a quoted passage supports itself
+        assert summary["quote"] == summary["quote_below"]["0.5"] and summary["quote_below"]["0"]["quoted"] == 0  # nothing is under 0
+        assert summary["quote_below"]["0.5"]["quoted"] == sum(a["support"] < 0.5 and bool(tokens(a["answer"])) for a in answers)  # an empty answer has no best passage
         assert summary["model_supported"] == pytest.approx(sum(a["model_support"] > 0 for a in answers) / 3, abs=1e-9)
     assert all(len(row["passages"]) == tiny_config.rerank.top_n for row in rows)
-    assert "| 20.0 |" in to_markdown(result)
+    assert "| 20.0 |" in to_markdown(result) and "| 20.0 | 0 | 0 |" in to_markdown(result)
     monkeypatch.setattr("eval.grounding.config_for_data", lambda args: tiny_config)
     out = tmp_path / "g.json"
     assert main(["--split", "val", "--limit", "2", "--copy-bias", "0", "--out", str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["questions"] == 2 and out.with_suffix(".questions.jsonl").is_file()
     assert main(["--copy-bias", "0,abc"]) == 2 and "comma-separated numbers" in capsys.readouterr().err
     assert main(["--copy-bias", "50"]) == 2 and "between 0 and 20" in capsys.readouterr().err
+    assert main(["--quote-below", "0.3,2"]) == 2 and "between 0 and 1" in capsys.readouterr().err
 
 
 def test_support_of_a_copied_answer_is_one():
