@@ -166,14 +166,14 @@ def _system_cells(name: str, config: "Config") -> list[str]:
         generator += f", copy bias {config.generator.copy_bias:g}"
     if spec.full_family and spec.retrieve is not None and spec.generator is not None and config.generator.on_unsupported == "quote":
         below = config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold
-        generator += f"; quotes a passage under {below:g} support"
+        generator += f", quotes < {below:g}"
     if not spec.agent:
         agent = "-"
     elif not spec.rerank:
         agent = "no score: accepts round 1"
     elif config.agent.calibration:
         after = f"{config.agent.max_rounds - 1} {'/'.join(config.agent.retry_modes)} retry, then " if config.agent.max_rounds > 1 and config.agent.retry_modes else ""
-        agent = f"calibrated grade: {after}{'refuses' if config.agent.on_weak == 'not_found' else 'flags'} below its threshold"
+        agent = f"calibrated grade: {after}{'refuses' if config.agent.on_weak == 'not_found' else 'flags'} below it"
     elif config.agent.grade_threshold <= 0:
         agent = f"`grade_threshold: {config.agent.grade_threshold}`: accepts round 1"
     else:

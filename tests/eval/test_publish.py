@@ -64,10 +64,10 @@ def test_systems_table_resolves_full_from_the_profile():
     assert "`condense`, trained" in full and "dense top-20, fine-tuned embedder" in full
     assert "`condense`, base LM" in rows["full-base-rewriter"] and "(= `full` here)" not in rows["full-base-rewriter"]
     assert rows["full-no-rewrite"].split(" | ")[1] == "-"
-    assert "query-likelihood LoRA, w 0.3 -> top 3" in full and "LoRA RAFT (oracle), copy bias 3; quotes a passage under 0.3 support" in full and full.endswith("| calibrated grade: refuses below its threshold |")
+    assert "query-likelihood LoRA, w 0.3 -> top 3" in full and "LoRA RAFT (oracle), copy bias 3, quotes < 0.3" in full and full.endswith("| calibrated grade: refuses below it |")
     assert "(= `full` here)" in rows["full-dense"] and "(= `full` here)" not in rows["full-no-rerank"]
     assert "| - | dense top-5 | - | base LM | - |" in rows["rag_vanilla"]  # baselines answer as they generate
-    assert "base LM; quotes a passage under 0.3 support" in rows["full-base-generator"]
+    assert "base LM, quotes < 0.3" in rows["full-base-generator"]
     assert "none: the top passage's answer" in rows["nn_answer"] and "dense top-1" in rows["nn_answer"]
 
     other = systems_table(load_config("smollm2", [
@@ -80,7 +80,7 @@ def test_systems_table_resolves_full_from_the_profile():
     assert "`hyde`, base LM" in rows["full-base-rewriter"] and "(= `full` here)" not in rows["full-base-rewriter"]
     assert "(= `full` here)" in rows["full-base-embedder"] and "(= `full` here)" not in rows["full-dense"]
     refusing = systems_table(load_config("smollm2", ["agent.on_weak=not_found", "agent.max_rounds=2"]))
-    assert "calibrated grade: 1 multi retry, then refuses below its threshold" in refusing
+    assert "calibrated grade: 1 multi retry, then refuses below it" in refusing
 
 
 def test_readme_only_fills_the_headline_and_systems_blocks_and_leaves_the_rest(tmp_path):
