@@ -201,13 +201,14 @@ class Components:
 
     def rewriter(self, with_adapter: bool) -> "QueryRewriter":
         def build():
-            from rewrite import QueryRewriter
+            from rewrite import MODES, QueryRewriter
 
             kind = "rewriter" if with_adapter and self.config.rewrite.adapter else "base"
             cfg = self.config.rewrite
             return QueryRewriter(
                 lambda: self.llm(kind),
-                mode=cfg.mode if cfg.mode != "none" else "hyde",
+                # its default mode only; each call names its own (`none`, `condense`: the retries' modes)
+                mode=cfg.mode if cfg.mode in MODES and cfg.mode != "none" else "hyde",
                 n_queries=cfg.n_queries,
                 max_new_tokens=cfg.max_new_tokens,
                 model_id=f"{self.config.generator.model}+{kind}",

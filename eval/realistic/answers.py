@@ -12,6 +12,8 @@ case's reference: its target's seed answer (a compound case: its two answers, jo
   message, and full's query engine answers the standalone question(s). The condense step of every
   case runs in one batched pass and the answers in another (the engine's `query_batch`), the same
   results as one turn at a time;
+- `full[KEY=VALUE]` (`--full-variant`, repeatable): `full` the same way under one setting changed,
+  e.g. `agent.max_rounds=2` (the re-query round), paired against `full` over the same cases;
 - the others (`--systems`, default full-no-rewrite and rag_vanilla): their query engine answers
   the message as typed (a chat without a condense step).
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from eval.metrics import BertScoreModel, compute_answer_scores, paired_answer_tests
 from eval.realistic.benchmark import DATA_DIR, add_case_arguments, hand_dir_of
@@ -62,7 +64,7 @@ def answer_full(config: Any, cases: Sequence[Case], *, components: Any, show_pro
     return responses
 
 
-def evaluate_answers(config: Any, split: str, systems: Sequence[str], *, hand_dir: Any = DATA_DIR, limit: int | None = None, show_progress: bool = True, log: Callable[[str], None] = print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_answers(config: Any, split: str, systems: Sequence[str], *, variants: Mapping[str, Any] = {}, hand_dir: Any = DATA_DIR, limit: int | None = None, show_progress: bool = True, log: Callable[[str], None] = print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from pipeline.engine import Components, build_query_engine
 
     cases = [c for c in build_cases(config.data.dir, split, hand_dir=hand_dir, seed=config.eval.seed) if c.family != "clean"]
@@ -73,19 +75,24 @@ def evaluate_answers(config: Any, split: str, systems: Sequence[str], *, hand_di
     answers: dict[str, list[str]] = {}
     seconds: dict[str, float] = {}
     rows: list[dict[str, Any]] = [{"id": c.id, "family": c.family, "source": c.source, "message": c.message, "reference": r} for c, r in zip(cases, refs)]
-    for system in ["full", *systems]:
+    for system in ["full", *variants, *systems]:
         started = time.perf_counter()
         if system == "full":
             responses = answer_full(config, cases, components=components, show_progress=show_progress)
+        elif system in variants:  # its own components: a Components serves one config
+            responses = answer_full(variants[system], cases, components=Components(variants[system]), show_progress=show_progress)
         else:
             responses = build_query_engine(config, system, components=components).query_batch([c.message for c in cases], show_progress=show_progress)
         seconds[system] = round(time.perf_counter() - started, 1)
         answers[system] = [str(r.response or "") for r in responses]
         for row, response in zip(rows, responses):
-            row[system] = {"answer": str(response.response or ""), "search_question": response.metadata.get("search_question"), "sources": [n.node.node_id for n in response.source_nodes]}
+            meta = response.metadata or {}
+            row[system] = {"answer": str(response.response or ""), "search_question": meta.get("search_question"), "sources": [n.node.node_id for n in response.source_nodes], "rounds": len(meta.get("rounds") or []), "not_found": bool(meta.get("not_found"))}
         log(f"{system}: {len(cases)} answers in {seconds[system]} s")
     scorer = BertScoreModel(config.eval.bertscore_model, allow_fallback=True)
-    result: dict[str, Any] = {"split": split, "data": str(config.data.dir), "cases": len(cases), "systems": ["full", *systems], "seconds": seconds, "families": {}}
+    result: dict[str, Any] = {"split": split, "data": str(config.data.dir), "cases": len(cases), "systems": ["full", *variants, *systems], "seconds": seconds, "families": {}}
+    result["declined"] = {s: sum(row[s]["not_found"] for row in rows) for s in ["full", *variants, *systems]}
+    result["retried"] = {s: sum(row[s]["rounds"] > 1 for row in rows) for s in ["full", *variants]}
     for family in ("all", "follow-up", "verbose", "compound"):
         index = [i for i, c in enumerate(cases) if family == "all" or c.family == family]
         if not index:
@@ -94,7 +101,7 @@ def evaluate_answers(config: Any, split: str, systems: Sequence[str], *, hand_di
         summary = {s: {m: v for m, v in sc.summary(samples=config.eval.bootstrap_samples, seed=config.eval.seed).items() if m in (*METRICS, "ci95", "n")} for s, sc in scores.items()}
         for s in summary:
             summary[s]["ci95"] = {m: summary[s]["ci95"][m] for m in METRICS if m in summary[s]["ci95"]}
-        deltas = {s: {m: v for m, v in paired_answer_tests(scores["full"], scores[s], samples=config.eval.bootstrap_samples, seed=config.eval.seed).items() if m in METRICS} for s in systems}
+        deltas = {s: {m: v for m, v in paired_answer_tests(scores["full"], scores[s], samples=config.eval.bootstrap_samples, seed=config.eval.seed).items() if m in METRICS} for s in [*variants, *systems]}
         result["families"][family] = {"n": len(index), "systems": summary, "full_minus": deltas}
     result["model_for_bertscore"] = scorer.info() if hasattr(scorer, "info") else None
     return result, rows
@@ -113,6 +120,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             delta = block["full_minus"].get(system, {})
             dcell = lambda m: f"{delta[m]['diff']:+.4f} [{delta[m]['ci95_low']:+.4f}, {delta[m]['ci95_high']:+.4f}]" if m in delta else "–"  # noqa: E731
             lines.append(f"| {family} | {block['n']} | {system} | {cell('rougeL')} | {cell('bertscore_f1')} | {dcell('rougeL')} | {dcell('bertscore_f1')} |")
+    if "declined" in result:
+        lines += ["", "Declined (not in the knowledge base): " + ", ".join(f"{s} {v}" for s, v in result["declined"].items()) + "; retried (more than one round): " + ", ".join(f"{s} {v}" for s, v in result["retried"].items()) + "."]
     lines += ["", "Seconds per system: " + ", ".join(f"{s} {v}" for s, v in result["seconds"].items()) + "."]
     return "\n".join(lines)
 
@@ -129,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         out="Write the result as JSON here (and the predictions beside it).",
     )
     parser.add_argument("--systems", default="full-no-rewrite,rag_vanilla", metavar="LIST", help="Systems compared with full, answering the message as typed. Default: full-no-rewrite,rag_vanilla.")
+    parser.add_argument("--full-variant", action="append", default=[], metavar="KEY=VALUE", help="Also answer as full with this one setting changed (repeatable), e.g. agent.max_rounds=2, reported as full[KEY=VALUE] and paired against full.")
     add_case_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="No progress bars (logs stay).")
     return parser
@@ -146,8 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [s for s in systems if s not in SYSTEM_NAMES]
         if unknown:
             raise ConfigError(f"--systems: unknown {unknown}; choose among {', '.join(SYSTEM_NAMES)}")
+        bad = [v for v in args.full_variant if "=" not in v]
+        if bad:
+            raise ConfigError(f"--full-variant {bad[0]!r}: a setting as SECTION.KEY=VALUE, e.g. agent.max_rounds=2")
+        variants = {f"full[{v}]": config_for_data(args, [v]) for v in args.full_variant}
         hand_dir = hand_dir_of(args)
-        result, rows = evaluate_answers(config, args.split, systems, hand_dir=hand_dir, limit=args.limit, show_progress=not args.no_progress)
+        result, rows = evaluate_answers(config, args.split, systems, variants=variants, hand_dir=hand_dir, limit=args.limit, show_progress=not args.no_progress)
         finish_run(args, "eval.realistic.answers", argv, started, result, to_markdown, rows=rows, rows_suffix=".predictions.jsonl")
 
     return run_cli(body)

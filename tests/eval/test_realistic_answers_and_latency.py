@@ -54,6 +54,28 @@ def test_full_answers_the_condensed_question_and_the_others_the_message_as_typed
     assert "unknown ['ful-no-rewrite']" in capsys.readouterr().err
 
 
+def test_a_full_variant_is_answered_as_full_under_its_one_setting_and_paired_with_full(condensing, tmp_path, capsys, monkeypatch):
+    """--full-variant agent.max_rounds=2: the re-query round, measured against full's one round."""
+    import eval.realistic.answers as answers
+    from pipeline.grade import GradeCalibration
+
+    path = tmp_path / "grade.json"
+    GradeCalibration(intercept=-20.0, coef={"ql": 0.0, "dense": 0.0}, threshold=0.5).save(path)  # every round weak
+    weak = dataclasses.replace(condensing, agent=dataclasses.replace(condensing.agent, calibration=str(path), on_weak="not_found", max_rounds=1, grade_threshold=0.0))
+    two_rounds = dataclasses.replace(weak, agent=dataclasses.replace(weak.agent, max_rounds=2))
+    monkeypatch.setattr(answers, "config_for_data", lambda args, flags=(): two_rounds if list(flags) == ["agent.max_rounds=2"] else weak)
+    out = tmp_path / "variant.json"
+    assert answers_main(["--systems", "rag_vanilla", "--full-variant", "agent.max_rounds=2", "--cases", "none", "--limit", "1", "--split", "val", "--no-progress", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["systems"] == ["full", "full[agent.max_rounds=2]", "rag_vanilla"]
+    assert result["declined"] == {"full": 3, "full[agent.max_rounds=2]": 3, "rag_vanilla": 0}
+    assert result["retried"] == {"full": 0, "full[agent.max_rounds=2]": 3}
+    assert set(result["families"]["all"]["full_minus"]) == {"full[agent.max_rounds=2]", "rag_vanilla"}
+    assert "retried (more than one round): full 0, full[agent.max_rounds=2] 3" in to_markdown(result)
+    capsys.readouterr()
+    assert answers_main(["--full-variant", "max_rounds"]) == 2 and "SECTION.KEY=VALUE" in capsys.readouterr().err
+
+
 def test_latency_counts_the_lm_calls_the_gate_allows_and_a_clean_first_turn_costs_none(condensing, tmp_path, capsys, monkeypatch):
     result = bench_condense.measure(condensing, "val", adapter=True, hand_dir=None, limit=4, warmup=1)
     cases = build_cases(condensing.data.dir, "val", seed=condensing.eval.seed)
