@@ -32,6 +32,10 @@ def _renderer(result: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
     """The table renderer of the command that wrote `result`, told apart by its own keys."""
     if "refused_rate" in result:
         return _refusal_report
+    if "answered" in result and "quoted" in result:  # eval.grounding --predictions
+        from eval.grounding import to_markdown
+
+        return to_markdown
     if "evaluation" in result and "calibration" in result:
         from eval.answerability.benchmark import to_markdown
 
@@ -71,6 +75,9 @@ def trust_headline(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
                 rows.append((f"documents ({result['split']}, {result['questions']}): `{system}` has the answer in its top 3", _ci(summary["hit@3"], summary["ci95"]["hit@3"]), name))
                 if "supported" in summary:
                     rows.append((f"documents: `{system}`'s answers supported", _ci(summary["supported"], summary["ci95"]["supported"]), name))
+        elif "answered" in result and "quoted" in result:  # answers as given (eval.grounding --predictions)
+            system = Path(result["predictions"]).stem
+            rows.append((f"seed: `{system}`'s answers supported as given ({result['answered']} answered, {result['quoted']} of them quoted, {result['declined']} declined; ROUGE-L {result['rougeL']:.4f})", _ci(result["supported"], result["ci95"]["supported"]), name))
         elif "settings" in result:  # a grounding run (a refusal report adds no row)
             settings = list(result["settings"].items())
             best = max(settings, key=lambda item: item[1]["supported"])

@@ -95,7 +95,7 @@ class IndexConfig:
     sources: list[str] = option([], "Extra document files or folders (.md, .txt, .pdf, .html) ingested beside the QA pairs.")
     chunk_size: int = option(512, "Document chunk size in tokens.", POSITIVE)
     chunk_overlap: int = option(64, "Overlap between consecutive document chunks in tokens.", NON_NEGATIVE)
-    embed_headings: bool = option(True, "A document chunk's heading path (its file's title / section) is embedded and BM25-indexed with its text, so a chunk from the middle of a section still names its subject. Changing it re-splits every document.")
+    embed_headings: bool = option(False, "A document chunk's heading path (its file's title / section) is embedded and BM25-indexed with its text, so a chunk from the middle of a section still names its subject (not shown to help on the document benchmark: docs/experiments.md). Changing it re-splits every document.")
     chroma_host: Optional[str] = option(None, "Chroma server host; unset uses the embedded PersistentClient under `dir`.")
     chroma_port: int = option(8000, "Chroma server port (with chroma_host).", POSITIVE)
     checkpoint_every: int = option(512, "Documents embedded and written between two checkpoints of the docstore (an interrupted run resumes from the last one).", POSITIVE)

@@ -218,7 +218,7 @@ def _structure_splitter_cls():
 
         chunk_size: int = 512
         chunk_overlap: int = 64
-        embed_headings: bool = True
+        embed_headings: bool = False
 
         def __call__(self, nodes, **kwargs):
             splitter = SentenceSplitter(chunk_size=self.chunk_size, chunk_overlap=min(self.chunk_overlap, self.chunk_size // 2))

@@ -27,6 +27,12 @@ def test_a_readme_from_runs_of_different_commands(tmp_path, capsys):
     front = page_file.read_text()
     assert "old" not in front and front.startswith("top\n") and front.endswith("bottom\n")
     assert f"| seed val: `full`'s answers supported, copy_bias 0.0 (ROUGE-L 0.2000) | 0.330 [0.100, 0.300] | `{tmp_path.name}/g.json` |" in front
+    given = {"predictions": "results/seed/predictions/full.jsonl", "questions": 4, "declined": 1, "answered": 3, "quoted": 1, "flagged": 0, "supported": 0.667, "support": 0.7, "rougeL_answered": 0.3,
+             "ci95": {"supported": [0.3, 1.0], "support": [0.5, 0.9], "rougeL_answered": [0.2, 0.4]}, "rougeL": 0.25, "run": {**run, "command": "python -m eval.grounding --predictions x"}}
+    (tmp_path / "given.json").write_text(json.dumps(given))
+    assert main([str(tmp_path / "given.json"), "--title", "trust", "--out", str(out), "--readme-block", str(page_file)]) == 0
+    assert "| 1 | 3 | 1 | 0 | 0.6670 [0.3000, 1.0000]" in out.read_text()
+    assert "| seed: `full`'s answers supported as given (3 answered, 1 of them quoted, 1 declined; ROUGE-L 0.2500) | 0.667 [0.300, 1.000] |" in page_file.read_text()
     page_file.write_text("no markers\n")
     assert main([str(tmp_path / "g.json"), "--title", "trust", "--out", str(out), "--readme-block", str(page_file)]) == 2
     assert "has no block" in capsys.readouterr().err

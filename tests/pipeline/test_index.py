@@ -166,9 +166,8 @@ def test_documents_structure_skips_and_changed_file(tmp_path, data_dir, docs_dir
     assert tcp.metadata["source"] == str((docs_dir / "net.md").resolve())
     from llama_index.core.schema import MetadataMode
 
-    # its heading path is embedded and BM25-indexed with it (index.embed_headings), never prompted
-    assert tcp.get_content(metadata_mode=MetadataMode.EMBED).startswith("heading: Networking / TCP")
-    assert tcp.get_content(metadata_mode=MetadataMode.LLM) == tcp.text
+    # metadata enters neither its embedding nor the prompt (index.embed_headings: off by default)
+    assert tcp.get_content(metadata_mode=MetadataMode.EMBED) == tcp.get_content(metadata_mode=MetadataMode.LLM) == tcp.text
 
     # change one file: only its nodes are re-embedded; the old ones are gone from every store
     old_txt = [n.node_id for n in docs if n.metadata["file_name"] == "notes.txt"]
@@ -198,28 +197,31 @@ def test_documents_structure_skips_and_changed_file(tmp_path, data_dir, docs_dir
     assert rechunked.docs_changed == rechunked.documents and rechunked.nodes_removed == len(before)
     assert embed.calls - calls == rechunked.nodes_added == rechunked.nodes_total == len(kb.nodes)
     assert kb.counts() == {k: len(kb.nodes) for k in ("chroma", "bm25", "nodes")}
-    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["chunking"] == [32, 4, "headings"]
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["chunking"] == [32, 4]
     again = ingest(finer, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
     assert again.nodes_added == again.nodes_removed == 0
 
-    # headings out of the embedded text: the same chunks (ids) re-embedded, BM25 rebuilt over the new text
-    plain = _config(tmp_path, data_dir, "index.chunk_size=32", "index.chunk_overlap=4", "index.embed_headings=false")
-    unheaded = ingest(plain, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
-    assert unheaded.docs_changed == unheaded.documents and unheaded.bm25_rebuilt
-    assert set(open_index(plain, embed_model=embed).nodes) == set(kb.nodes)
-    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["chunking"] == [32, 4]
+    # headings into the embedded text: the same chunks (ids) re-embedded, BM25 rebuilt over the new text, never prompted
+    headed = _config(tmp_path, data_dir, "index.chunk_size=32", "index.chunk_overlap=4", "index.embed_headings=true")
+    with_headings = ingest(headed, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
+    assert with_headings.docs_changed == with_headings.documents and with_headings.bm25_rebuilt
+    headed_nodes = open_index(headed, embed_model=embed).nodes
+    assert set(headed_nodes) == set(kb.nodes)
+    tcp = next(n for n in headed_nodes.values() if "reliable ordered" in n.text)
+    assert tcp.get_content(metadata_mode=MetadataMode.EMBED).startswith("heading: Networking / TCP") and tcp.get_content(metadata_mode=MetadataMode.LLM) == tcp.text
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["chunking"] == [32, 4, "headings"]
 
     # an index from before the manifest recorded its chunking (so before embed_headings): the config it saved tells
     manifest_path = tmp_path / "index" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     del manifest["chunking"]
     manifest_path.write_text(json.dumps(manifest))
-    assert ingest(plain, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append).nodes_added == 0
+    assert ingest(finer, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append).nodes_added == 0
     manifest = json.loads(manifest_path.read_text())
     del manifest["chunking"]
     manifest_path.write_text(json.dumps(manifest))
     back = ingest(config, sources=[str(docs_dir)], embed_model=embed, show_progress=False, log=lambda *_: None, warn=warned.append)
-    assert back.docs_changed == back.documents and json.loads(manifest_path.read_text())["chunking"] == [64, 8, "headings"]
+    assert back.docs_changed == back.documents and json.loads(manifest_path.read_text())["chunking"] == [64, 8]
 
 
 KILLER = r"""
