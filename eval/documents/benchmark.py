@@ -24,7 +24,8 @@ passage holding the answer among the first k the generator would read, k <= the 
 count), file@3 (one of them from the topic's own file), topic@3 (any passage of the topic's
 file), with 95% intervals. With `--answers`, each
 system answers (`query_batch`), scored against the evidence: ROUGE-L, BERTScore F1, and the support
-rate (`pipeline.support`: the share of answers at least half made of one of their passages' words).
+rate (`pipeline.support`: the share of answers at least half made of one of their passages' words)
+over the questions it answered (a declined one, not in the knowledge base, is counted apart).
 """
 
 from __future__ import annotations
@@ -175,13 +176,20 @@ def evaluate_documents(
             values["rougeL"] = list(scores.per_question["rougeL"])
             values["bertscore_f1"] = list(scores.per_question["bertscore_f1"])
             support = [lexical_support(t, [n.node.get_content() for n in ns])[0] for t, ns in zip(texts, nodes)]
-            values["support"] = support
-            values["supported"] = [1.0 if s >= SUPPORTED else 0.0 for s in support]
+            # support is a property of an answer: a declined question (not in the knowledge base) has none
+            answered = [i for i, r in enumerate(responses) if not (r.metadata or {}).get("not_found")]
+            entry["declined"] = len(rows) - len(answered)
+            if answered:
+                given = summarize({"support": [support[i] for i in answered], "supported": [1.0 if support[i] >= SUPPORTED else 0.0 for i in answered]}, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
+                entry.update({k: given[k] for k in ("support", "supported")})
+                entry["support_ci95"] = {k: given["ci95"][k] for k in ("support", "supported")}
             for prediction, text, s in zip(predictions, texts, support):
                 prediction.setdefault("answers", {})[system] = {"answer": text, "support": round(s, 4)}
         for prediction, ns, hit in zip(predictions, nodes, values["hit@3"]):
             prediction.setdefault("retrieved", {})[system] = {"hit@3": hit, "passages": [str(n.node.metadata.get("file_name") or n.node.node_id) for n in ns]}
+        support_ci = entry.pop("support_ci95", {})
         entry.update(summarize(values, samples=config.eval.bootstrap_samples, seed=config.eval.seed))
+        entry["ci95"].update(support_ci)
         result["systems"][system] = entry
         log(f"{system}: hit@3 {entry['hit@3']:.3f}" + (f", support rate {entry['supported']:.3f}" if "supported" in entry else ""))
     return result, predictions
@@ -189,14 +197,15 @@ def evaluate_documents(
 
 def to_markdown(result: Mapping[str, Any]) -> str:
     metrics = [m for m in ("hit@1", "hit@3", "hit@5", "file@3", "topic@3", "rougeL", "bertscore_f1", "supported") if any(m in s for s in result["systems"].values())]
+    declined = any("declined" in s for s in result["systems"].values())
     lines = [
         f"### Documents: {result['document']}, {result['questions']} hand-written {result['split']} questions",
         "",
-        "| system | " + " | ".join(metrics) + " |",
-        "|---|" + "---:|" * len(metrics),
+        "| system | " + " | ".join(metrics) + (" | declined |" if declined else " |"),
+        "|---|" + "---:|" * (len(metrics) + declined),
     ]
     for system, summary in result["systems"].items():
         cells = [f"{summary[m]:.3f} [{summary['ci95'][m][0]:.3f}, {summary['ci95'][m][1]:.3f}]" if m in summary else "–" for m in metrics]
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
-    lines += ["", "hit@k: a passage holding the answer (most of the evidence sentence, from any topic's file: pydoc repeats sections across topics) among the first k the system reads; file@3: one from the topic's own file; topic@3: any passage of the topic's file; supported: the share of answers at least half made of one of their passages' words (pipeline.support). Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + "."]
+        lines.append(f"| {system} | " + " | ".join(cells) + (f" | {summary.get('declined', '–')} |" if declined else " |"))
+    lines += ["", "hit@k: a passage holding the answer (most of the evidence sentence, from any topic's file: pydoc repeats sections across topics) among the first k the system reads; file@3: one from the topic's own file; topic@3: any passage of the topic's file; supported: the share of the answers given at least half made of one of their passages' words (pipeline.support); declined: questions answered as not in the knowledge base. Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + "."]
     return "\n".join(lines)
