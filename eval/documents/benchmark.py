@@ -207,5 +207,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     for system, summary in result["systems"].items():
         cells = [f"{summary[m]:.3f} [{summary['ci95'][m][0]:.3f}, {summary['ci95'][m][1]:.3f}]" if m in summary else "–" for m in metrics]
         lines.append(f"| {system} | " + " | ".join(cells) + (f" | {summary.get('declined', '–')} |" if declined else " |"))
+    if result.get("hit_definition"):  # a run from before hit@k counted every topic file
+        lines += ["", f"In this run {result['hit_definition']}."]
     lines += ["", "hit@k: a passage holding the answer (most of the evidence sentence, from any topic's file: pydoc repeats sections across topics) among the first k the system reads; file@3: one from the topic's own file; topic@3: any passage of the topic's file; supported: the share of the answers given at least half made of one of their passages' words (pipeline.support); declined: questions answered as not in the knowledge base. Seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + "."]
     return "\n".join(lines)
