@@ -5,7 +5,8 @@ settings that keep the generator to its sources.
     python -m eval.grounding --data ... --split test --copy-bias 0,2 --out results/grounding/test.json    # run once
     python -m eval.grounding --predictions results/seed/predictions/full.jsonl                         # answers as given
 
-`full` retrieves and reranks each question once (its first round, `retrieve_only`); the RAFT
+`full` retrieves and reranks each question once (its first round, `retrieve_only`, with
+`agent.on_weak: answer`: a question the grade would decline keeps its best passages); the RAFT
 generator then answers every question once per `generator.copy_bias` value (a bias added to the
 logits of the prompt's own tokens), reading the same passages. Per value: ROUGE-L and BERTScore F1
 against the reference, the mean lexical support (pipeline.support: ROUGE-L precision against the
@@ -54,6 +55,12 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, quot
     from pipeline.models import load_llm
     from pipeline.support import MODEL_SUPPORTED, LikelihoodSupport, lexical_support
 
+    import dataclasses
+
+    # every question gets passages to answer from: the grade's declines are measured elsewhere
+    # (eval.answerability; a compare's answers as given: --predictions), and a declined question's
+    # empty passages would turn its answer closed-book here
+    config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, on_weak="answer"))
     rows = load_split(config.data.dir, split)[:limit] if limit else load_split(config.data.dir, split)
     if not quote_below:  # the profile's policy: generator.quote_below, else every unsupported answer
         quote_below = [config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold]
