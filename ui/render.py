@@ -212,6 +212,13 @@ def _round(value: Any, digits: int = 4) -> Optional[float]:
 # ------------------------------------------------------------------------------------------------
 
 
+def round_grade(record: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    """A round's grade with the calibrated grade's features beside it: the engine keeps them on
+    the round record (`features`), which tells a probability from a raw rerank score."""
+    grade = record.get("grade")
+    return {**grade, "features": record["features"]} if grade and record.get("features") else grade
+
+
 def grade_text(grade: Optional[Mapping[str, Any]]) -> str:
     if not grade:
         return ""
@@ -236,7 +243,7 @@ def low_confidence_text(metadata: Mapping[str, Any]) -> str:
     """A warning for an answer every round graded weak (agent.on_weak: answer), else ""."""
     if not metadata.get("low_confidence"):
         return ""
-    grade = next((r.get("grade") for r in reversed(metadata.get("rounds") or []) if r.get("grade")), {}) or {}
+    grade = next((round_grade(r) for r in reversed(metadata.get("rounds") or []) if r.get("grade")), None) or {}
     if "features" in grade:
         why = f"P(answerable) {fmt_score(grade.get('best'))} < {fmt_score(grade.get('threshold'))}"
     else:
@@ -272,7 +279,7 @@ def round_lines(metadata: Mapping[str, Any]) -> list[str]:
         if "reranked" in record:
             scores = [r.get("rerank_score") for r in record["reranked"] if r.get("rerank_score") is not None]
             parts.append(f"reranked, best {fmt_score(max(scores)) if scores else '–'}")
-        grade = grade_text(record.get("grade"))
+        grade = grade_text(round_grade(record))
         if grade:
             parts.append(grade)
         lines.append(" · ".join(parts))

@@ -149,6 +149,10 @@ def test_round_lines_summarise_the_agent_loop_compactly():
     weak = {"low_confidence": True, "rounds": [{"grade": {"decision": "low_confidence", **calibrated}}]}
     assert render.low_confidence_text(weak) == "The knowledge base may not hold the answer (P(answerable) 0.200 < 0.450): this answer comes from the closest passages; check them."
     assert render.low_confidence_text({"low_confidence": False}) == ""
+    # as the engine writes it: the features on the round record, beside its grade
+    engine_shaped = {"low_confidence": True, "rounds": [{"features": calibrated["features"], "grade": {"decision": "low_confidence", "best": 0.2, "threshold": 0.45}}]}
+    assert render.low_confidence_text(engine_shaped) == render.low_confidence_text(weak)
+    assert render.round_lines({"rounds": [{"mode": "condense", **engine_shaped["rounds"][0]}]})[0].endswith("weak: best P(answerable) 0.200 < 0.450 after the last round → answered from the best round (low confidence)")
 
 
 def test_rewrite_blocks_name_what_the_rewriter_wrote():
