@@ -53,7 +53,7 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, quot
     from pipeline.generate import answer_batch
     from pipeline.metrics import paired_mean_test, summarize
     from pipeline.models import load_llm
-    from pipeline.support import MODEL_SUPPORTED, LikelihoodSupport, lexical_support
+    from pipeline.support import MODEL_SUPPORTED, LikelihoodSupport, lexical_support, quote_threshold
 
     import dataclasses
 
@@ -63,13 +63,14 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, quot
     config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, on_weak="answer"))
     rows = load_split(config.data.dir, split)[:limit] if limit else load_split(config.data.dir, split)
     if not quote_below:  # the profile's policy: generator.quote_below, else every unsupported answer
-        quote_below = [config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold]
+        quote_below = [quote_threshold(config)]
     components = Components(config)
     engine = build_query_engine(config, "full", components=components)
     started = time.perf_counter()
     retrieved = [engine.retrieve_only(r["question"]) for r in tqdm(rows, desc="full: retrieve + rerank", disable=not show_progress)]
     seconds = {"retrieve": round(time.perf_counter() - started, 1)}
     nodes = [list(r["nodes"]) for r in retrieved]
+    asked = [r["state"].asked for r in retrieved]  # what each question was searched as
     passages = [[passage_text(n) for n in ns] for ns in nodes]
     references = [r["answer"] for r in rows]
     bertscore = BertScoreModel(config.eval.bertscore_model, allow_fallback=True)
@@ -81,12 +82,12 @@ def evaluate_grounding(config: Any, split: str, biases: Sequence[float], *, quot
     for bias in biases:
         llm = load_llm(config, adapter=raft, verbose=False, copy_bias=bias)
         started = time.perf_counter()
-        texts = answer_batch(llm, [r["state"].asked for r in retrieved], [p or None for p in passages], max_passage_chars=config.generator.max_passage_chars, show_progress=show_progress)
+        texts = answer_batch(llm, asked, [p or None for p in passages], max_passage_chars=config.generator.max_passage_chars, show_progress=show_progress)
         texts = [keep_valid_citations(t, len(ns)) for t, ns in zip(texts, nodes)]
         seconds[f"generate copy_bias={bias}"] = round(time.perf_counter() - started, 1)
         values = _scores(config, texts, references, passages, bertscore)
         started = time.perf_counter()
-        values["model_support"] = judge.score([r["state"].asked for r in retrieved], texts, passages, progress=f"model support, copy_bias={bias}" if show_progress else None)
+        values["model_support"] = judge.score(asked, texts, passages, progress=f"model support, copy_bias={bias}" if show_progress else None)
         values["model_supported"] = [1.0 if v > MODEL_SUPPORTED else 0.0 for v in values["model_support"]]
         seconds[f"model support copy_bias={bias}"] = round(time.perf_counter() - started, 1)
         best_passages = [lexical_support(text, p)[1] for text, p in zip(texts, passages)]

@@ -165,8 +165,9 @@ def _system_cells(name: str, config: "Config") -> list[str]:
     if spec.generator == "raft" and config.generator.copy_bias:
         generator += f", copy bias {config.generator.copy_bias:g}"
     if spec.full_family and spec.retrieve is not None and spec.generator is not None and config.generator.on_unsupported == "quote":
-        below = config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold
-        generator += f", quotes < {below:g}"
+        from pipeline.support import quote_threshold
+
+        generator += f", quotes < {quote_threshold(config):g}"
     if not spec.agent:
         agent = "-"
     elif not spec.rerank:

@@ -546,7 +546,7 @@ def check_support(config: Config, spec: SystemSpec, answer: Optional[str], nodes
     """(the answer to give, its support record) for a generated answer read from `nodes`
     (generator.support_threshold, on_unsupported, quote_below; pipeline.support). None: nothing to
     check (no retrieval, no generator, a fixed answer)."""
-    from pipeline.support import lexical_support
+    from pipeline.support import lexical_support, quote_threshold
 
     if answer is None or spec.retrieve is None or spec.generator is None or not nodes or answer.startswith(NOT_FOUND_ANSWER):
         return answer, None
@@ -554,8 +554,7 @@ def check_support(config: Config, spec: SystemSpec, answer: Optional[str], nodes
     supported = score >= config.generator.support_threshold
     policy = config.generator.on_unsupported if spec.full_family else "keep"
     action = "none"
-    quote_below = config.generator.quote_below if config.generator.quote_below is not None else config.generator.support_threshold
-    if not supported and policy == "quote" and score < quote_below and best is not None and not stream:
+    if not supported and policy == "quote" and score < quote_threshold(config) and best is not None and not stream:
         answer, action = quoted_passage(nodes[best], best + 1), "quoted"
     elif not supported and policy in ("flag", "quote"):
         action = "flagged"

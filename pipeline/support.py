@@ -64,6 +64,13 @@ def tokens(text: str) -> list[str]:
     return _tokenizer().tokenize(text or "")
 
 
+def quote_threshold(config: "Config") -> float:
+    """The support under which `generator.on_unsupported: quote` replaces an answer by its best
+    passage: `generator.quote_below`, else the support threshold itself."""
+    gen = config.generator
+    return gen.quote_below if gen.quote_below is not None else gen.support_threshold
+
+
 def lexical_support(answer: str, passages: Sequence[str]) -> tuple[float, Optional[int]]:
     """(ROUGE-L precision of `answer` against its best passage, that passage's index); (0.0, None)
     for an empty answer or no passage."""

@@ -30,6 +30,7 @@ over the questions it answered (a declined one, not in the knowledge base, is co
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -156,6 +157,13 @@ def evaluate_documents(
     components = Components(bench)
     result: dict[str, Any] = {"split": split, "questions": len(rows), "document": f"pydoc_data.topics of Python {sys.version.split()[0]} ({len(files)} topics)", "indexes": [r.index_dir for r in reports], "systems": {}, "seconds": {"ingest": round(ingest_seconds, 1)}}
     predictions = [dict(row) for row in rows]
+
+    @functools.lru_cache(maxsize=1)
+    def bertscore() -> Any:  # one scorer for every system's answers, loaded on first use
+        from eval.metrics import BertScoreModel
+
+        return BertScoreModel(config.eval.bertscore_model, allow_fallback=True)
+
     for system in systems:
         engine = build_query_engine(bench, system, components=components)
         started = time.perf_counter()
@@ -168,11 +176,12 @@ def evaluate_documents(
         result["seconds"][system] = round(time.perf_counter() - started, 1)
         values = _hits(rows, nodes)
         entry: dict[str, Any] = {}
+        given: dict[str, Any] = {}  # the support of the answers given (declined questions have none)
         if responses is not None:
-            from eval.metrics import BertScoreModel, compute_answer_scores
+            from eval.metrics import compute_answer_scores
 
             texts = [str(r.response or "") for r in responses]
-            scores = compute_answer_scores(texts, [r["evidence"] for r in rows], bertscore=BertScoreModel(config.eval.bertscore_model, allow_fallback=True))
+            scores = compute_answer_scores(texts, [r["evidence"] for r in rows], bertscore=bertscore())
             values["rougeL"] = list(scores.per_question["rougeL"])
             values["bertscore_f1"] = list(scores.per_question["bertscore_f1"])
             support = [lexical_support(t, [n.node.get_content() for n in ns])[0] for t, ns in zip(texts, nodes)]
@@ -181,15 +190,14 @@ def evaluate_documents(
             entry["declined"] = len(rows) - len(answered)
             if answered:
                 given = summarize({"support": [support[i] for i in answered], "supported": [1.0 if support[i] >= SUPPORTED else 0.0 for i in answered]}, samples=config.eval.bootstrap_samples, seed=config.eval.seed)
-                entry.update({k: given[k] for k in ("support", "supported")})
-                entry["support_ci95"] = {k: given["ci95"][k] for k in ("support", "supported")}
             for prediction, text, s in zip(predictions, texts, support):
                 prediction.setdefault("answers", {})[system] = {"answer": text, "support": round(s, 4)}
         for prediction, ns, hit in zip(predictions, nodes, values["hit@3"]):
             prediction.setdefault("retrieved", {})[system] = {"hit@3": hit, "passages": [str(n.node.metadata.get("file_name") or n.node.node_id) for n in ns]}
-        support_ci = entry.pop("support_ci95", {})
         entry.update(summarize(values, samples=config.eval.bootstrap_samples, seed=config.eval.seed))
-        entry["ci95"].update(support_ci)
+        if given:
+            entry.update({k: given[k] for k in ("support", "supported")})
+            entry["ci95"].update({k: given["ci95"][k] for k in ("support", "supported")})
         result["systems"][system] = entry
         log(f"{system}: hit@3 {entry['hit@3']:.3f}" + (f", support rate {entry['supported']:.3f}" if "supported" in entry else ""))
     return result, predictions
